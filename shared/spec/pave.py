@@ -1,0 +1,341 @@
+"""PAVE: the paper's parameter-vector specification, trained with DP-SGD (DESIGN §4.1).
+
+Every party trains the same public LM with the same LoRA recipe from the same start: LoRA
+on the schema's target modules of the top layers, ``lora_A`` drawn from the schema's seed
+and frozen, ``lora_B`` starting at zero and the only trainable tensor. After a fixed number
+of plain-SGD DP steps, the released vector is the flattened ``lora_B`` (optionally a seeded
+projection of it). Because the start point is shared and public, ``lora_B`` is a noisy sum
+of clipped per-sample gradients of the holder's data: texts of one domain push it the same
+way, and the market compares vectors by cosine.
+
+DP: opacus ``PrivacyEngine`` with the RDP accountant, Poisson sampling and per-sample
+clipping at ``clip_norm``; the vector is DP by post-processing and the epsilon recorded is
+the accountant's. Without DP the same code runs with noise multiplier 0 (clipping kept), so
+private and non-private specs stay on one scale.
+
+Known trap (opacus#820): opacus over peft can silently not train. The peft model is built
+on its final device before ``make_private``, and ``PaveRun.changed`` lets callers and tests
+assert that ``lora_B`` moved.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.errors import DataError, SchemaMismatch
+from shared.privacy import DPReport, PrivacyBudget, dpsgd_noise_multiplier
+from shared.spec.record import Specification
+from shared.spec.schema import PaveSchema
+
+if TYPE_CHECKING:
+    import torch
+    from shared.models import LoadedModel
+
+MECHANISM = "dp-sgd (opacus, rdp accountant, poisson sampling, per-sample clipping)"
+
+
+@dataclass(frozen=True)
+class PaveRun:
+    """A spec plus what training saw: for diagnostics and the no-silent-no-train check."""
+
+    spec: Specification
+    raw_vector: np.ndarray
+    losses: tuple[float, ...]
+    per_sample_grad_norms: tuple[float, ...]
+    changed: bool
+
+
+def layer_indices(num_layers: int, top_layers: int | None) -> list[int]:
+    if top_layers is None or top_layers >= num_layers:
+        return list(range(num_layers))
+    return list(range(num_layers - top_layers, num_layers))
+
+
+def raw_dim_for(
+    model: Any, target_modules: Sequence[str], top_layers: int | None, rank: int
+) -> int:
+    """Length of the flattened ``lora_B`` for this model and recipe (no training)."""
+    layers = set(layer_indices(model.config.num_hidden_layers, top_layers))
+    total = 0
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in target_modules and _layer_of(name) in layers:
+            total += int(module.out_features) * rank
+    if total == 0:
+        raise SchemaMismatch(
+            f"the model has no modules named {list(target_modules)} to put LoRA on"
+        )
+    return total
+
+
+def pave_schema_for(model: LoadedModel, **recipe: Any) -> PaveSchema:
+    """The PAVE schema for ``model`` with a recipe (defaults of ``PaveSchema`` otherwise)."""
+    target = tuple(recipe.get("target_modules", PaveSchema.target_modules))
+    top = recipe.get("top_layers", PaveSchema.top_layers)
+    rank = int(recipe.get("rank", PaveSchema.rank))
+    raw = raw_dim_for(model.model, target, top, rank)
+    return PaveSchema(
+        model_name=model.ref.name,
+        model_id=model.ref.model_id,
+        model_sha256=model.ref.sha256,
+        raw_dim=raw,
+        **recipe,
+    )
+
+
+def make_pave_spec(
+    texts: Sequence[str],
+    model: LoadedModel,
+    schema: PaveSchema,
+    budget: PrivacyBudget,
+    progress: bool = False,
+    noise_seed: int | None = None,
+) -> Specification:
+    """Train the schema's recipe on ``texts`` and release the DP ``lora_B`` vector."""
+    return run_pave(texts, model, schema, budget, progress=progress, noise_seed=noise_seed).spec
+
+
+def run_pave(
+    texts: Sequence[str],
+    model: LoadedModel,
+    schema: PaveSchema,
+    budget: PrivacyBudget,
+    progress: bool = False,
+    noise_seed: int | None = None,
+) -> PaveRun:
+    """Like ``make_pave_spec`` but also returns losses, gradient norms and the change check.
+
+    ``noise_seed`` makes the DP noise reproducible (tests, benchmarks); leave it None for
+    real releases so the noise comes from a fresh generator.
+    """
+    import torch
+
+    if model.ref.sha256 != schema.model_sha256:
+        raise SchemaMismatch(
+            f"PAVE schema expects model {schema.model_id} with weights {schema.model_sha256[:12]}, "
+            f"got {model.ref.model_id} with {model.ref.sha256[:12]}"
+        )
+    if not texts:
+        raise DataError("cannot make a spec of no texts: the data is empty")
+    ids, mask = _tokenize(texts, model.tokenizer, schema.max_tokens)
+    peft_model = _lora_model(model.model, schema)
+    lora_b = _lora_b_params(peft_model)
+    before = _flatten(lora_b)
+    generator = torch.Generator().manual_seed(noise_seed) if noise_seed is not None else None
+    losses, norms, report = _train(
+        peft_model, lora_b, ids, mask, schema, budget, progress, generator
+    )
+    raw = _flatten(lora_b)
+    changed = bool(np.any(raw != before))
+    vector = _project(raw, schema)
+    spec = Specification(
+        kind="pave", schema_id=schema.schema_id, vector=vector, n=len(texts), privacy=report
+    )
+    return PaveRun(spec, raw, tuple(losses), tuple(norms), changed)
+
+
+def _layer_of(module_name: str) -> int | None:
+    parts = module_name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == "layers" and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def _tokenize(
+    texts: Sequence[str], tokenizer: Any, max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(
+        list(texts),
+        max_length=max_tokens,
+        truncation=True,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if int(mask.sum(dim=1).min()) < 2:
+        raise DataError("every text needs at least two tokens to make a PAVE spec")
+    return ids, mask
+
+
+def _lora_model(base: Any, schema: PaveSchema) -> Any:
+    """A private copy of ``base`` with the schema's frozen-A, zero-B LoRA adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=schema.rank,
+        lora_alpha=schema.alpha,
+        target_modules=list(schema.target_modules),
+        layers_to_transform=layer_indices(base.config.num_hidden_layers, schema.top_layers),
+        lora_dropout=0.0,
+        bias="none",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(copy.deepcopy(base).to("cpu"), config)
+    generator = torch.Generator().manual_seed(schema.seed)
+    for name, param in sorted(peft_model.named_parameters()):
+        if "lora_A" in name:
+            with torch.no_grad():
+                fan_in = param.shape[1]
+                param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
+            param.requires_grad_(False)
+        elif "lora_B" in name:
+            with torch.no_grad():
+                param.zero_()
+            param.requires_grad_(True)
+        else:
+            param.requires_grad_(False)
+    peft_model.train()
+    return peft_model
+
+
+def _lora_b_params(peft_model: Any) -> list[torch.nn.Parameter]:
+    return [p for name, p in sorted(peft_model.named_parameters()) if "lora_B" in name]
+
+
+def _flatten(params: Sequence[torch.nn.Parameter]) -> np.ndarray:
+    return np.concatenate([p.detach().cpu().numpy().ravel() for p in params]).astype(np.float32)
+
+
+def _per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean token NLL per text, then the batch mean: samples stay independent (HF's
+    ``labels=`` loss averages tokens over the whole batch and couples them)."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :]
+    shift_ids = ids[:, 1:]
+    shift_mask = mask[:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_ids.reshape(-1), reduction="none"
+    ).view(shift_ids.shape)
+    per_sample = (nll * shift_mask).sum(dim=1) / shift_mask.sum(dim=1).clamp(min=1.0)
+    return per_sample.mean()
+
+
+def _train(
+    peft_model: Any,
+    lora_b: list[torch.nn.Parameter],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    schema: PaveSchema,
+    budget: PrivacyBudget,
+    progress: bool,
+    generator: torch.Generator | None,
+) -> tuple[list[float], list[float], DPReport]:
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = ids.shape[0]
+    batch = min(schema.batch_size, n)
+    loader = DataLoader(TensorDataset(ids, mask), batch_size=batch)
+    sample_rate = 1.0 / len(loader)
+    sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=schema.steps)
+    engine = PrivacyEngine(accountant="rdp")
+    optimizer = torch.optim.SGD(lora_b, lr=schema.lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dp_model, dp_optimizer, dp_loader = engine.make_private(
+            module=peft_model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=schema.clip_norm,
+            poisson_sampling=True,
+            noise_generator=generator,
+        )
+    losses: list[float] = []
+    norms: list[float] = []
+    bar = _progress_bar(schema.steps, progress)
+    while len(losses) < schema.steps:
+        for batch_ids, batch_mask in dp_loader:
+            if len(losses) >= schema.steps:
+                break
+            dp_optimizer.zero_grad(set_to_none=True)
+            if batch_ids.shape[0] == 0:
+                _noise_only_step(dp_optimizer, lora_b)
+                losses.append(float("nan"))
+            else:
+                logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
+                loss = _per_sample_loss(logits, batch_ids, batch_mask)
+                loss.backward()
+                norms.extend(_grad_sample_norms(lora_b))
+                dp_optimizer.step()
+                losses.append(float(loss.detach()))
+            _l1_prox(lora_b, schema.lr * schema.l1)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    epsilon = float(engine.get_epsilon(budget.delta)) if budget.is_private else None
+    report = DPReport(
+        mechanism=MECHANISM if budget.is_private else "none (clipped SGD, no noise)",
+        epsilon=epsilon,
+        delta=budget.delta,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=schema.steps,
+        details={"clip_norm": schema.clip_norm, "expected_batch": n * sample_rate, "lr": schema.lr},
+    )
+    dp_model.remove_hooks() if hasattr(dp_model, "remove_hooks") else None
+    return losses, norms, report
+
+
+def _grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
+    """Per-sample gradient L2 norms before clipping (to choose the clip norm from data)."""
+    import torch
+
+    found = (getattr(p, "grad_sample", None) for p in params)
+    samples: list[torch.Tensor] = [g for g in found if g is not None]
+    if not samples:
+        return []
+    flat = torch.cat([g.reshape(g.shape[0], -1) for g in samples], dim=1)
+    return [float(x) for x in flat.norm(dim=1)]
+
+
+def _noise_only_step(optimizer: Any, params: Sequence[torch.nn.Parameter]) -> None:
+    """An empty Poisson batch: the DP step is noise alone (sum of zero clipped gradients)."""
+    import torch
+
+    for p in params:
+        setattr(p, "grad_sample", torch.zeros((1, *p.shape)))  # noqa: B010 (opacus attribute)
+    optimizer.step()
+
+
+def _l1_prox(params: Sequence[torch.nn.Parameter], threshold: float) -> None:
+    """Soft-threshold towards the start point (zero): data-independent, so free under DP."""
+    if threshold <= 0:
+        return
+    import torch
+
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.sign(p) * torch.clamp(p.abs() - threshold, min=0.0))
+
+
+def _project(raw: np.ndarray, schema: PaveSchema) -> np.ndarray:
+    if schema.projection_dim is None:
+        return raw
+    rng = np.random.default_rng(schema.seed + 1)
+    matrix = rng.normal(
+        0.0, 1.0 / math.sqrt(schema.projection_dim), size=(raw.shape[0], schema.projection_dim)
+    )
+    return (raw.astype(np.float64) @ matrix).astype(np.float32)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="PAVE spec (DP-SGD steps)", unit="step")
