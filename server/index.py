@@ -24,26 +24,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.errors import SchemaMismatch, SpecError
-from shared.spec.ranking import IndexPoint, score_of, to_index_point
+from shared.spec.ranking import IndexPoint, distances, row_terms, score_of, to_index_point
 from shared.spec.record import Specification
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     approx_min_rows: int = 100_000
-    projection_dim: int = 64
+    projection_dim: int | None = 64  # None: IVF over the full augmented vectors
     nlist: int | None = None  # default: ~4·sqrt(rows)
     nprobe: int = 24
     rerank: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (
-            self.approx_min_rows < 1
-            or self.projection_dim < 1
-            or self.nprobe < 1
-            or self.rerank < 1
-        ):
+        projection = 1 if self.projection_dim is None else self.projection_dim
+        if min(self.approx_min_rows, projection, self.nprobe, self.rerank) < 1:
             raise ValueError(f"index settings must be positive: {self}")
 
 
@@ -66,6 +62,7 @@ class SpecIndex:
         # Row storage grows by doubling: appends are amortised O(d), not a copy of all rows.
         self._buf = np.zeros((0, dim), dtype=np.float32)
         self._obuf = np.zeros(0, dtype=np.float32)
+        self._tbuf = np.zeros(0, dtype=np.float32)  # ||c'||² + offset(c), the per-row term
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
         self._approx: _ApproxIndex | None = None
@@ -117,6 +114,7 @@ class SpecIndex:
             self._reserve(start + len(keys))
             self._buf[start : start + len(keys)] = vectors
             self._obuf[start : start + len(keys)] = offsets
+            self._tbuf[start : start + len(keys)] = row_terms(vectors.astype(np.float32), offsets)
             for i, key in enumerate(keys):
                 self._rows[key] = start + i
             self._keys.extend(keys)
@@ -172,9 +170,14 @@ class SpecIndex:
         capacity = max(rows, 2 * self._buf.shape[0], 1024)
         buf = np.zeros((capacity, self.dim), dtype=np.float32)
         obuf = np.zeros(capacity, dtype=np.float32)
-        buf[: len(self._keys)] = self._matrix
-        obuf[: len(self._keys)] = self._offsets
-        self._buf, self._obuf = buf, obuf
+        tbuf = np.zeros(capacity, dtype=np.float32)
+        rows = len(self._keys)
+        buf[:rows], obuf[:rows], tbuf[:rows] = (
+            self._buf[:rows],
+            self._obuf[:rows],
+            self._tbuf[:rows],
+        )
+        self._buf, self._obuf, self._tbuf = buf, obuf, tbuf
 
     def _remove_locked(self, key: str) -> None:
         row = self._rows.pop(key)
@@ -185,6 +188,7 @@ class SpecIndex:
             moved = self._keys[last]
             self._buf[row] = self._buf[last]
             self._obuf[row] = self._obuf[last]
+            self._tbuf[row] = self._tbuf[last]
             self._keys[row] = moved
             self._rows[moved] = row
             if self._approx is not None:
@@ -206,11 +210,10 @@ class SpecIndex:
         return np.array(sorted(self._rows[k] for k in allowed if k in self._rows), dtype=np.int64)
 
     def _distances(self, query: IndexPoint, rows: np.ndarray | None) -> np.ndarray:
-        q = query.vector.astype(np.float32)
-        matrix = self._matrix if rows is None else self._matrix[rows]
-        offsets = self._offsets if rows is None else self._offsets[rows]
-        norms = np.einsum("ij,ij->i", matrix, matrix)
-        return norms + offsets - 2.0 * (matrix @ q) + (float(q @ q) + query.offset)
+        n = len(self._keys)
+        matrix = self._buf[:n] if rows is None else self._buf[rows]
+        terms = self._tbuf[:n] if rows is None else self._tbuf[rows]
+        return distances(query, matrix, terms)
 
     def _search_exact(self, query: IndexPoint, k: int, rows: np.ndarray | None) -> list[Hit]:
         d = self._distances(query, rows)
@@ -250,9 +253,13 @@ class _ApproxIndex:
         rows, dim = matrix.shape
         self.config = config
         self.ceiling = float(max(0.0, -float(offsets.min()))) if rows else 0.0
-        out = min(config.projection_dim, dim + 1)
         rng = np.random.default_rng(config.seed)
-        self.projection = (rng.normal(size=(dim + 1, out)) / np.sqrt(out)).astype(np.float32)
+        if config.projection_dim is None or config.projection_dim >= dim + 1:
+            out = dim + 1
+            self.projection: np.ndarray | None = None
+        else:
+            out = config.projection_dim
+            self.projection = (rng.normal(size=(dim + 1, out)) / np.sqrt(out)).astype(np.float32)
         nlist = config.nlist or max(1, min(int(4 * np.sqrt(rows)), rows // 40))
         quantizer = faiss.IndexFlatL2(out)
         self.index = faiss.IndexIVFFlat(quantizer, out, nlist, faiss.METRIC_L2)
@@ -265,7 +272,9 @@ class _ApproxIndex:
 
     def _project(self, matrix: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         extra = np.sqrt(np.maximum(self.ceiling + offsets, 0.0)).astype(np.float32)
-        return np.ascontiguousarray(np.hstack([matrix, extra[:, None]]) @ self.projection)
+        augmented = np.hstack([matrix, extra[:, None]])
+        projected = augmented if self.projection is None else augmented @ self.projection
+        return np.ascontiguousarray(projected, dtype=np.float32)
 
     def can_extend(self, offsets: np.ndarray) -> bool:
         return offsets.size == 0 or float(-offsets.min()) <= self.ceiling
@@ -278,6 +287,8 @@ class _ApproxIndex:
         self.index.remove_ids(np.array(sorted(set(rows)), dtype=np.int64))  # type: ignore[arg-type]
 
     def candidates(self, query: IndexPoint, want: int) -> np.ndarray:
-        q = np.append(query.vector.astype(np.float32), np.float32(0.0))[None, :] @ self.projection
+        q = np.append(query.vector.astype(np.float32), np.float32(0.0))[None, :]
+        if self.projection is not None:
+            q = q @ self.projection
         _, ids = self.index.search(np.ascontiguousarray(q, dtype=np.float32), want)
         return ids[0][ids[0] >= 0]

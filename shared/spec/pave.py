@@ -36,6 +36,7 @@ from shared.spec.schema import PaveSchema
 
 if TYPE_CHECKING:
     import torch
+
     from shared.models import LoadedModel
 
 MECHANISM = "dp-sgd (opacus, rdp accountant, poisson sampling, per-sample clipping)"
