@@ -91,8 +91,12 @@ def test_small_noisy_holder_is_not_pushed_down():
     rng = np.random.default_rng(6)
     center_a, center_b = rng.normal(size=16) * 1.0, rng.normal(size=16) * 1.0
     user = make_rkme_spec(unit_rows(rng, 300, center=center_a), SCHEMA, PrivacyBudget(4.0), rng)
-    small_same = make_rkme_spec(unit_rows(rng, 40, center=center_a), SCHEMA, PrivacyBudget(4.0), rng)
-    big_other = make_rkme_spec(unit_rows(rng, 3000, center=center_b), SCHEMA, PrivacyBudget(4.0), rng)
+    small_same = make_rkme_spec(
+        unit_rows(rng, 40, center=center_a), SCHEMA, PrivacyBudget(4.0), rng
+    )
+    big_other = make_rkme_spec(
+        unit_rows(rng, 3000, center=center_b), SCHEMA, PrivacyBudget(4.0), rng
+    )
     best = rank(user, [big_other, small_same])[0]
     assert best.position == 1
 

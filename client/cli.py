@@ -1,0 +1,232 @@
+"""The ``lwm`` command line. Commands parse options, call library functions and print.
+
+Every ``LwmError`` ends the process with its class's exit code and a one-line reason on
+stderr; nothing here holds logic worth testing apart from the functions it calls. Heavy
+libraries are imported inside commands so ``lwm --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.errors import LwmError
+
+app = typer.Typer(
+    help="SLM learnware market: DP specifications, signed LoRA learnwares, private search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+spec_app = typer.Typer(help="Make and compare specifications.", no_args_is_help=True)
+models_app = typer.Typer(help="Models available offline on this machine.", no_args_is_help=True)
+data_app = typer.Typer(help="Read and check data files.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
+]
+
+
+def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _home(home: str | None):  # type: ignore[no-untyped-def]
+    from shared.home import Home
+
+    return Home.resolve(home)
+
+
+def _budget(epsilon: float | None, delta: float, no_dp: bool):  # type: ignore[no-untyped-def]
+    from shared.privacy import PrivacyBudget
+
+    if no_dp:
+        _console(stderr=True).print(
+            "[bold yellow]warning:[/] --no-dp: the spec is NOT differentially private"
+        )
+        return PrivacyBudget(None, delta)
+    return PrivacyBudget(4.0 if epsilon is None else epsilon, delta)
+
+
+def _schema(schema_file: Path | None, pave_model: str, home: str | None):  # type: ignore[no-untyped-def]
+    from shared.spec.schema import MarketSchema
+
+    if schema_file is not None:
+        if not schema_file.is_file():
+            from shared.errors import InvalidInput
+
+            raise InvalidInput(f"schema file not found: {schema_file}")
+        return MarketSchema.from_json(schema_file.read_text())
+    from shared.spec.defaults import default_schema
+
+    return default_schema(_home(home), pave_model=pave_model)
+
+
+@spec_app.command("make")
+def spec_make(
+    data: Annotated[Path, typer.Argument(help="JSONL, CSV, .txt or a save_to_disk folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the spec (.safetensors).")],
+    kind: Annotated[str, typer.Option("--kind", help="rkme or pave.")] = "rkme",
+    epsilon: Annotated[
+        float | None, typer.Option("--epsilon", help="DP epsilon (default 4).")
+    ] = None,
+    delta: Annotated[float, typer.Option("--delta", help="DP delta.")] = 1e-5,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Release without DP (warned).")] = False,
+    schema_file: Annotated[
+        Path | None, typer.Option("--schema", help="Market schema JSON (default: local).")
+    ] = None,
+    pave_model: Annotated[str, typer.Option("--pave-model", help="Spec model for PAVE.")] = "tiny",
+    home: HomeOpt = None,
+) -> None:
+    """Compute a (DP) specification of DATA locally; only the spec is written."""
+    from client.specs import SpecMaker
+    from shared.data import load_dataset
+
+    budget = _budget(epsilon, delta, no_dp)
+    dataset = load_dataset(data)
+    maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home))
+    spec = maker.make(dataset.texts(), kind, budget, progress=True)
+    spec.save(out)
+    eps = "none (no DP)" if spec.privacy.epsilon is None else f"{spec.privacy.epsilon:.3g}"
+    _console().print(
+        f"wrote {out}: {spec.kind} spec of {spec.n} texts, dim {spec.dim}, "
+        f"schema {spec.schema_id}, epsilon {eps}, delta {spec.privacy.delta:g}"
+    )
+
+
+@spec_app.command("rank")
+def spec_rank(
+    query: Annotated[Path, typer.Argument(help="The query spec file.")],
+    candidates: Annotated[list[Path], typer.Argument(help="Candidate spec files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Rank CANDIDATES by distance to QUERY, best first."""
+    from shared.spec.ranking import rank
+    from shared.spec.record import Specification
+
+    q = Specification.load(query)
+    specs = [Specification.load(p) for p in candidates]
+    ranked = rank(q, specs)
+    rows = [
+        {
+            "rank": i + 1,
+            "spec": str(candidates[r.position]),
+            "distance": r.distance,
+            "score": r.score,
+        }
+        for i, r in enumerate(ranked)
+    ]
+    if as_json:
+        print(json.dumps({"query": str(query), "kind": q.kind, "results": rows}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{q.kind} ranking for {query}")
+    for col in ("rank", "spec", "distance", "score"):
+        table.add_column(col, justify="right" if col != "spec" else "left")
+    for row in rows:
+        table.add_row(
+            str(row["rank"]), str(row["spec"]), f"{row['distance']:.5f}", f"{row['score']:.4f}"
+        )
+    _console().print(table)
+
+
+@spec_app.command("schema")
+def spec_schema(
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON here.")] = None,
+    pave_model: Annotated[str, typer.Option("--pave-model", help="Spec model for PAVE.")] = "tiny",
+    home: HomeOpt = None,
+) -> None:
+    """Print (or write) the default local market schema as JSON."""
+    text = _schema(None, pave_model, home).to_json()
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n")
+        _console().print(f"wrote {out}")
+
+
+@models_app.command("list")
+def models_list(home: HomeOpt = None) -> None:
+    """Models this machine can load offline, and how to get the missing ones."""
+    from rich.table import Table
+
+    from shared.models import list_models
+
+    table = Table(title="models")
+    for col in ("name", "available", "cached", "sha256", "description / how to get"):
+        table.add_column(col)
+    for info in list_models(_home(home)):
+        how = info.description if info.available else info.how_to_get
+        sha = (info.sha256 or "")[:12]
+        table.add_row(
+            info.name, "yes" if info.available else "no", "yes" if info.cached else "no", sha, how
+        )
+    _console().print(table)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    data: Annotated[Path, typer.Argument(help="JSONL, CSV, .txt or a save_to_disk folder.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Summarise a data file: format, records, fields and lengths (no text is printed)."""
+    from shared.data import load_dataset
+
+    summary = load_dataset(data).summary()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    for key, value in summary.items():
+        _console().print(f"[bold]{key}[/]: {value}")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report and plots.")] = Path(
+        "demo-out"
+    ),
+    epsilon: Annotated[float, typer.Option("--epsilon")] = 4.0,
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="Comma-separated spec kinds.")
+    ] = "rkme,pave",
+    holder_texts: Annotated[int, typer.Option("--holder-texts")] = 300,
+    user_texts: Annotated[int, typer.Option("--user-texts")] = 150,
+    home: HomeOpt = None,
+) -> None:
+    """Specs of every demo domain, and held-out user data of each ranked against them."""
+    from client.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        out=out,
+        epsilon=epsilon,
+        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        holder_texts=holder_texts,
+        user_texts=user_texts,
+    )
+    run_demo(config, _home(home), _console())
+
+
+def main() -> None:
+    """Console entry point: LwmError -> one line on stderr and the error's exit code."""
+    try:
+        app()
+    except LwmError as exc:
+        print(f"lwm: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("lwm: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

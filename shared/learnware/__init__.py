@@ -1,0 +1,50 @@
+"""The learnware package format (DESIGN §5): manifest, signed directory, safe tar.
+
+Public surface::
+
+    from shared.learnware import Manifest, build_package, verify_package, pack_tar, unpack_tar
+"""
+
+from shared.learnware.layout import PACKAGE_FILES, PAYLOAD_FILES, PackageLimits
+from shared.learnware.manifest import (
+    BaseModelRef,
+    Contributor,
+    DpPart,
+    DpReport,
+    DpTotal,
+    FileEntry,
+    Manifest,
+    SpecEntry,
+)
+from shared.learnware.package import (
+    VerifiedPackage,
+    build_package,
+    signing_payload,
+    verify_package,
+)
+from shared.learnware.safetensors_header import TensorInfo, read_safetensors_header
+from shared.learnware.tarball import TarDigest, pack_tar, unpack_tar, write_tar
+
+__all__ = [
+    "PACKAGE_FILES",
+    "PAYLOAD_FILES",
+    "BaseModelRef",
+    "Contributor",
+    "DpPart",
+    "DpReport",
+    "DpTotal",
+    "FileEntry",
+    "Manifest",
+    "PackageLimits",
+    "SpecEntry",
+    "TarDigest",
+    "TensorInfo",
+    "VerifiedPackage",
+    "build_package",
+    "pack_tar",
+    "read_safetensors_header",
+    "signing_payload",
+    "unpack_tar",
+    "verify_package",
+    "write_tar",
+]

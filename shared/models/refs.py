@@ -1,0 +1,112 @@
+"""Public identities of models: names, ids and weight hashes, and the sidecar that caches them.
+
+A market schema names each base or spec model by ``model_id`` and the sha256 of its weights,
+so a spec made with other weights (another conversion, a fine-tuned copy) is refused rather
+than silently compared. Hashing 135M parameters takes about a second, so the hash is stored
+next to the weights in ``lwm-model.json`` and read back instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+SIDECAR = "lwm-model.json"
+SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a spec or learnware records about the model it was made with."""
+
+    name: str
+    model_id: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One line of ``lwm models``: whether a model can be used here and how to get it."""
+
+    name: str
+    description: str
+    available: bool
+    cached: bool
+    path: Path | None
+    sha256: str | None
+    how_to_get: str
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict in sorted key order: name, dtype, shape, raw bytes.
+
+    Independent of file layout (shards, safetensors vs. bin), so the same weights always give
+    the same hash. Tied tensors appear under each of their names, as ``state_dict`` lists them.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        header = f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0"
+        digest.update(header.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to a temporary file, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object at ``path``, or None if it is missing or unreadable (a cache miss)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_sidecar(folder: Path, ref: ModelRef, **extra: Any) -> None:
+    write_json_atomic(folder / SIDECAR, {"version": SIDECAR_VERSION, **asdict(ref), **extra})
+
+
+def read_sidecar(folder: Path) -> ModelRef | None:
+    data = read_json(folder / SIDECAR)
+    if data is None or data.get("version") != SIDECAR_VERSION:
+        return None
+    try:
+        return ModelRef(name=data["name"], model_id=data["model_id"], sha256=data["sha256"])
+    except KeyError:
+        return None
+
+
+def fingerprint(folder: Path) -> list[list[Any]]:
+    """Names, sizes and modification times of a folder's weight files: a cheap change test."""
+    out: list[list[Any]] = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".json") and path.name != SIDECAR:
+            stat = path.stat()
+            out.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return out

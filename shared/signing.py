@@ -1,0 +1,299 @@
+"""Ed25519 identities: key files, learnware signatures and signed gRPC request metadata.
+
+Why Ed25519: small (32-byte keys, 64-byte signatures), deterministic, no parameters to get
+wrong. Keys are identified by ``key_id`` (first 16 hex chars of sha256 of the raw 32-byte
+public key) everywhere: manifests, the market's key registry and request metadata.
+
+Request authentication (no grpc import here; the server's interceptor and the client's
+channel call these): the caller sends three ASCII metadata entries
+
+* ``lwm-key-id``: its key id,
+* ``lwm-timestamp``: Unix time in whole seconds, decimal,
+* ``lwm-signature``: hex of Ed25519 over ``b"lwm-auth-v1\\n" + method + b"\\n" + timestamp``,
+
+where ``method`` is the full gRPC method path (``"/learnware.market.v1.Market/Submit"``),
+as an interceptor sees it in ``handler_call_details.method``. The signature binds caller,
+method and time (±``window_s``), not the body: TLS keeps captured metadata from being
+replayed inside the window, as in Flower's node authentication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound, Unauthenticated
+
+__all__ = [
+    "AUTH_KEY_ID",
+    "AUTH_SIGNATURE",
+    "AUTH_TIMESTAMP",
+    "Ed25519PrivateKey",
+    "Ed25519PublicKey",
+    "auth_metadata",
+    "auth_payload",
+    "check_auth_metadata",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "public_key_bytes",
+    "save_private_key",
+    "save_public_key",
+    "sign",
+    "verify",
+]
+
+AUTH_KEY_ID = "lwm-key-id"
+AUTH_TIMESTAMP = "lwm-timestamp"
+AUTH_SIGNATURE = "lwm-signature"
+_AUTH_TAG = b"lwm-auth-v1\n"
+RAW_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+# ---------------------------------------------------------------- keys
+
+
+def generate_keypair() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+    """A fresh Ed25519 key pair from the OS's random source."""
+    private = Ed25519PrivateKey.generate()
+    return private, private.public_key()
+
+
+def public_key_bytes(public_key: Ed25519PublicKey) -> bytes:
+    """The raw 32-byte encoding (what the proto carries and ``key_id`` hashes)."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(public_key: Ed25519PublicKey | bytes) -> str:
+    """First 16 hex chars (64 bits) of sha256 of the raw public key: a short, stable name."""
+    raw = public_key if isinstance(public_key, bytes) else public_key_bytes(public_key)
+    if len(raw) != RAW_KEY_BYTES:
+        raise InvalidInput(f"an Ed25519 public key has 32 bytes, got {len(raw)}")
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _write_atomically(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    """Write to a temp file beside ``path`` with ``mode`` from the start, then move it in.
+
+    Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile,
+    so an existing key is never clobbered even by a racing writer.
+    """
+    if path.exists() and not overwrite:
+        raise AlreadyExists(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError as err:
+                raise AlreadyExists(f"{path} exists; refusing to overwrite it") from err
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def save_private_key(
+    path: str | Path,
+    key: Ed25519PrivateKey,
+    *,
+    overwrite: bool = False,
+    password: bytes | None = None,
+) -> Path:
+    """Write ``key`` as PEM PKCS8 with mode 0600, atomically; encrypted when ``password``.
+
+    Raises ``AlreadyExists`` if the file exists and ``overwrite`` is false.
+    """
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    target = Path(path)
+    _write_atomically(target, pem, 0o600, overwrite)
+    return target
+
+
+def save_public_key(
+    path: str | Path, public_key: Ed25519PublicKey, *, overwrite: bool = False
+) -> Path:
+    """Write ``public_key`` as PEM SubjectPublicKeyInfo (mode 0644), atomically."""
+    pem = public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    target = Path(path)
+    _write_atomically(target, pem, 0o644, overwrite)
+    return target
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise NotFound(f"{what} file not found: {path}") from err
+    except OSError as err:
+        raise InvalidInput(f"cannot read {what} file {path}: {err.strerror}") from err
+
+
+def load_private_key(path: str | Path, *, password: bytes | None = None) -> Ed25519PrivateKey:
+    """Read a PEM (PKCS8) Ed25519 private key; ``InvalidInput`` for anything else."""
+    data = _read(path, "private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except (ValueError, TypeError) as err:
+        raise InvalidInput(f"{path} is not a readable PEM private key: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInput(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+def load_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from a file path (``str``/``Path``) or from ``bytes``.
+
+    The bytes (or file content) are either the raw 32-byte key or a PEM SubjectPublicKeyInfo.
+    """
+    data = source if isinstance(source, bytes) else _read(source, "public key")
+    if len(data) == RAW_KEY_BYTES:
+        return Ed25519PublicKey.from_public_bytes(data)
+    where = "the given bytes" if isinstance(source, bytes) else str(source)
+    if not data.lstrip().startswith(b"-----BEGIN"):
+        raise InvalidInput(
+            f"{where}: expected a raw 32-byte Ed25519 key or PEM, got {len(data)} bytes"
+        )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as err:
+        raise InvalidInput(f"{where} is not a readable PEM public key: {err}") from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidInput(f"{where} holds a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def sign(key: Ed25519PrivateKey, payload: bytes) -> bytes:
+    """The raw 64-byte Ed25519 signature of ``payload``."""
+    return key.sign(payload)
+
+
+def verify(public_key: Ed25519PublicKey, signature: bytes, payload: bytes) -> None:
+    """Raise ``IntegrityError`` unless ``signature`` is ``public_key``'s over ``payload``."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise IntegrityError(
+            f"an Ed25519 signature has {SIGNATURE_BYTES} bytes, got {len(signature)}"
+        )
+    try:
+        public_key.verify(signature, payload)
+    except InvalidSignature as err:
+        raise IntegrityError(
+            f"signature does not verify with key {key_id(public_key)} "
+            "(tampered data or another signer)"
+        ) from err
+
+
+# ---------------------------------------------------------------- request metadata
+
+
+def auth_payload(method: str, timestamp: str) -> bytes:
+    """The bytes a request signature covers (layout in the module docstring)."""
+    return _AUTH_TAG + method.encode("utf-8") + b"\n" + timestamp.encode("ascii")
+
+
+def auth_metadata(
+    private_key: Ed25519PrivateKey, method: str, now: float | None = None
+) -> list[tuple[str, str]]:
+    """gRPC metadata that authenticates one call to ``method`` (full path) at ``now``."""
+    timestamp = str(int(time.time() if now is None else now))
+    signature = sign(private_key, auth_payload(method, timestamp))
+    return [
+        (AUTH_KEY_ID, key_id(private_key.public_key())),
+        (AUTH_TIMESTAMP, timestamp),
+        (AUTH_SIGNATURE, signature.hex()),
+    ]
+
+
+def _entry(metadata: Mapping[str, str | bytes], name: str) -> str:
+    value = metadata.get(name)
+    if value is None or value == "" or value == b"":
+        raise Unauthenticated(f"missing {name} metadata: sign requests with your key")
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError as err:
+            raise Unauthenticated(f"{name} metadata is not ASCII") from err
+    return value
+
+
+def _parse_timestamp(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+        raise Unauthenticated(f"{AUTH_TIMESTAMP} must be whole Unix seconds, got {raw[:20]!r}")
+    return int(raw)
+
+
+def _lookup(
+    lookup_public_key: Callable[[str], Ed25519PublicKey | None], kid: str
+) -> Ed25519PublicKey | None:
+    try:
+        return lookup_public_key(kid)
+    except NotFound:
+        return None
+
+
+def check_auth_metadata(
+    metadata: Mapping[str, str | bytes],
+    lookup_public_key: Callable[[str], Ed25519PublicKey | None],
+    method: str,
+    now: float | None = None,
+    window_s: float = 300.0,
+) -> str:
+    """Authenticate one call; return the caller's key id or raise ``Unauthenticated``.
+
+    ``lookup_public_key(key_id)`` returns the registered, *unrevoked* key or ``None`` (it may
+    also raise ``NotFound``). Refused: missing entries, a timestamp more than ``window_s``
+    seconds from ``now`` (either way: clocks drift), an unknown key, a bad signature.
+    Authorisation (roles) is the caller's next step.
+    """
+    kid = _entry(metadata, AUTH_KEY_ID)
+    raw_ts = _entry(metadata, AUTH_TIMESTAMP)
+    raw_sig = _entry(metadata, AUTH_SIGNATURE)
+    skew = _parse_timestamp(raw_ts) - (time.time() if now is None else now)
+    if abs(skew) > window_s:
+        raise Unauthenticated(
+            f"stale {AUTH_TIMESTAMP}: {skew:+.0f} s from the server's clock "
+            f"(allowed ±{window_s:.0f} s); check your clock"
+        )
+    public_key = _lookup(lookup_public_key, kid)
+    if public_key is None or key_id(public_key) != kid:
+        raise Unauthenticated(f"unknown or revoked key id {kid[:32]!r}")
+    try:
+        signature = bytes.fromhex(raw_sig)
+    except ValueError as err:
+        raise Unauthenticated(f"{AUTH_SIGNATURE} is not hex") from err
+    try:
+        verify(public_key, signature, auth_payload(method, raw_ts))
+    except IntegrityError as err:
+        raise Unauthenticated(f"bad request signature for key {kid} on {method}") from err
+    return kid

@@ -1,0 +1,18 @@
+"""Session fixtures shared by all tests. Keep it small: one fixture per shared resource."""
+
+from __future__ import annotations
+
+import os
+
+# No network here: Hugging Face libraries must fail fast instead of trying the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+from shared.home import Home  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lwm_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """One cache home per test session, so the tiny model is built once and then reused."""
+    return Home(tmp_path_factory.mktemp("lwm-home"))
