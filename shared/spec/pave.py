@@ -257,6 +257,39 @@ def _train(
     losses: list[float] = []
     norms: list[float] = []
     bar = _progress_bar(schema.steps, progress)
+    with warnings.catch_warnings():
+        # torch warns that full backward hooks fire without input grads: expected, the
+        # inputs are token ids; opacus only needs the hooks on the LoRA-B layers.
+        warnings.filterwarnings("ignore", message="Full backward hook")
+        _loop(dp_model, dp_optimizer, dp_loader, lora_b, schema, losses, norms, bar)
+    if bar is not None:
+        bar.close()
+    epsilon = float(engine.get_epsilon(budget.delta)) if budget.is_private else None
+    report = DPReport(
+        mechanism=MECHANISM if budget.is_private else "none (clipped SGD, no noise)",
+        epsilon=epsilon,
+        delta=budget.delta,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=schema.steps,
+        details={"clip_norm": schema.clip_norm, "expected_batch": n * sample_rate, "lr": schema.lr},
+    )
+    if hasattr(dp_model, "remove_hooks"):
+        dp_model.remove_hooks()
+    return losses, norms, report
+
+
+def _loop(
+    dp_model: Any,
+    dp_optimizer: Any,
+    dp_loader: Any,
+    lora_b: list[torch.nn.Parameter],
+    schema: PaveSchema,
+    losses: list[float],
+    norms: list[float],
+    bar: Any,
+) -> None:
+    """``schema.steps`` DP-SGD steps over Poisson batches (re-iterating the loader)."""
     while len(losses) < schema.steps:
         for batch_ids, batch_mask in dp_loader:
             if len(losses) >= schema.steps:
@@ -276,20 +309,6 @@ def _train(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
-    epsilon = float(engine.get_epsilon(budget.delta)) if budget.is_private else None
-    report = DPReport(
-        mechanism=MECHANISM if budget.is_private else "none (clipped SGD, no noise)",
-        epsilon=epsilon,
-        delta=budget.delta,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=schema.steps,
-        details={"clip_norm": schema.clip_norm, "expected_batch": n * sample_rate, "lr": schema.lr},
-    )
-    dp_model.remove_hooks() if hasattr(dp_model, "remove_hooks") else None
-    return losses, norms, report
 
 
 def _grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
