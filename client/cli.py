@@ -8,6 +8,7 @@ libraries are imported inside commands so ``lwm --help`` stays instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -90,7 +91,12 @@ def spec_make(
     """Compute a (DP) specification of DATA locally; only the spec is written."""
     from client.specs import SpecMaker
     from shared.data import load_dataset
+    from shared.spec.schema import KINDS
 
+    if kind not in KINDS:
+        from shared.errors import SchemaMismatch
+
+        raise SchemaMismatch(f"unknown spec kind {kind!r}; known kinds: {', '.join(KINDS)}")
     budget = _budget(epsilon, delta, no_dp)
     dataset = load_dataset(data)
     maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home))
@@ -135,7 +141,7 @@ def spec_rank(
         table.add_column(col, justify="right" if col != "spec" else "left")
     for row in rows:
         table.add_row(
-            str(row["rank"]), str(row["spec"]), f"{row['distance']:.5f}", f"{row['score']:.4f}"
+            str(row["rank"]), Path(str(row["spec"])).name, f"{row['distance']:.5f}", f"{row['score']:.4f}"
         )
     _console().print(table)
 
@@ -218,6 +224,10 @@ def demo(
 
 def main() -> None:
     """Console entry point: LwmError -> one line on stderr and the error's exit code."""
+    # Library progress bars (HF weight loading) would drown ours and break one-line errors.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         app()
     except LwmError as exc:

@@ -241,10 +241,12 @@ def _train(
     loader = DataLoader(TensorDataset(ids, mask), batch_size=batch)
     sample_rate = 1.0 / len(loader)
     sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=schema.steps)
-    engine = PrivacyEngine(accountant="rdp")
     optimizer = torch.optim.SGD(lora_b, lr=schema.lr)
     with warnings.catch_warnings():
+        # opacus warns that secure_mode (torchcsprng) is off: the noise comes from torch's
+        # generator. README states this; a CSPRNG is future work.
         warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="rdp")
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=peft_model,
             optimizer=optimizer,
