@@ -1,0 +1,231 @@
+"""gRPC transport for the market and its clients: TLS/mTLS credentials, the loopback-only
+rule for ``--insecure``, and the message-size options both sides must agree on.
+
+Why the loopback rule: without TLS, request metadata (key id, timestamp, signature) can be
+captured and replayed within the ±300 s window, and downloads could be altered in flight.
+On 127.0.0.0/8 or ::1 nothing leaves the machine, so plain text is acceptable for tests and
+demos; anywhere else it is refused, never merely warned about. Host names other than
+``localhost`` are refused without a DNS lookup: what a name resolves to can change.
+
+This module imports only grpc and cryptography so the CLI can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from server.auth import SigningInterceptor
+from shared.errors import InvalidInput, NotFound
+from shared.signing import Ed25519PrivateKey
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Address",
+    "ServerTlsFiles",
+    "ServerTlsPaths",
+    "add_port",
+    "channel",
+    "channel_credentials",
+    "check_insecure_address",
+    "message_size_options",
+    "parse_address",
+    "server_credentials",
+]
+
+log = logging.getLogger("lwm.transport")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""gRPC send and receive limit on both sides; stream chunks must stay well below it."""
+
+GrpcOptions = Sequence[tuple[str, Any]]
+
+
+def message_size_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Channel/server options that lift gRPC's 4 MiB default receive limit to ``max_bytes``."""
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+    ]
+
+
+# ---------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``HOST:PORT``; ``host`` is without brackets (``::1``, not ``[::1]``)."""
+
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback
+
+
+def parse_address(address: str) -> Address:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT`` (port 0..65535; 0 lets the server pick)."""
+    text = address.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise InvalidInput(f"bad address {address!r}: write IPv6 as [ADDR]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise InvalidInput(f"bad address {address!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)")
+    if not host:
+        raise InvalidInput(f"bad address {address!r}: the host is empty")
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+        raise InvalidInput(f"bad address {address!r}: the port must be 0..65535")
+    return Address(host, int(port_text))
+
+
+def check_insecure_address(address: str) -> Address:
+    """Allow plain text only on loopback; raise ``InvalidInput`` with the reason otherwise."""
+    parsed = parse_address(address)
+    if not parsed.is_loopback:
+        raise InvalidInput(
+            f"--insecure is only allowed on loopback (127.0.0.1, ::1, localhost), "
+            f"not {parsed.host}: use TLS (--ca) for anything reachable from another machine"
+        )
+    return parsed
+
+
+# ---------------------------------------------------------------- credentials
+
+
+class ServerTlsFiles(Protocol):
+    """What ``server_credentials`` reads; ``pki.ServerDirLayout`` satisfies it."""
+
+    @property
+    def ca_cert(self) -> Path: ...
+
+    @property
+    def server_cert(self) -> Path: ...
+
+    @property
+    def server_key(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class ServerTlsPaths:
+    """TLS files from elsewhere (e.g. a certificate from the organisation's own CA)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise NotFound(f"{what} not found: {path}") from err
+    except OSError as err:
+        raise InvalidInput(f"cannot read {what} {path}: {err.strerror}") from err
+
+
+def server_credentials(files: ServerTlsFiles, require_client_auth: bool) -> grpc.ServerCredentials:
+    """TLS for the server; with ``require_client_auth`` only clients holding a certificate
+    signed by ``files.ca_cert`` can even open a connection (mutual TLS)."""
+    return grpc.ssl_server_credentials(
+        [(_read(files.server_key, "server key"), _read(files.server_cert, "server certificate"))],
+        root_certificates=_read(files.ca_cert, "CA certificate"),
+        require_client_auth=require_client_auth,
+    )
+
+
+def channel_credentials(
+    ca_pem_path: str | Path | None,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS for a client trusting ``ca_pem_path`` (``None``: the system's roots); with
+    ``client_cert`` and ``client_key`` (both or neither) it also proves itself for mTLS."""
+    if (client_cert is None) != (client_key is None):
+        raise InvalidInput("a client certificate needs its key, and a key its certificate")
+    return grpc.ssl_channel_credentials(
+        root_certificates=None if ca_pem_path is None else _read(ca_pem_path, "CA certificate"),
+        private_key=None if client_key is None else _read(client_key, "client key"),
+        certificate_chain=None if client_cert is None else _read(client_cert, "client certificate"),
+    )
+
+
+# ---------------------------------------------------------------- servers and channels
+
+
+def add_port(
+    server: grpc.Server,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    """Bind ``server`` to ``address``; ``credentials=None`` means plain text, loopback only.
+
+    Returns the bound port (useful with port 0). Raises ``InvalidInput`` when the address is
+    refused or cannot be bound, so ``lwm server start`` ends with a one-line reason.
+    """
+    if credentials is None:
+        check_insecure_address(address)
+        log.warning("INSECURE: serving without TLS on %s (loopback only)", address)
+    else:
+        parse_address(address)
+    try:
+        port = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError as err:
+        raise InvalidInput(f"cannot listen on {address}: {err}") from err
+    if port == 0:
+        raise InvalidInput(f"cannot listen on {address} (in use or not a local address?)")
+    return port
+
+
+def channel(
+    address: str,
+    *,
+    ca: str | Path | None = None,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+    insecure: bool = False,
+    signing_key: Ed25519PrivateKey | None = None,
+    options: GrpcOptions = (),
+) -> grpc.Channel:
+    """A client channel to the market with the shared message limits.
+
+    TLS by default (trusting ``ca``, or the system roots when ``ca`` is None); mTLS when
+    ``client_cert``/``client_key`` are given. ``insecure`` is refused unless ``address`` is
+    loopback. With ``signing_key`` every call carries fresh signed auth metadata.
+    """
+    all_options = [*message_size_options(), *options]
+    if insecure:
+        if ca or client_cert or client_key:
+            raise InvalidInput("--insecure cannot be combined with --ca or a client certificate")
+        check_insecure_address(address)
+        log.warning("INSECURE: connecting without TLS to %s (loopback only)", address)
+        chan = grpc.insecure_channel(address, options=all_options)
+    else:
+        parse_address(address)
+        creds = channel_credentials(ca, client_cert, client_key)
+        chan = grpc.secure_channel(address, creds, options=all_options)
+    if signing_key is None:
+        return chan
+    return grpc.intercept_channel(chan, SigningInterceptor(signing_key))
