@@ -11,8 +11,8 @@ signature over the method); an mTLS client certificate, when there is one, is re
 ``Caller.tls_common_name`` for logs but never replaces the key: roles belong to keys, which
 an admin registers and revokes, while certificates only say the connection is allowed.
 
-The client side is ``SigningInterceptor``: put it on the channel (``transport.channel(...,
-signing_key=key)`` does) and every call carries fresh auth metadata.
+The client side is ``shared.transport.SigningInterceptor``: ``shared.transport.channel(...,
+signing_key=key)`` puts it on the channel and every call carries fresh auth metadata.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -35,7 +35,6 @@ __all__ = [
     "MARKET_SERVICE",
     "Authenticator",
     "Caller",
-    "SigningInterceptor",
     "abort_with",
     "grpc_status",
     "market_method",
@@ -186,66 +185,3 @@ def status_on_error(context: grpc.ServicerContext) -> Iterator[None]:
         yield
     except LwmError as error:
         abort_with(context, error)
-
-
-# ---------------------------------------------------------------- client side
-
-
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Sequence[tuple[str, str | bytes]] | None
-    credentials: grpc.CallCredentials | None
-    wait_for_ready: bool | None
-    compression: grpc.Compression | None
-
-
-class _ClientCallDetails(_CallDetails, grpc.ClientCallDetails):
-    """grpc.ClientCallDetails is abstract with no constructor; this is the usual recipe."""
-
-
-class SigningInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds ``shared.signing.auth_metadata`` for the called method to every outgoing call.
-
-    Signed at call start with a fresh timestamp, so a long stream stays valid; public RPCs
-    (GetSchema, health) get it too, which the server simply ignores.
-    """
-
-    def __init__(
-        self, private_key: signing.Ed25519PrivateKey, clock: Callable[[], float] = time.time
-    ) -> None:
-        self._key = private_key
-        self._clock = clock
-
-    def _sign(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        method = details.method
-        if isinstance(method, bytes):
-            method = method.decode("ascii")
-        auth_names = {signing.AUTH_KEY_ID, signing.AUTH_TIMESTAMP, signing.AUTH_SIGNATURE}
-        metadata = [(k, v) for k, v in (details.metadata or ()) if k not in auth_names]
-        metadata.extend(signing.auth_metadata(self._key, method, now=self._clock()))
-        return _ClientCallDetails(
-            method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._sign(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._sign(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._sign(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._sign(details), requests)

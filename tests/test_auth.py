@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import pytest
 
-from server import auth, pki, transport
+from server import auth, pki
 from server.records import KeyRecord, Role
-from shared import errors, signing
+from shared import errors, signing, transport
 from shared.proto import market_pb2, market_pb2_grpc
 
 TIMEOUT = 10.0
@@ -111,7 +111,7 @@ def stub(
 ) -> market_pb2_grpc.MarketStub:
     chan = transport.channel(f"127.0.0.1:{port}", insecure=True)
     if key is not None:
-        chan = grpc.intercept_channel(chan, auth.SigningInterceptor(key, clock=clock))
+        chan = grpc.intercept_channel(chan, transport.SigningInterceptor(key, clock=clock))
     return market_pb2_grpc.MarketStub(chan)
 
 
@@ -325,8 +325,8 @@ def test_check_without_grpc_and_caller_is_frozen(registry: Registry, keys) -> No
 
 def test_interceptor_replaces_spoofed_auth_and_keeps_other_metadata(keys) -> None:
     seen: list[Any] = []
-    interceptor = auth.SigningInterceptor(keys["user"], clock=lambda: 1_790_000_000.0)
-    details = auth._ClientCallDetails(
+    interceptor = transport.SigningInterceptor(keys["user"], clock=lambda: 1_790_000_000.0)
+    details = transport._ClientCallDetails(
         GET, 5.0, [("x-trace", "t1"), (signing.AUTH_KEY_ID, "spoof")], None, None, None
     )
 

@@ -12,7 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server import pki, transport
+from server import pki
+from shared import transport
 from shared.errors import InvalidInput, NotFound
 from shared.proto import market_pb2, market_pb2_grpc
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
-from server.auth import SigningInterceptor
+from shared import signing
 from shared.errors import InvalidInput, NotFound
 from shared.signing import Ed25519PrivateKey
 
@@ -30,6 +31,7 @@ __all__ = [
     "Address",
     "ServerTlsFiles",
     "ServerTlsPaths",
+    "SigningInterceptor",
     "add_port",
     "channel",
     "channel_credentials",
@@ -229,3 +231,66 @@ def channel(
     if signing_key is None:
         return chan
     return grpc.intercept_channel(chan, SigningInterceptor(signing_key))
+
+
+# ---------------------------------------------------------------- client side
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class _ClientCallDetails(_CallDetails, grpc.ClientCallDetails):
+    """grpc.ClientCallDetails is abstract with no constructor; this is the usual recipe."""
+
+
+class SigningInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``shared.signing.auth_metadata`` for the called method to every outgoing call.
+
+    Signed at call start with a fresh timestamp, so a long stream stays valid; public RPCs
+    (GetSchema, health) get it too, which the server simply ignores.
+    """
+
+    def __init__(
+        self, private_key: signing.Ed25519PrivateKey, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._key = private_key
+        self._clock = clock
+
+    def _sign(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        method = details.method
+        if isinstance(method, bytes):
+            method = method.decode("ascii")
+        auth_names = {signing.AUTH_KEY_ID, signing.AUTH_TIMESTAMP, signing.AUTH_SIGNATURE}
+        metadata = [(k, v) for k, v in (details.metadata or ()) if k not in auth_names]
+        metadata.extend(signing.auth_metadata(self._key, method, now=self._clock()))
+        return _ClientCallDetails(
+            method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._sign(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._sign(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._sign(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._sign(details), requests)
