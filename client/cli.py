@@ -29,6 +29,19 @@ data_app = typer.Typer(help="Read and check data files.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(help="Ed25519 keys that identify you to the market.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _attach_server_groups() -> None:
+    """``lwm server`` and ``lwm admin`` live in server/cli.py (typer only at import)."""
+    from server.cli import admin_app, server_app
+
+    app.add_typer(server_app, name="server")
+    app.add_typer(admin_app, name="admin")
+
+
+_attach_server_groups()
 
 HomeOpt = Annotated[
     str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
@@ -141,7 +154,10 @@ def spec_rank(
         table.add_column(col, justify="right" if col != "spec" else "left")
     for row in rows:
         table.add_row(
-            str(row["rank"]), Path(str(row["spec"])).name, f"{row['distance']:.5f}", f"{row['score']:.4f}"
+            str(row["rank"]),
+            Path(str(row["spec"])).name,
+            f"{row['distance']:.5f}",
+            f"{row['score']:.4f}",
         )
     _console().print(table)
 
@@ -194,6 +210,30 @@ def data_inspect(
         return
     for key, value in summary.items():
         _console().print(f"[bold]{key}[/]: {value}")
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="File stem: NAME.key and NAME.pub.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the key pair in.")] = Path(
+        "."
+    ),
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Make an Ed25519 key pair: NAME.key (mode 0600, keep it secret) and NAME.pub."""
+    from shared import signing
+    from shared.errors import InvalidInput
+
+    if not name or "/" in name or name.startswith("."):
+        raise InvalidInput(f"key name must be a plain file stem, got {name!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    private, public = signing.generate_keypair()
+    signing.save_private_key(out / f"{name}.key", private, overwrite=overwrite)
+    signing.save_public_key(out / f"{name}.pub", public, overwrite=overwrite)
+    _console().print(
+        f"made {out / (name + '.key')} (private, 0600) and {out / (name + '.pub')}; "
+        f"key id {signing.key_id(public)}"
+    )
 
 
 @app.command("demo")

@@ -101,3 +101,21 @@ class Unavailable(LwmError):
 
     status = "UNAVAILABLE"
     exit_code = 13
+
+
+_BY_STATUS: dict[str, type[LwmError]] = {
+    "INVALID_ARGUMENT": InvalidInput,
+    "FAILED_PRECONDITION": SchemaMismatch,
+    "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
+    "UNAVAILABLE": Unavailable,
+    "DEADLINE_EXCEEDED": Unavailable,
+}
+
+
+def error_for_status(status: str, message: str) -> LwmError:
+    """The client side of the mapping: a gRPC status name and its message -> an LwmError."""
+    return _BY_STATUS.get(status, LwmError)(message)

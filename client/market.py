@@ -1,0 +1,240 @@
+"""A client of the market over gRPC: the one place client code talks to the server.
+
+Every call is signed (``shared.transport.SigningInterceptor``) when a key is given, runs
+under a deadline, and turns a gRPC error into the project's ``LwmError`` with the server's
+one-line message, so the CLI can print it and exit with the right code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from shared import signing, transport
+from shared.errors import IntegrityError, LwmError, Unavailable, error_for_status
+from shared.learnware import Manifest, write_tar
+from shared.proto import market_pb2 as pb
+from shared.proto import market_pb2_grpc
+from shared.spec.record import Specification
+from shared.spec.schema import MarketSchema, schema_from_params
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 60.0
+UPLOAD_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a market: what ``--server``, ``--key``, ``--ca``/``--insecure`` say."""
+
+    address: str
+    key_path: Path | None = None
+    ca: Path | None = None
+    insecure: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class RemoteSchema:
+    schema: MarketSchema
+    base_models: tuple[tuple[str, str], ...]
+    max_chunk_bytes: int
+    raw: pb.Schema
+
+
+class MarketClient:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        key = signing.load_private_key(conn.key_path) if conn.key_path else None
+        self.key_id = signing.key_id(key.public_key()) if key else None
+        self.channel = transport.channel(
+            conn.address,
+            ca=conn.ca,
+            client_cert=conn.client_cert,
+            client_key=conn.client_key,
+            insecure=conn.insecure,
+            signing_key=key,
+        )
+        self.stub = market_pb2_grpc.MarketStub(self.channel)
+        self._schema: RemoteSchema | None = None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> MarketClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn: Any, request: Any, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+        try:
+            return fn(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise _as_lwm(err, self.conn.address) from None
+
+    # ------------------------------------------------------------------ schema
+    def schema(self) -> RemoteSchema:
+        if self._schema is None:
+            raw = self._call(self.stub.GetSchema, pb.GetSchemaRequest())
+            kinds = {
+                k.kind: schema_from_params(k.kind, json.loads(k.params_json))
+                for k in raw.spec_kinds
+            }
+            for k in raw.spec_kinds:
+                if kinds[k.kind].schema_id != k.schema_id:
+                    raise IntegrityError(
+                        f"the market's {k.kind} schema id does not match its params"
+                    )
+            schema = MarketSchema(
+                rkme=kinds.get("rkme"),  # type: ignore[arg-type]
+                pave=kinds.get("pave"),  # type: ignore[arg-type]
+                default_kind=raw.default_spec_kind,
+            )
+            self._schema = RemoteSchema(
+                schema,
+                tuple((b.model_id, b.sha256) for b in raw.base_models),
+                int(raw.limits.max_chunk_bytes),
+                raw,
+            )
+        return self._schema
+
+    # ------------------------------------------------------------------ contributor
+    def submit(self, package_dir: Path) -> pb.SubmitResponse:
+        """Stream the canonical tar of ``package_dir``; returns the market's verdict."""
+        manifest_json = (package_dir / "manifest.json").read_bytes()
+        signature = (package_dir / "signature").read_bytes()
+        chunk = self.schema().max_chunk_bytes
+        with tempfile.TemporaryFile() as tar:
+            digest = write_tar(package_dir, tar)
+            header = pb.SubmitHeader(
+                manifest_json=manifest_json,
+                signature=signature,
+                contributor_key_id=Manifest.from_json(manifest_json).contributor.key_id,
+                total_size=digest.size,
+                sha256=digest.sha256,
+            )
+            tar.seek(0)
+            requests = _upload(header, tar, chunk)
+            return self._call(self.stub.Submit, requests, timeout=UPLOAD_TIMEOUT_S)
+
+    def withdraw(self, learnware_id: str, reason: str = "") -> pb.LearnwareInfo:
+        return self._call(self.stub.Withdraw, pb.WithdrawRequest(id=learnware_id, reason=reason))
+
+    # ------------------------------------------------------------------ user
+    def get(self, learnware_id: str) -> pb.LearnwareInfo:
+        return self._call(self.stub.Get, pb.GetRequest(id=learnware_id))
+
+    def iter_learnwares(self, **filters: Any) -> Iterator[pb.LearnwareInfo]:
+        token = ""
+        while True:
+            page = self._call(self.stub.List, pb.ListRequest(page_token=token, **filters))
+            yield from page.learnwares
+            token = page.next_page_token
+            if not token:
+                return
+
+    def search(self, spec: Specification, top_k: int = 5, **filters: Any) -> list[pb.SearchResult]:
+        request = pb.SearchRequest(spec=query_spec(spec), top_k=top_k, **filters)
+        return list(self._call(self.stub.Search, request).results)
+
+    def fetch(self, learnware_id: str, out_tar: Path) -> pb.FetchHeader:
+        """Download the package tar to ``out_tar``, resuming a partial ``out_tar.part``.
+
+        The finished file's size and sha256 are checked against the header before it is
+        renamed into place; a mismatch deletes the partial download and raises.
+        """
+        part = out_tar.with_name(out_tar.name + ".part")
+        offset = part.stat().st_size if part.exists() else 0
+        try:
+            stream = self.stub.Fetch(
+                pb.FetchRequest(id=learnware_id, offset=offset), timeout=UPLOAD_TIMEOUT_S
+            )
+            header = _consume(stream, part, offset)
+        except grpc.RpcError as err:
+            raise _as_lwm(err, self.conn.address) from None
+        digest = hashlib.sha256()
+        with part.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if part.stat().st_size != header.total_size or digest.hexdigest() != header.sha256:
+            part.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"download of {learnware_id} does not match the market's size/sha256; deleted"
+            )
+        os.replace(part, out_tar)
+        return header
+
+    # ------------------------------------------------------------------ admin
+    def register_key(self, public_key: bytes, role: str, name: str) -> pb.KeyInfo:
+        request = pb.RegisterKeyRequest(
+            public_key=public_key, role=pb.Role.Value(f"ROLE_{role.upper()}"), name=name
+        )
+        return self._call(self.stub.RegisterKey, request)
+
+    def revoke_key(self, key_id: str, reason: str = "") -> pb.KeyInfo:
+        return self._call(self.stub.RevokeKey, pb.RevokeKeyRequest(key_id=key_id, reason=reason))
+
+    def list_keys(self, include_revoked: bool = False) -> list[pb.KeyInfo]:
+        return list(
+            self._call(self.stub.ListKeys, pb.ListKeysRequest(include_revoked=include_revoked)).keys
+        )
+
+    def stats(self) -> pb.Stats:
+        return self._call(self.stub.GetStats, pb.GetStatsRequest())
+
+
+def query_spec(spec: Specification) -> pb.QuerySpec:
+    return pb.QuerySpec(
+        kind=spec.kind,
+        schema_id=spec.schema_id,
+        vector=spec.vector.astype("<f4").tobytes(),
+        dim=spec.dim,
+        metadata_json=json.dumps(spec.metadata(), sort_keys=True),
+    )
+
+
+def _upload(header: pb.SubmitHeader, tar: Any, chunk: int) -> Iterator[pb.SubmitRequest]:
+    yield pb.SubmitRequest(header=header)
+    offset = 0
+    while True:
+        data = tar.read(chunk)
+        if not data:
+            return
+        yield pb.SubmitRequest(chunk=pb.Chunk(offset=offset, data=data))
+        offset += len(data)
+
+
+def _consume(stream: Any, part: Path, offset: int) -> pb.FetchHeader:
+    header: pb.FetchHeader | None = None
+    with part.open("ab") as out:
+        for message in stream:
+            if message.WhichOneof("msg") == "header":
+                header = message.header
+                continue
+            if message.chunk.offset != offset:
+                raise IntegrityError(
+                    f"fetch stream jumped to offset {message.chunk.offset}, expected {offset}"
+                )
+            out.write(message.chunk.data)
+            offset += len(message.chunk.data)
+    if header is None:
+        raise IntegrityError("the market sent no fetch header")
+    return header
+
+
+def _as_lwm(err: grpc.RpcError, address: str) -> LwmError:
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"cannot reach the market at {address}: {details}")
+    return error_for_status(code.name if code else "UNKNOWN", details or "no details")

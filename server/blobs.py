@@ -1,0 +1,253 @@
+"""Content-addressed blob store: learnware packages on disk, named by their sha256.
+
+Layout: ``root/ab/cdef…`` (the first two hex digits name a shard folder, the other 62 the
+file) and ``root/tmp/`` for uploads in progress, on the same file system so the final
+rename is atomic.
+
+What a crash leaves behind, at each point of an upload:
+- while streaming: a file in ``root/tmp/`` (removed by ``cleanup_temp`` at the next start);
+- after fsync, before the rename: the same;
+- after the rename, before the database commits the learnware: a complete blob nobody
+  references (removed by ``gc`` at the next start);
+- after the commit: a complete, referenced blob.
+A blob under its final name is therefore always complete and its name is its hash: the
+bytes were hashed while they were written, fsynced, and only then renamed into place.
+
+Blob names come from clients (Fetch by sha256), so every name is checked to be 64
+lowercase hex digits before it touches a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from shared.errors import IntegrityError, InvalidInput, NotFound, ResourceExhausted
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TEMP_SUFFIX = ".part"
+
+
+def check_sha256(sha256: str) -> str:
+    """``sha256`` itself if it is 64 lowercase hex digits; InvalidInput otherwise."""
+    if not isinstance(sha256, str) or _SHA256.fullmatch(sha256) is None:
+        raise InvalidInput(f"not a sha256 (64 lowercase hex digits): {str(sha256)[:80]!r}")
+    return sha256
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size: int
+    path: Path
+
+
+class BlobWriter:
+    """One streaming upload. Use as a context manager; leaving it without ``commit``
+    (an exception, a cancelled stream) removes the temp file."""
+
+    def __init__(self, store: BlobStore, max_size: int | None = None) -> None:
+        self._store = store
+        self._max_size = max_size
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.temp_path = store.temp_dir / f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
+        self._file: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115 (closed by commit/abort)
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes. ResourceExhausted (and the upload aborted) past ``max_size``."""
+        if self._file is None:
+            raise ValueError("blob writer is closed")
+        if self._max_size is not None and self.size + len(data) > self._max_size:
+            self.abort()
+            raise ResourceExhausted(f"blob larger than the limit of {self._max_size} bytes")
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    def commit(
+        self, expected_sha256: str | None = None, expected_size: int | None = None
+    ) -> BlobRef:
+        """Check, fsync and move the blob into place; the upload is then durable.
+
+        InvalidInput if the size differs from ``expected_size``, IntegrityError if the hash
+        differs from ``expected_sha256``; in both cases nothing is kept. If the blob is
+        already stored, the new copy replaces it (same bytes; a damaged old copy is healed
+        and its age reset, so a concurrent ``gc(min_age_s=...)`` will not take it).
+        """
+        if self._file is None:
+            raise ValueError("blob writer is closed")
+        sha256 = self.sha256
+        try:
+            if expected_size is not None and expected_size != self.size:
+                raise InvalidInput(f"blob has {self.size} bytes, expected {expected_size}")
+            if expected_sha256 is not None and check_sha256(expected_sha256) != sha256:
+                raise IntegrityError(f"blob sha256 is {sha256}, expected {expected_sha256}")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.chmod(self.temp_path, 0o444)  # content-addressed: never written again
+            final = self._store.path_of(sha256)
+            self._store.ensure_shard(final.parent)
+            os.replace(self.temp_path, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return BlobRef(sha256=sha256, size=self.size, path=final)
+
+    def abort(self) -> None:
+        """Drop the upload: close and remove the temp file (safe to call twice)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self._done:
+            self._done = True
+            self.temp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()  # no-op after a successful commit
+
+
+class BlobStore:
+    """Blobs named by sha256 under ``root``. Safe for many threads and processes: every
+    write goes to its own temp file and lands with one atomic rename."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.temp_dir = self.root / "tmp"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256[2:]
+
+    def ensure_shard(self, shard: Path) -> None:
+        if not shard.is_dir():
+            shard.mkdir(exist_ok=True)
+            _fsync_dir(self.root)  # the new shard's entry must survive too
+
+    def writer(self, max_size: int | None = None) -> BlobWriter:
+        """Start a streaming upload (see ``BlobWriter``)."""
+        return BlobWriter(self, max_size=max_size)
+
+    def put_bytes(self, data: bytes, expected_sha256: str | None = None) -> BlobRef:
+        with self.writer() as writer:
+            writer.write(data)
+            return writer.commit(expected_sha256=expected_sha256)
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_of(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path_of(sha256).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"no blob {sha256}") from None
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob for reading (the caller closes it). NotFound if absent."""
+        try:
+            return open(self.path_of(sha256), "rb")  # noqa: SIM115 (the caller closes it)
+        except FileNotFoundError:
+            raise NotFound(f"no blob {sha256}") from None
+
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (fewer at the end; b"" at offset == size,
+        so a resumed Fetch of a complete download is not an error). InvalidInput for a
+        negative length or an offset beyond the size."""
+        if offset < 0 or length < 0:
+            raise InvalidInput(f"offset and length must be >= 0, got {offset}, {length}")
+        with self.open(sha256) as file:
+            size = os.fstat(file.fileno()).st_size
+            if offset > size:
+                raise InvalidInput(f"offset {offset} is beyond the blob's {size} bytes")
+            file.seek(offset)
+            return file.read(length)
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob; False if it was not there."""
+        try:
+            self.path_of(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def iter_shas(self) -> Iterator[str]:
+        """Every stored blob's sha256 (files that do not look like blobs are skipped)."""
+        for shard in sorted(self.root.iterdir()):
+            if len(shard.name) != 2 or not shard.is_dir():
+                continue
+            for entry in sorted(shard.iterdir()):
+                name = shard.name + entry.name
+                if _SHA256.fullmatch(name) and entry.is_file():
+                    yield name
+
+    def cleanup_temp(self, min_age_s: float = 0.0) -> int:
+        """Remove temp files of uploads a crash interrupted; returns how many.
+
+        Call at start, before serving. ``min_age_s`` spares files modified more recently
+        (for a blob directory shared with another running server).
+        """
+        return sum(
+            _remove_if_older(entry, min_age_s)
+            for entry in self.temp_dir.iterdir()
+            if entry.name.endswith(_TEMP_SUFFIX)
+        )
+
+    def gc(self, referenced: set[str], min_age_s: float = 0.0) -> int:
+        """Delete blobs not in ``referenced``; returns how many.
+
+        A crash between a blob's rename and the database commit leaves such an orphan.
+        Call at start, before serving, with ``store.referenced_blobs()``: an upload in
+        flight has a blob but no row yet, so ``min_age_s`` must exceed the longest
+        upload-to-commit time if gc ever runs while uploads are possible.
+        """
+        return sum(
+            _remove_if_older(self.path_of(sha256), min_age_s)
+            for sha256 in list(self.iter_shas())
+            if sha256 not in referenced
+        )
+
+
+def _remove_if_older(path: Path, min_age_s: float) -> int:
+    try:
+        if min_age_s > 0 and time.time() - path.stat().st_mtime < min_age_s:
+            return 0
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1

@@ -1,0 +1,166 @@
+"""Records <-> protobuf messages, in one place (the service stays a thin forwarder)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server.records import KeyRecord, LearnwareFilter, LearnwareRecord, Role, Status
+from server.settings import Limits
+from shared.errors import InvalidInput, SpecError
+from shared.learnware import Manifest
+from shared.proto import market_pb2 as pb
+from shared.spec.record import Specification
+from shared.spec.schema import MarketSchema, canonical_json
+
+PROTOCOL_VERSION = "1"
+
+_STATUS_TO_PB = {
+    Status.PENDING: pb.LEARNWARE_STATUS_PENDING,
+    Status.USABLE: pb.LEARNWARE_STATUS_USABLE,
+    Status.REJECTED: pb.LEARNWARE_STATUS_REJECTED,
+    Status.WITHDRAWN: pb.LEARNWARE_STATUS_WITHDRAWN,
+}
+_PB_TO_STATUS: dict[int, Status] = {int(v): k for k, v in _STATUS_TO_PB.items()}
+_ROLE_TO_PB = {
+    Role.CONTRIBUTOR: pb.ROLE_CONTRIBUTOR,
+    Role.USER: pb.ROLE_USER,
+    Role.ADMIN: pb.ROLE_ADMIN,
+}
+_PB_TO_ROLE: dict[int, Role] = {int(v): k for k, v in _ROLE_TO_PB.items()}
+
+
+def timestamp(when: datetime | None) -> Timestamp:
+    stamp = Timestamp()
+    if when is not None:
+        stamp.FromDatetime(when.astimezone(UTC))
+    return stamp
+
+
+def status_from_pb(value: int) -> Status | None:
+    return _PB_TO_STATUS.get(value)
+
+
+def role_from_pb(value: int) -> Role:
+    role = _PB_TO_ROLE.get(value)
+    if role is None:
+        raise InvalidInput("role must be CONTRIBUTOR, USER or ADMIN")
+    return role
+
+
+def schema_to_pb(
+    schema: MarketSchema, base_models: list[tuple[str, str]], limits: Limits
+) -> pb.Schema:
+    return pb.Schema(
+        spec_kinds=[
+            pb.SpecKindSchema(
+                kind=kind,
+                schema_id=schema.for_kind(kind).schema_id,
+                params_json=canonical_json(schema.for_kind(kind).params()),
+            )
+            for kind in schema.kinds
+        ],
+        base_models=[pb.BaseModel(model_id=m, sha256=s) for m, s in base_models],
+        limits=pb.Limits(
+            max_chunk_bytes=limits.max_chunk_bytes,
+            max_adapter_bytes=limits.package.max_adapter_bytes,
+            max_spec_bytes=limits.package.max_spec_bytes,
+            max_manifest_bytes=limits.package.max_manifest_bytes,
+            max_package_bytes=limits.max_package_bytes,
+            max_page_size=limits.max_page_size,
+            max_top_k=limits.max_top_k,
+            max_message_bytes=16 * 1024 * 1024,
+        ),
+        default_spec_kind=schema.default_kind,
+        protocol_version=PROTOCOL_VERSION,
+        package_format_version=1,
+    )
+
+
+def learnware_to_pb(record: LearnwareRecord) -> pb.LearnwareInfo:
+    manifest = Manifest.from_json(record.manifest_json)
+    dp = manifest.dp
+    info = pb.LearnwareInfo(
+        id=record.id,
+        name=record.name,
+        domain=record.domain,
+        task=record.task,
+        description=record.description,
+        license=record.license,
+        base_model=pb.BaseModel(model_id=record.base_model_id, sha256=record.base_model_sha256),
+        contributor_key_id=record.contributor_key_id,
+        contributor_name=record.contributor_name,
+        status=_STATUS_TO_PB[record.status],
+        reason=record.reason,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        package_size=record.package_size,
+        package_sha256=record.package_sha256,
+    )
+    for entry in manifest.specs:
+        spec = info.specs.add(kind=entry.kind, schema_id=entry.schema_id, dim=entry.dim, n=entry.n)
+        spec.delta = entry.delta
+        if entry.epsilon is not None:
+            spec.epsilon = entry.epsilon
+    for part in dp.parts:
+        p = info.dp.parts.add(what=part.what, delta=part.delta, mechanism=part.mechanism)
+        if part.epsilon is not None:
+            p.epsilon = part.epsilon
+    if dp.total.epsilon is not None:
+        info.dp.total_epsilon = dp.total.epsilon
+    info.dp.total_delta = dp.total.delta
+    info.dp.accountant = dp.total.accountant
+    info.dp.details_json = canonical_json(_jsonable(manifest.to_dict()["dp"]))
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def key_to_pb(record: KeyRecord) -> pb.KeyInfo:
+    return pb.KeyInfo(
+        key_id=record.key_id,
+        name=record.name,
+        role=_ROLE_TO_PB[record.role],
+        public_key=record.public_key,
+        created_at=timestamp(record.created_at),
+        revoked=record.revoked,
+    )
+
+
+def filter_from_pb(request: Any) -> LearnwareFilter:
+    """From a ListRequest or SearchRequest (fields a request lacks are "any")."""
+    status = getattr(request, "status", 0)
+    return LearnwareFilter(
+        domain=request.domain or None,
+        task=request.task or None,
+        base_model_id=request.base_model_id or None,
+        license=request.license or None,
+        status=status_from_pb(status) if status else None,
+        contributor_key_id=getattr(request, "contributor_key_id", "") or None,
+        spec_kind=getattr(request, "spec_kind", "") or None,
+    )
+
+
+def query_spec_from_pb(query: pb.QuerySpec) -> Specification:
+    """The user's spec off the wire; malformed bytes or metadata -> SpecError."""
+    import numpy as np
+
+    if query.dim == 0 or len(query.vector) != 4 * query.dim:
+        raise SpecError(f"query vector has {len(query.vector)} bytes, expected 4 x dim {query.dim}")
+    vector = np.frombuffer(query.vector, dtype="<f4").astype(np.float32)
+    try:
+        metadata = json.loads(query.metadata_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"query metadata is not JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise SpecError("query metadata must be a JSON object")
+    metadata.setdefault("kind", query.kind)
+    metadata.setdefault("schema_id", query.schema_id)
+    if metadata["kind"] != query.kind or metadata["schema_id"] != query.schema_id:
+        raise SpecError("query metadata disagrees with the query's kind or schema id")
+    return Specification.from_metadata(metadata, vector)

@@ -1,0 +1,344 @@
+"""The market's logic, free of gRPC: submit, get, list, search, fetch, withdraw, keys, stats.
+
+``server.service`` translates protobuf to these calls and errors to status codes. State:
+the ``Store`` (database: the truth), the ``BlobStore`` (package bytes), and in memory the
+USABLE learnwares and one ``SpecIndex`` per spec kind, rebuilt from the store at start and
+updated on every change, so a crash can never leave the index ahead of the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from server.auth import Caller
+from server.blobs import BlobStore
+from server.checker import BaseModelInfo, run_smoke
+from server.index import SpecIndex
+from server.records import (
+    KeyRecord,
+    LearnwareFilter,
+    LearnwareRecord,
+    Page,
+    Role,
+    SpecRecord,
+    Status,
+)
+from server.settings import Limits
+from server.store import Store
+from server.submission import Header, check_header, sha_lock, store_stream, unpack_and_check
+from shared import signing
+from shared.errors import NotFound, PermissionDenied, SpecError, Unauthenticated
+from shared.home import Home
+from shared.spec.record import Specification, specs_to_bytes
+from shared.spec.schema import MarketSchema
+
+log = logging.getLogger("lwm.market")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    record: LearnwareRecord
+    distance: float
+    score: float
+    rank: int
+    kind: str
+    schema_id: str
+
+
+class Market:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        schema: MarketSchema,
+        base_models: dict[str, BaseModelInfo],
+        home: Home,
+        limits: Limits,
+        run_smoke: bool = True,
+        smoke_timeout_s: float = 120.0,
+    ) -> None:
+        self.store, self.blobs, self.schema = store, blobs, schema
+        self.base_models, self.home, self.limits = base_models, home, limits
+        self.run_smoke, self.smoke_timeout_s = run_smoke, smoke_timeout_s
+        self.started_at = datetime.now(UTC)
+        self._lock = threading.RLock()
+        self._usable: dict[str, LearnwareRecord] = {}
+        self.indexes = {
+            kind: SpecIndex(kind, schema.for_kind(kind).schema_id, schema.for_kind(kind).spec_dim)
+            for kind in schema.kinds
+        }
+
+    # ------------------------------------------------------------------ start-up
+    def start(self) -> None:
+        """Make memory agree with disk after any crash: temp files, orphans, PENDING, index."""
+        removed = self.blobs.cleanup_temp()
+        orphans = self.blobs.gc(self.store.referenced_blobs())
+        pending = list(self._all(LearnwareFilter(status=Status.PENDING)))
+        for record in pending:  # a crash between insert and verdict: judge again now
+            self._judge(record)
+        self._load_usable()
+        log.info(
+            "market ready: %d usable learnwares, %d temp files and %d orphan blobs removed, "
+            "%d pending re-checked",
+            len(self._usable),
+            removed,
+            orphans,
+            len(pending),
+        )
+
+    def _load_usable(self) -> None:
+        with self._lock:
+            self._usable.clear()
+            for index in self.indexes.values():
+                for key in index.keys:
+                    index.remove(key)
+            for record in self._all(LearnwareFilter(status=Status.USABLE)):
+                self._publish(record)
+
+    def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
+        """Every record matching ``flt``, page by page (the store caps page sizes)."""
+        token = ""
+        while True:
+            page = self.store.list(flt, 500, token)
+            yield from page.items
+            token = page.next_page_token
+            if not token:
+                return
+
+    def _publish(self, record: LearnwareRecord) -> None:
+        specs = [Specification.from_bytes(s.spec_bytes) for s in record.specs]
+        with self._lock:
+            self._usable[record.id] = replace(record, specs=())
+            for spec in specs:
+                if spec.kind in self.indexes:
+                    self.indexes[spec.kind].add(record.id, spec)
+
+    def _unpublish(self, learnware_id: str) -> None:
+        with self._lock:
+            self._usable.pop(learnware_id, None)
+            for index in self.indexes.values():
+                index.remove(learnware_id)
+
+    # ------------------------------------------------------------------ keys
+    def key_of(self, key_id: str) -> KeyRecord | None:
+        return self.store.get_key(key_id)
+
+    def register_key(self, public_key: bytes, role: Role, name: str) -> KeyRecord:
+        key = signing.load_public_key(public_key)
+        record = KeyRecord(
+            key_id=signing.key_id(key),
+            public_key=signing.public_key_bytes(key),
+            role=role,
+            name=name,
+            created_at=datetime.now(UTC),
+        )
+        return self.store.register_key(record)
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        return self.store.revoke_key(key_id)
+
+    # ------------------------------------------------------------------ submit
+    def submit(
+        self, caller: Caller, header: Header, chunks: Iterable[tuple[int, bytes]]
+    ) -> LearnwareRecord:
+        """Store, check and publish one upload; raises an LwmError and leaves nothing on refusal."""
+        manifest = check_header(header, caller.key_id, self.limits)
+        key = self.store.get_key(caller.key_id)
+        if key is None or key.revoked:
+            raise Unauthenticated(f"key {caller.key_id} is not registered or was revoked")
+        existing = self.store.find_by_package(header.sha256)
+        if existing is not None:
+            from shared.errors import AlreadyExists
+
+            raise AlreadyExists(f"this package is already in the market as {existing.id}")
+        with sha_lock(header.sha256):
+            blob = store_stream(self.blobs, header, chunks, self.limits)
+            try:
+                received = unpack_and_check(
+                    blob,
+                    header,
+                    self.schema,
+                    self.base_models,
+                    self.limits,
+                    key.public_key,
+                    self.blobs.root / "work",
+                )
+            except BaseException:
+                if self.store.find_by_package(blob.sha256) is None:
+                    self.blobs.delete(blob.sha256)
+                raise
+        try:
+            now = datetime.now(UTC)
+            record = LearnwareRecord(
+                id=uuid.uuid4().hex,
+                name=manifest.name,
+                domain=manifest.domain,
+                task=manifest.task,
+                description=manifest.description,
+                license=manifest.license,
+                base_model_id=manifest.base_model.model_id,
+                base_model_sha256=manifest.base_model.sha256,
+                contributor_key_id=caller.key_id,
+                contributor_name=key.name,
+                status=Status.PENDING,
+                reason="",
+                package_sha256=blob.sha256,
+                package_size=blob.size,
+                manifest_json=header.manifest_json,
+                signature=header.signature,
+                created_at=now,
+                updated_at=now,
+                specs=tuple(
+                    SpecRecord(s.kind, s.schema_id, s.dim, specs_to_bytes([s]))
+                    for s in received.static.specs
+                ),
+            )
+            try:
+                stored = self.store.add_learnware(record)
+            except BaseException:
+                with sha_lock(blob.sha256):
+                    if self.store.find_by_package(blob.sha256) is None:
+                        self.blobs.delete(blob.sha256)
+                raise
+            return self._judge(stored, received.package_dir)
+        finally:
+            shutil.rmtree(received.workdir, ignore_errors=True)
+
+    def _judge(self, record: LearnwareRecord, package_dir: Path | None = None) -> LearnwareRecord:
+        """PENDING -> USABLE or REJECTED by the smoke run; publish when USABLE."""
+        ok, reason = True, ""
+        if self.run_smoke:
+            ok, reason = self._smoke(record, package_dir)
+        status = Status.USABLE if ok else Status.REJECTED
+        updated = self.store.set_status(record.id, status, reason)
+        if status is Status.USABLE:
+            self._publish(self.store.get(record.id))
+        log.info("learnware %s (%s) is %s %s", record.id, record.name, status.value, reason)
+        return updated
+
+    def _smoke(self, record: LearnwareRecord, package_dir: Path | None) -> tuple[bool, str]:
+        base = self.base_models.get(record.base_model_id)
+        if base is None:
+            return False, f"base model {record.base_model_id} is no longer accepted"
+        if package_dir is not None:
+            result = run_smoke(package_dir, base, self.home, timeout_s=self.smoke_timeout_s)
+            return result.ok, result.reason
+        from shared.learnware import unpack_tar
+
+        scratch = self.blobs.root / "work" / f"recheck-{record.id}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            unpack_tar(
+                self.blobs.path_of(record.package_sha256), scratch, limits=self.limits.package
+            )
+            result = run_smoke(scratch, base, self.home, timeout_s=self.smoke_timeout_s)
+            return result.ok, result.reason
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # ------------------------------------------------------------------ read side
+    def get(self, caller: Caller, learnware_id: str) -> LearnwareRecord:
+        record = self.store.get(learnware_id)
+        self._check_visible(caller, record)
+        return record
+
+    def list_page(self, caller: Caller, flt: LearnwareFilter, page_size: int, token: str) -> Page:
+        size = min(page_size or self.limits.default_page_size, self.limits.max_page_size)
+        if caller.role is Role.USER:  # users see what they could fetch
+            if flt.status not in (None, Status.USABLE):
+                return Page((), "")
+            flt = replace(flt, status=Status.USABLE)
+        return self.store.list(flt, size, token)
+
+    def search(
+        self, caller: Caller, query: Specification, top_k: int, flt: LearnwareFilter
+    ) -> list[SearchHit]:
+        schema = self.schema.for_kind(query.kind)
+        query.check_against(schema)
+        k = min(top_k or self.limits.default_top_k, self.limits.max_top_k)
+        with self._lock:
+            allowed = self._allowed(flt)
+            hits = self.indexes[query.kind].search(query, k, allowed)
+            records = [self._usable[h.key] for h in hits]
+        return [
+            SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
+            for i, (r, h) in enumerate(zip(records, hits, strict=True))
+        ]
+
+    def _allowed(self, flt: LearnwareFilter) -> set[str] | None:
+        checks = [
+            ("domain", flt.domain),
+            ("task", flt.task),
+            ("base_model_id", flt.base_model_id),
+            ("license", flt.license),
+            ("contributor_key_id", flt.contributor_key_id),
+        ]
+        active = [(name, value) for name, value in checks if value]
+        if not active:
+            return None
+        return {
+            lid
+            for lid, r in self._usable.items()
+            if all(getattr(r, name) == value for name, value in active)
+        }
+
+    def fetch(
+        self, caller: Caller, learnware_id: str, offset: int
+    ) -> tuple[LearnwareRecord, KeyRecord, Iterator[tuple[int, bytes]]]:
+        record = self.store.get(learnware_id)
+        self._check_visible(caller, record, fetch=True)
+        if offset < 0 or offset > record.package_size:
+            raise SpecError(
+                f"offset {offset} is outside the package of {record.package_size} bytes"
+            )
+        key = self.store.get_key(record.contributor_key_id)
+        if key is None:
+            raise NotFound(f"the contributor key of {learnware_id} is unknown")
+        return record, key, self._chunks(record, offset)
+
+    def _chunks(self, record: LearnwareRecord, offset: int) -> Iterator[tuple[int, bytes]]:
+        step = self.limits.max_chunk_bytes
+        with self.blobs.open(record.package_sha256) as handle:
+            handle.seek(offset)
+            while offset < record.package_size:
+                data = handle.read(min(step, record.package_size - offset))
+                if not data:
+                    break
+                yield offset, data
+                offset += len(data)
+
+    def _check_visible(self, caller: Caller, record: LearnwareRecord, fetch: bool = False) -> None:
+        own = record.contributor_key_id == caller.key_id
+        if caller.role is Role.ADMIN or own:
+            return
+        if record.status is not Status.USABLE:
+            raise NotFound(f"learnware {record.id} is not available ({record.status.value})")
+
+    def withdraw(self, caller: Caller, learnware_id: str, reason: str) -> LearnwareRecord:
+        record = self.store.get(learnware_id)
+        if caller.role is not Role.ADMIN and record.contributor_key_id != caller.key_id:
+            raise PermissionDenied(f"only its contributor or an admin may withdraw {learnware_id}")
+        updated = self.store.set_status(learnware_id, Status.WITHDRAWN, reason or "withdrawn")
+        self._unpublish(learnware_id)
+        self.store.record_event(
+            "withdraw", learnware_id=learnware_id, key_id=caller.key_id, detail=reason
+        )
+        return updated
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.store.stats())
+        shas = list(self.blobs.iter_shas())
+        stats["blob_count"] = len(shas)
+        stats["blob_bytes"] = sum(self.blobs.size(s) for s in shas)
+        stats["uptime_s"] = (datetime.now(UTC) - self.started_at).total_seconds()
+        stats["started_at"] = self.started_at
+        stats["indexed"] = {kind: len(index) for kind, index in self.indexes.items()}
+        return stats

@@ -1,0 +1,1 @@
+"""One module per schema revision (``alembic revision`` writes them from script.py.mako)."""

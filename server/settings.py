@@ -1,0 +1,69 @@
+"""The market server's settings: one frozen record built by ``lwm server start`` (or tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import InvalidInput
+from shared.learnware import PackageLimits
+from shared.transport import MAX_MESSAGE_BYTES
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; published in GetSchema so clients can size themselves."""
+
+    max_chunk_bytes: int = 1 * _MIB
+    package: PackageLimits = field(default_factory=PackageLimits)
+    max_page_size: int = 500
+    default_page_size: int = 50
+    max_top_k: int = 100
+    default_top_k: int = 10
+
+    def __post_init__(self) -> None:
+        if not (0 < self.max_chunk_bytes <= MAX_MESSAGE_BYTES // 2):
+            raise InvalidInput(
+                f"max_chunk_bytes must be in (0, {MAX_MESSAGE_BYTES // 2}], "
+                f"got {self.max_chunk_bytes}"
+            )
+        for name in ("max_page_size", "default_page_size", "max_top_k", "default_top_k"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def max_package_bytes(self) -> int:
+        return self.package.max_package_bytes
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``serve`` needs. ``base_models`` are model names (``tiny``, ``smollm2-135m``
+    or folders) whose adapters the market accepts; ``pave_model`` is the PAVE spec model."""
+
+    address: str
+    db_url: str
+    blobs_dir: Path
+    home_dir: Path
+    tls_dir: Path | None = None  # an initialised server dir (lwm server init); None: insecure
+    require_client_cert: bool = False
+    base_models: tuple[str, ...] = ("tiny",)
+    pave_model: str = "tiny"
+    spec_kinds: tuple[str, ...] = ("rkme", "pave")
+    default_kind: str = "rkme"
+    limits: Limits = field(default_factory=Limits)
+    run_smoke: bool = True
+    smoke_timeout_s: float = 120.0
+    workers: int = 16
+    max_concurrent_rpcs: int = 64
+    reflection: bool = False
+    grace_s: float = 10.0
+    admin_pub: Path | None = None  # registered as ADMIN at start when given
+
+    def __post_init__(self) -> None:
+        if not self.base_models:
+            raise InvalidInput("the market needs at least one base model")
+        if self.workers < 1 or self.max_concurrent_rpcs < 1:
+            raise InvalidInput("workers and max_concurrent_rpcs must be >= 1")

@@ -1,0 +1,466 @@
+"""The market's database: learnwares, their specs, registered keys and an audit trail.
+
+``Store.open(url)`` works on a SQLite file (the default) or PostgreSQL, creating or
+upgrading the schema on the way (``server.db.migrate``). Every method is one short
+transaction in its own session, so one ``Store`` serves all gRPC worker threads, and every
+method returns the plain records of ``server.records`` (never ORM objects, which would tie
+the caller to a session).
+
+Crash safety: a learnware and its specs are inserted in one transaction, so a crash or a
+failed insert leaves either all of them or none. The caller stores the package blob first
+(``server.blobs``) and adds the learnware after; a crash between the two leaves an
+unreferenced blob, which ``BlobStore.gc(store.referenced_blobs())`` removes at the next
+start. A committed row therefore always has its blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from server.db import (
+    BEGIN_OPTION,
+    EventRow,
+    KeyRow,
+    LearnwareRow,
+    SpecRow,
+    create_db_engine,
+    migrate,
+    utcnow,
+)
+from server.records import (
+    KeyRecord,
+    LearnwareFilter,
+    LearnwareRecord,
+    Page,
+    Role,
+    SpecRecord,
+    Status,
+)
+from shared.errors import AlreadyExists, InvalidInput, NotFound
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000  # larger requests are cut to this (a page is held in memory)
+_SPEC_BATCH = 500
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.USABLE, Status.REJECTED, Status.WITHDRAWN}),
+    Status.USABLE: frozenset({Status.WITHDRAWN}),
+    Status.REJECTED: frozenset(),
+    Status.WITHDRAWN: frozenset(),
+}
+"""The life cycle ``set_status`` enforces. REJECTED and WITHDRAWN are final."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the audit trail (who did what to which learnware, when)."""
+
+    id: int
+    at: datetime
+    action: str
+    learnware_id: str | None
+    key_id: str | None
+    detail: str
+
+
+class Store:
+    """Thread-safe access to the market database. Build with ``Store.open(url)``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, pool_size: int | None = None) -> Store:
+        """Connect and bring the schema to head. ``url`` e.g. ``sqlite:///DIR/market.db``
+        or ``postgresql+psycopg://user@host:port/db``."""
+        engine = create_db_engine(url, pool_size=pool_size)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
+        so it waits on the busy timeout instead of failing when another writer got there
+        between our read and our write."""
+        with self._sessions.begin() as session:
+            session.connection(execution_options={BEGIN_OPTION: "IMMEDIATE"})
+            yield session
+
+    # ---- learnwares -----------------------------------------------------------------
+
+    def add_learnware(self, record: LearnwareRecord) -> LearnwareRecord:
+        """Insert a learnware and its specs, all or nothing. Returns it as ``get`` would
+        (timestamps in UTC, specs ordered by kind).
+
+        Raises AlreadyExists (naming the stored learnware) when its package or id is
+        already stored, InvalidInput when the record breaks a constraint (e.g. two specs
+        of one kind, a naive timestamp); nothing is stored then.
+        """
+        _require_aware(record.created_at, record.updated_at)
+        try:
+            with self._writing() as session:
+                _refuse_duplicate(session, record)
+                row = LearnwareRow.from_record(record)
+                session.add(row)
+                session.flush()  # the learnware row first: specs reference it
+                specs = sorted(record.specs, key=lambda spec: spec.kind)  # as reads return them
+                row.specs.extend(SpecRow.from_record(record.id, spec) for spec in specs)
+                session.flush()
+                _event(
+                    session,
+                    "learnware.add",
+                    record.id,
+                    record.contributor_key_id,
+                    f"status={record.status} package={record.package_sha256}",
+                )
+                return row.to_record()
+        except DbIntegrityError as error:
+            with self._reading() as session:
+                _refuse_duplicate(session, record)  # lost a race to a concurrent insert
+            raise InvalidInput(_constraint_message(record, error)) from None
+
+    def get(self, learnware_id: str) -> LearnwareRecord:
+        with self._reading() as session:
+            return _get_row(session, learnware_id).to_record()
+
+    def find_by_package(self, package_sha256: str) -> LearnwareRecord | None:
+        with self._reading() as session:
+            row = session.scalar(
+                select(LearnwareRow)
+                .where(LearnwareRow.package_sha256 == package_sha256)
+                .options(selectinload(LearnwareRow.specs))
+            )
+            return None if row is None else row.to_record()
+
+    def list(
+        self,
+        filter: LearnwareFilter | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        with_specs: bool = True,
+    ) -> Page:
+        """One page of learnwares in (created_at, id) order, oldest first.
+
+        ``page_size`` 0 means DEFAULT_PAGE_SIZE; above MAX_PAGE_SIZE it is cut. The token
+        is tied to the filter: reusing it with another filter, or a damaged token, raises
+        InvalidInput. Keyset paging: rows added while paging appear at the end, none is
+        skipped or repeated.
+        """
+        flt = filter or LearnwareFilter()
+        size = _page_size(page_size)
+        fingerprint = _fingerprint(flt)
+        query = select(LearnwareRow).where(*_conditions(flt))
+        if page_token:
+            after_at, after_id = _decode_token(page_token, fingerprint)
+            query = query.where(
+                or_(
+                    LearnwareRow.created_at > after_at,
+                    and_(LearnwareRow.created_at == after_at, LearnwareRow.id > after_id),
+                )
+            )
+        query = query.order_by(LearnwareRow.created_at, LearnwareRow.id).limit(size + 1)
+        if with_specs:
+            query = query.options(selectinload(LearnwareRow.specs))
+        with self._reading() as session:
+            rows = session.scalars(query).all()
+            items = tuple(row.to_record(with_specs) for row in rows[:size])
+        token = _encode_token(items[-1], fingerprint) if len(rows) > size else ""
+        return Page(items=items, next_page_token=token)
+
+    def set_status(
+        self, learnware_id: str, status: Status, reason: str = "", *, key_id: str | None = None
+    ) -> LearnwareRecord:
+        """Move a learnware along its life cycle (``TRANSITIONS``); InvalidInput otherwise.
+        ``key_id`` names who asked, for the audit trail."""
+        new = Status(status)
+        with self._writing() as session:
+            row = _get_row(session, learnware_id)
+            if new not in TRANSITIONS[row.status]:
+                allowed = ", ".join(sorted(TRANSITIONS[row.status])) or "nothing (final)"
+                raise InvalidInput(
+                    f"learnware {learnware_id} is {row.status} and cannot become {new}; "
+                    f"allowed: {allowed}"
+                )
+            _event(
+                session,
+                "learnware.status",
+                learnware_id,
+                key_id,
+                f"{row.status} -> {new}" + (f": {reason}" if reason else ""),
+            )
+            row.status, row.reason, row.updated_at = new, reason, utcnow()
+            return row.to_record()
+
+    def specs_of(self, learnware_id: str) -> tuple[SpecRecord, ...]:
+        with self._reading() as session:
+            return _get_row(session, learnware_id).to_record().specs
+
+    def iter_specs(
+        self, kind: str, status: Status | None = Status.USABLE
+    ) -> Iterator[tuple[str, SpecRecord]]:
+        """(learnware id, spec) for every spec of ``kind`` whose learnware has ``status``
+        (None: any), in id order, to load the search index. Reads in batches, each its own
+        short transaction, so no transaction stays open while the caller works."""
+        last = ""
+        while True:
+            query = (
+                select(SpecRow)
+                .join(LearnwareRow)
+                .where(SpecRow.kind == kind, SpecRow.learnware_id > last)
+                .order_by(SpecRow.learnware_id)
+                .limit(_SPEC_BATCH)
+            )
+            if status is not None:
+                query = query.where(LearnwareRow.status == Status(status))
+            with self._reading() as session:
+                batch = [(r.learnware_id, r.to_record()) for r in session.scalars(query)]
+            yield from batch
+            if len(batch) < _SPEC_BATCH:
+                return
+            last = batch[-1][0]
+
+    def referenced_blobs(self) -> set[str]:
+        """sha256 of every stored package (any status: rows are never deleted), for gc."""
+        with self._reading() as session:
+            return set(session.scalars(select(LearnwareRow.package_sha256)))
+
+    # ---- keys -----------------------------------------------------------------------
+
+    def register_key(self, record: KeyRecord) -> KeyRecord:
+        """Register a key as active. AlreadyExists if it is registered and not revoked.
+
+        A revoked key may be registered again: it becomes active with the new role and name
+        and keeps its first ``created_at`` (the audit trail has both events). Its public key
+        must be the stored one (InvalidInput otherwise).
+        """
+        try:
+            with self._writing() as session:
+                row = session.get(KeyRow, record.key_id)
+                if row is None:
+                    row = KeyRow.from_record(record)
+                    session.add(row)
+                    action = "key.register"
+                elif not row.revoked:
+                    raise AlreadyExists(f"key {record.key_id} is already registered ({row.role})")
+                elif row.public_key != record.public_key:
+                    raise InvalidInput(
+                        f"key id {record.key_id} was registered with another public key"
+                    )
+                else:
+                    row.revoked, row.role, row.name = False, Role(record.role), record.name
+                    action = "key.reactivate"
+                _event(session, action, None, record.key_id, f"role={row.role} name={row.name}")
+                session.flush()
+                return row.to_record()
+        except DbIntegrityError:
+            raise AlreadyExists(f"key {record.key_id} is already registered") from None
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        """Mark a key revoked (idempotent). NotFound if it was never registered."""
+        with self._writing() as session:
+            row = session.get(KeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no key {key_id!r} is registered")
+            if not row.revoked:
+                row.revoked = True
+                _event(session, "key.revoke", None, key_id, f"role={row.role} name={row.name}")
+            return row.to_record()
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key, revoked or not (the caller checks ``revoked``); None if unknown."""
+        with self._reading() as session:
+            row = session.get(KeyRow, key_id)
+            return None if row is None else row.to_record()
+
+    def list_keys(self, include_revoked: bool = False) -> tuple[KeyRecord, ...]:
+        query = select(KeyRow).order_by(KeyRow.created_at, KeyRow.key_id)
+        if not include_revoked:
+            query = query.where(KeyRow.revoked.is_(False))
+        with self._reading() as session:
+            return tuple(row.to_record() for row in session.scalars(query))
+
+    # ---- operations -----------------------------------------------------------------
+
+    def record_event(
+        self,
+        action: str,
+        *,
+        learnware_id: str | None = None,
+        key_id: str | None = None,
+        detail: str = "",
+    ) -> None:
+        """Append to the audit trail (e.g. a refused submission, a fetch). The store itself
+        records its own changes in the same transaction as the change."""
+        with self._writing() as session:
+            _event(session, action, learnware_id, key_id, detail)
+
+    def events(self, *, learnware_id: str | None = None, limit: int = 100) -> tuple[Event, ...]:
+        """The newest ``limit`` events, newest first, optionally of one learnware."""
+        query = select(EventRow).order_by(EventRow.id.desc()).limit(max(limit, 0))
+        if learnware_id is not None:
+            query = query.where(EventRow.learnware_id == learnware_id)
+        with self._reading() as session:
+            return tuple(
+                Event(r.id, r.at, r.action, r.learnware_id, r.key_id, r.detail)
+                for r in session.scalars(query)
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for ``lwm server stats``, JSON-ready:
+        ``learnwares``, ``by_status`` (every status, zeros included), ``by_domain``,
+        ``specs_by_kind``, ``keys_by_role`` (active keys, every role), ``keys_revoked``,
+        ``package_bytes`` (sum over stored packages), ``events``."""
+        with self._reading() as session:
+            by_status = _counts(session, LearnwareRow.status)
+            keys = session.execute(
+                select(KeyRow.role, KeyRow.revoked, func.count()).group_by(
+                    KeyRow.role, KeyRow.revoked
+                )
+            ).all()
+            return {
+                "learnwares": sum(by_status.values()),
+                "by_status": {str(s): by_status.get(s, 0) for s in Status},
+                "by_domain": _counts(session, LearnwareRow.domain),
+                "specs_by_kind": _counts(session, SpecRow.kind),
+                "keys_by_role": {
+                    str(r): sum(n for role, rev, n in keys if role == r and not rev) for r in Role
+                },
+                "keys_revoked": sum(n for _, rev, n in keys if rev),
+                "package_bytes": int(
+                    session.scalar(select(func.coalesce(func.sum(LearnwareRow.package_size), 0)))
+                    or 0
+                ),
+                "events": session.scalar(select(func.count()).select_from(EventRow)) or 0,
+            }
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def _require_aware(*stamps: datetime) -> None:
+    for stamp in stamps:
+        if stamp.tzinfo is None:
+            raise InvalidInput(f"timestamp {stamp.isoformat()} has no timezone; give UTC")
+
+
+def _refuse_duplicate(session: Session, record: LearnwareRecord) -> None:
+    existing = session.scalar(
+        select(LearnwareRow.id).where(LearnwareRow.package_sha256 == record.package_sha256)
+    )
+    if existing is not None:
+        raise AlreadyExists(
+            f"package {record.package_sha256} is already stored as learnware {existing}"
+        )
+    if session.get(LearnwareRow, record.id) is not None:
+        raise AlreadyExists(f"learnware id {record.id} is already taken")
+
+
+def _constraint_message(record: LearnwareRecord, error: DbIntegrityError) -> str:
+    kinds = [spec.kind for spec in record.specs]
+    repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+    if repeated:
+        return f"learnware {record.id} has more than one spec of kind {', '.join(repeated)}"
+    first_line = str(error.orig).strip().splitlines()[0] if error.orig else "constraint"
+    return f"learnware {record.id} was not stored: {first_line}"
+
+
+def _get_row(session: Session, learnware_id: str) -> LearnwareRow:
+    row = session.get(LearnwareRow, learnware_id, options=[selectinload(LearnwareRow.specs)])
+    if row is None:
+        raise NotFound(f"no learnware {learnware_id!r}")
+    return row
+
+
+def _event(
+    session: Session, action: str, learnware_id: str | None, key_id: str | None, detail: str
+) -> None:
+    session.add(
+        EventRow(
+            at=utcnow(), action=action, learnware_id=learnware_id, key_id=key_id, detail=detail
+        )
+    )
+
+
+def _counts(session: Session, column: Any) -> dict[Any, int]:
+    rows = session.execute(select(column, func.count()).group_by(column).order_by(column))
+    return {key: int(n) for key, n in rows}
+
+
+def _conditions(flt: LearnwareFilter) -> list[ColumnElement[bool]]:
+    """SQL conditions for the filter's non-empty fields."""
+    equal = {
+        LearnwareRow.domain: flt.domain,
+        LearnwareRow.task: flt.task,
+        LearnwareRow.base_model_id: flt.base_model_id,
+        LearnwareRow.license: flt.license,
+        LearnwareRow.status: Status(flt.status) if flt.status else None,
+        LearnwareRow.contributor_key_id: flt.contributor_key_id,
+    }
+    conditions = [column == value for column, value in equal.items() if value]
+    if flt.spec_kind:
+        conditions.append(
+            exists().where(SpecRow.learnware_id == LearnwareRow.id, SpecRow.kind == flt.spec_kind)
+        )
+    return conditions
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidInput(f"page_size must be >= 0, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _fingerprint(flt: LearnwareFilter) -> str:
+    return hashlib.sha256(repr(flt).encode()).hexdigest()[:12]
+
+
+def _encode_token(last: LearnwareRecord, fingerprint: str) -> str:
+    payload = {"v": 1, "t": last.created_at.isoformat(), "i": last.id, "f": fingerprint}
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, fingerprint: str) -> tuple[datetime, str]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        version, at = payload["v"], datetime.fromisoformat(payload["t"])
+        last_id, token_fingerprint = str(payload["i"]), payload["f"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        version, at = None, None
+    if version != 1 or at is None or at.tzinfo is None:
+        raise InvalidInput("page_token is not one this server gave out")
+    if token_fingerprint != fingerprint:
+        raise InvalidInput("page_token belongs to a listing with other filters")
+    return at, last_id

@@ -1,0 +1,339 @@
+"""The market server over real gRPC + TLS on loopback, with real signed packages."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from builders import (
+    build_learnware,
+    flip_byte,
+    random_rkme_spec,
+    rkme_schema,
+    train_lora_adapter,
+    write_raw_spec,
+    write_specs,
+)
+from market_fixtures import market_server
+
+from server.records import Role, Status
+from shared.errors import (
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SchemaMismatch,
+    Unauthenticated,
+)
+from shared.learnware import pack_tar
+from shared.models import model_ref
+from shared.proto import market_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, lwm_home):
+    tmp = tmp_path_factory.mktemp("market")
+    adapter = train_lora_adapter(lwm_home, tmp / "adapter")
+    schema = rkme_schema(lwm_home)
+    with market_server(tmp, lwm_home) as market:
+        alice = market.new_key("alice", Role.CONTRIBUTOR)
+        market.new_key("bob", Role.CONTRIBUTOR)
+        market.new_key("uma", Role.USER)
+        yield {
+            "market": market,
+            "tmp": tmp,
+            "adapter": adapter,
+            "schema": schema,
+            "alice": alice,
+            "base": model_ref("tiny", lwm_home),
+        }
+
+
+_counter = iter(range(10_000))
+
+
+def package(world, key=None, seed=None, spec_file=None, **changes) -> Path:
+    """A fresh, correctly signed learnware (unique bytes via the spec's noise seed)."""
+    n = next(_counter)
+    seed = n if seed is None else seed
+    tmp = world["tmp"] / f"pkg{n}"
+    tmp.mkdir()
+    if spec_file is None:
+        spec = random_rkme_spec(world["schema"], seed=seed)
+        spec_file = write_specs(tmp / "spec.safetensors", [spec])
+    return build_learnware(
+        tmp / "lw",
+        adapter=world["adapter"],
+        spec_file=spec_file,
+        base=world["base"],
+        private_key=key or world["alice"],
+        **changes,
+    )
+
+
+def test_submit_search_fetch_withdraw(world):
+    market = world["market"]
+    alice, uma = market.client("alice"), market.client("uma")
+    lw = package(world, seed=101, name="cardio-notes", domain="medicine")
+    reply = alice.submit(lw)
+    assert reply.status == pb.LEARNWARE_STATUS_USABLE, reply.reason
+    info = uma.get(reply.id)
+    assert info.name == "cardio-notes" and info.domain == "medicine"
+    assert info.specs[0].kind == "rkme" and info.dp.parts
+    # The same data (same seed, same noise) is the nearest spec of all.
+    query = random_rkme_spec(world["schema"], seed=101)
+    results = uma.search(query, top_k=3)
+    assert results[0].learnware.id == reply.id
+    assert results[0].why.rank == 1 and results[0].why.kind == "rkme"
+    assert [r.learnware.id for r in uma.search(query, domain="finance")] == []
+    out = world["tmp"] / "fetched.tar"
+    header = uma.fetch(reply.id, out)
+    assert out.read_bytes() == pack_tar(lw)
+    assert header.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert header.contributor_public_key and header.signature == (lw / "signature").read_bytes()
+    # Withdraw: gone from search and fetch, still visible to its contributor.
+    assert alice.withdraw(reply.id, "superseded").status == pb.LEARNWARE_STATUS_WITHDRAWN
+    assert reply.id not in [r.learnware.id for r in uma.search(query, top_k=10)]
+    with pytest.raises(NotFound):
+        uma.get(reply.id)
+    assert alice.get(reply.id).reason == "superseded"
+
+
+def test_fetch_resumes_from_a_partial_download(world):
+    market = world["market"]
+    reply = market.client("alice").submit(package(world))
+    out = world["tmp"] / "resume.tar"
+    full = market.running.market.blobs.path_of(
+        market.running.market.store.get(reply.id).package_sha256
+    ).read_bytes()
+    (world["tmp"] / "resume.tar.part").write_bytes(full[:1000])
+    market.client("uma").fetch(reply.id, out)
+    assert out.read_bytes() == full
+
+
+def test_list_pages_and_filters(world):
+    market = world["market"]
+    alice = market.client("alice")
+    ids = {alice.submit(package(world, domain="law")).id for _ in range(3)}
+    listed = list(market.client("uma").iter_learnwares(domain="law", page_size=2))
+    assert {i.id for i in listed} == ids
+    assert all(i.status == pb.LEARNWARE_STATUS_USABLE for i in listed)
+
+
+def _refused(world, submit, error, needle):
+    market = world["market"]
+    before = (market.learnware_count(), market.blob_count())
+    with pytest.raises(error) as excinfo:
+        submit()
+    assert needle in str(excinfo.value)
+    assert (market.learnware_count(), market.blob_count()) == before, "refusal left something"
+
+
+def test_tampered_packages_are_refused_and_leave_nothing(world):
+    alice = world["market"].client("alice")
+    for name in ("adapter_model.safetensors", "spec.safetensors"):
+        lw = package(world)
+        flip_byte(lw / name, index=-2)
+        _refused(world, lambda lw=lw: alice.submit(lw), InvalidInput, name)
+    lw = package(world)
+    flip_byte(lw / "signature", index=0)
+    _refused(world, lambda: alice.submit(lw), InvalidInput, "signature")
+    lw = package(world)
+    manifest = (lw / "manifest.json").read_bytes()
+    flip_byte(lw / "manifest.json", index=manifest.index(b'"name":"') + len(b'"name":"'))
+    _refused(world, lambda: alice.submit(lw), InvalidInput, "signature")
+
+
+def test_wrong_key_and_unregistered_key_are_refused(world):
+    market = world["market"]
+    mallory = market.new_key("mallory", None)  # never registered
+    lw = package(world, key=mallory)
+    _refused(world, lambda: market.client("mallory").submit(lw), Unauthenticated, "")
+    # bob submits a package signed by (and naming) alice: refused
+    _refused(
+        world,
+        lambda: market.client("bob").submit(package(world)),
+        PermissionDenied,
+        "alice" if False else "",
+    )
+
+
+def test_bad_content_is_refused_with_the_right_status(world):
+    alice = world["market"].client("alice")
+    good = random_rkme_spec(world["schema"], seed=7)
+    tmp = world["tmp"] / "bad-specs"
+    tmp.mkdir()
+    nan = good.vector.copy()
+    nan[0] = np.nan
+    nan_file = write_raw_spec(tmp / "nan.safetensors", "rkme", nan, good.metadata())
+    _refused(
+        world, lambda: alice.submit(package(world, spec_file=nan_file)), InvalidInput, "finite"
+    )
+    other = rkme_schema_other(world)
+    wrong = write_specs(tmp / "wrong.safetensors", [random_rkme_spec(other, seed=8)])
+    _refused(world, lambda: alice.submit(package(world, spec_file=wrong)), SchemaMismatch, "schema")
+
+
+def rkme_schema_other(world):
+    import dataclasses
+
+    return dataclasses.replace(world["schema"], gamma=0.25)
+
+
+def _raw_submit(world, key_name, header, chunks):
+    client = world["market"].client(key_name)
+
+    def requests():
+        yield pb.SubmitRequest(header=header)
+        for offset, data in chunks:
+            yield pb.SubmitRequest(chunk=pb.Chunk(offset=offset, data=data))
+
+    return client._call(client.stub.Submit, requests())
+
+
+def test_pickle_bearing_and_oversized_uploads(world):
+    lw = package(world)
+    manifest, signature = (lw / "manifest.json").read_bytes(), (lw / "signature").read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(lw.iterdir()):
+            tar.add(path, arcname=path.name)
+        evil = b"cos\nsystem\n(S'echo pwned'\ntR."
+        member = tarfile.TarInfo("adapter_model.bin")
+        member.size = len(evil)
+        tar.addfile(member, io.BytesIO(evil))
+    data = buffer.getvalue()
+    key_id = world["market"].running.market.store.list_keys()[1].key_id
+    header = pb.SubmitHeader(
+        manifest_json=manifest,
+        signature=signature,
+        contributor_key_id=_alice_id(world),
+        total_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    assert key_id
+    _refused(world, lambda: _raw_submit(world, "alice", header, [(0, data)]), InvalidInput, ".bin")
+    big = pb.SubmitHeader(
+        manifest_json=manifest,
+        signature=signature,
+        contributor_key_id=_alice_id(world),
+        total_size=10**12,
+        sha256="0" * 64,
+    )
+    _refused(world, lambda: _raw_submit(world, "alice", big, []), ResourceExhausted, "limit")
+    chunk_limit = world["market"].running.market.limits.max_chunk_bytes
+    fat = pb.SubmitHeader(
+        manifest_json=manifest,
+        signature=signature,
+        contributor_key_id=_alice_id(world),
+        total_size=chunk_limit + 1,
+        sha256="0" * 64,
+    )
+    blob = b"x" * (chunk_limit + 1)
+    _refused(
+        world, lambda: _raw_submit(world, "alice", fat, [(0, blob)]), ResourceExhausted, "chunk"
+    )
+
+
+def _alice_id(world):
+    from shared import signing
+
+    return signing.key_id(world["alice"].public_key())
+
+
+def test_stream_cut_halfway_leaves_nothing(world):
+    market = world["market"]
+    lw = package(world)
+    data = pack_tar(lw)
+    header = pb.SubmitHeader(
+        manifest_json=(lw / "manifest.json").read_bytes(),
+        signature=(lw / "signature").read_bytes(),
+        contributor_key_id=_alice_id(world),
+        total_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    stop = threading.Event()
+    client = market.client("alice")
+
+    def requests():
+        yield pb.SubmitRequest(header=header)
+        yield pb.SubmitRequest(chunk=pb.Chunk(offset=0, data=data[: len(data) // 2]))
+        stop.wait(10)  # hold the stream open, then the client cancels it
+
+    before = (market.learnware_count(), market.blob_count())
+    future = client.stub.Submit.future(requests(), timeout=30)
+    threading.Timer(1.0, future.cancel).start()
+    with pytest.raises(grpc.FutureCancelledError):
+        future.result()
+    stop.set()
+    import time
+
+    time.sleep(1.0)  # the server notices the cancellation and unwinds
+    assert (market.learnware_count(), market.blob_count()) == before
+    root = market.running.market.blobs.root
+    temp = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] == "tmp"]
+    assert not temp, temp
+
+
+def test_roles(world):
+    market = world["market"]
+    lw = package(world)
+    _refused(world, lambda: market.client("uma").submit(lw), PermissionDenied, "USER")
+    reply = market.client("alice").submit(lw)
+    with pytest.raises(PermissionDenied, match="withdraw"):
+        market.client("bob").withdraw(reply.id)
+    with pytest.raises(PermissionDenied):
+        market.client("uma").stats()
+    assert market.client("admin").stats().learnwares_total >= 1
+
+
+def test_revoked_key_is_refused(world):
+    market = world["market"]
+    market.new_key("temp", Role.USER)
+    client = market.client("temp")
+    query = random_rkme_spec(world["schema"], seed=1)
+    client.search(query)
+    market.client("admin").revoke_key(client.key_id)
+    with pytest.raises(Unauthenticated):
+        client.search(query)
+
+
+def test_concurrent_searches_and_uploads(tmp_path, lwm_home):
+    """32 concurrent searches with 4 concurrent uploads: no errors, no lost submission."""
+    adapter = train_lora_adapter(lwm_home, tmp_path / "adapter")
+    schema = rkme_schema(lwm_home)
+    with market_server(tmp_path / "m", lwm_home, run_smoke=False) as market:
+        key = market.new_key("carol", Role.CONTRIBUTOR)
+        market.new_key("ursula", Role.USER)
+        world = {
+            "tmp": tmp_path,
+            "adapter": adapter,
+            "schema": schema,
+            "alice": key,
+            "base": model_ref("tiny", lwm_home),
+        }
+        packages = [package(world) for _ in range(4)]
+        query = random_rkme_spec(schema, seed=5)
+
+        def upload(lw):
+            return market.client("carol").submit(lw).id
+
+        def search(_):
+            return len(market.client("ursula").search(query, top_k=5))
+
+        with ThreadPoolExecutor(max_workers=36) as pool:
+            uploads = [pool.submit(upload, lw) for lw in packages]
+            searches = [pool.submit(search, i) for i in range(32)]
+            ids = [f.result() for f in uploads]
+            assert all(f.result() >= 0 for f in searches)
+        assert len(set(ids)) == 4
+        stored = market.running.market.store
+        assert all(stored.get(i).status is Status.USABLE for i in ids)
+        assert len(market.client("ursula").search(query, top_k=10)) == 4

@@ -1,0 +1,140 @@
+"""The market as a real process: SIGKILL mid-upload loses nothing committed and leaves no
+partial learnware; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from builders import build_learnware, random_rkme_spec, rkme_schema, train_lora_adapter, write_specs
+
+from client.market import Connection, MarketClient
+from server.pki import init_server_dir
+from shared import signing
+from shared.learnware import pack_tar
+from shared.models import model_ref
+from shared.proto import market_pb2 as pb
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(server_dir: Path, port: int, home: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "LWM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "server",
+            "start",
+            "--dir",
+            str(server_dir),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--no-smoke",
+            "--grace",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until {"event": "ready", ...} or exit
+    if '"ready"' not in line:
+        proc.kill()
+        raise AssertionError(f"server did not start: {line} {proc.stderr.read()[-3000:]}")
+    assert json.loads(line)["port"] == port
+    return proc
+
+
+def test_sigkill_mid_upload_then_restart_is_consistent(tmp_path, lwm_home):
+    layout = init_server_dir(tmp_path / "srv")
+    port = free_port()
+    address = f"localhost:{port}"
+    proc = start_server(layout.dir, port, lwm_home.root)
+    try:
+        admin = MarketClient(Connection(address, key_path=layout.admin_key, ca=layout.ca_cert))
+        private, public = signing.generate_keypair()
+        signing.save_private_key(tmp_path / "alice.key", private)
+        admin.register_key(signing.public_key_bytes(public), "contributor", "alice")
+        alice = MarketClient(
+            Connection(address, key_path=tmp_path / "alice.key", ca=layout.ca_cert)
+        )
+        adapter = train_lora_adapter(lwm_home, tmp_path / "adapter")
+        schema = rkme_schema(lwm_home)
+        spec = write_specs(tmp_path / "spec.safetensors", [random_rkme_spec(schema, seed=3)])
+        lw = build_learnware(
+            tmp_path / "lw",
+            adapter=adapter,
+            spec_file=spec,
+            base=model_ref("tiny", lwm_home),
+            private_key=private,
+        )
+        data = pack_tar(lw)
+        header = pb.SubmitHeader(
+            manifest_json=(lw / "manifest.json").read_bytes(),
+            signature=(lw / "signature").read_bytes(),
+            contributor_key_id=signing.key_id(public),
+            total_size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        sent_half = threading.Event()
+
+        def requests():
+            yield pb.SubmitRequest(header=header)
+            yield pb.SubmitRequest(chunk=pb.Chunk(offset=0, data=data[: len(data) // 2]))
+            sent_half.set()
+            time.sleep(30)
+
+        future = alice.stub.Submit.future(requests(), timeout=60)
+        assert sent_half.wait(20)
+        time.sleep(1.0)  # the half is on the server, in a temp file
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        with pytest.raises(grpc.RpcError):
+            future.result()
+        blobs = layout.dir / "blobs"
+        assert list((blobs / "tmp").iterdir()), "the killed upload should have left a temp file"
+
+        proc = start_server(layout.dir, port, lwm_home.root)
+        assert not list((blobs / "tmp").iterdir()), "restart must clean up the temp file"
+        stats = admin.stats()
+        assert stats.learnwares_total == 0 and stats.blob_count == 0
+        query = random_rkme_spec(schema, seed=3)
+        user_key = tmp_path / "uma.key"
+        upriv, upub = signing.generate_keypair()
+        signing.save_private_key(user_key, upriv)
+        admin.register_key(signing.public_key_bytes(upub), "user", "uma")
+        uma = MarketClient(Connection(address, key_path=user_key, ca=layout.ca_cert))
+        assert uma.search(query) == []
+        reply = alice.submit(lw)  # the same package goes through after the restart
+        assert reply.status == pb.LEARNWARE_STATUS_USABLE
+        assert [r.learnware.id for r in uma.search(query)] == [reply.id]
+
+        proc.send_signal(signal.SIGKILL)  # and once more: the index is rebuilt from the DB
+        proc.wait(10)
+        proc = start_server(layout.dir, port, lwm_home.root)
+        assert [r.learnware.id for r in uma.search(query)] == [reply.id]
+
+        proc.send_signal(signal.SIGTERM)  # graceful: drains and exits 0
+        assert proc.wait(30) == 0
+        assert '"stopped"' in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
