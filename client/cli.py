@@ -43,6 +43,23 @@ def _attach_server_groups() -> None:
 
 _attach_server_groups()
 
+
+def _attach_command_modules() -> None:
+    """Commands of the contributor and user workflows, each module with ``register(app)``."""
+    import importlib
+
+    for name in ("client.cli_contribute", "client.cli_user"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not built yet
+                continue
+            raise
+        module.register(app)
+
+
+_attach_command_modules()
+
 HomeOpt = Annotated[
     str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
 ]
