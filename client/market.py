@@ -155,17 +155,17 @@ class MarketClient:
         """
         part = out_tar.with_name(out_tar.name + ".part")
         offset = part.stat().st_size if part.exists() else 0
+        digest = hashlib.sha256()
+        if offset:  # resuming: the bytes already here count towards the hash
+            with part.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
         try:
-            stream = self.stub.Fetch(
-                pb.FetchRequest(id=learnware_id, offset=offset), timeout=UPLOAD_TIMEOUT_S
-            )
-            header = _consume(stream, part, offset)
+            request = pb.FetchRequest(id=learnware_id, offset=offset)
+            stream = self.stub.Fetch(request, timeout=UPLOAD_TIMEOUT_S)
+            header = _consume(stream, part, offset, digest)
         except grpc.RpcError as err:
             raise _as_lwm(err, self.conn.address) from None
-        digest = hashlib.sha256()
-        with part.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
         if part.stat().st_size != header.total_size or digest.hexdigest() != header.sha256:
             part.unlink(missing_ok=True)
             raise IntegrityError(
@@ -214,7 +214,7 @@ def _upload(header: pb.SubmitHeader, tar: Any, chunk: int) -> Iterator[pb.Submit
         offset += len(data)
 
 
-def _consume(stream: Any, part: Path, offset: int) -> pb.FetchHeader:
+def _consume(stream: Any, part: Path, offset: int, digest: Any) -> pb.FetchHeader:
     header: pb.FetchHeader | None = None
     with part.open("ab") as out:
         for message in stream:
@@ -226,6 +226,7 @@ def _consume(stream: Any, part: Path, offset: int) -> pb.FetchHeader:
                     f"fetch stream jumped to offset {message.chunk.offset}, expected {offset}"
                 )
             out.write(message.chunk.data)
+            digest.update(message.chunk.data)
             offset += len(message.chunk.data)
     if header is None:
         raise IntegrityError("the market sent no fetch header")

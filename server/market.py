@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -42,6 +43,8 @@ from shared.spec.schema import MarketSchema
 
 log = logging.getLogger("lwm.market")
 
+KEY_CACHE_S = 5.0
+
 
 @dataclass(frozen=True)
 class SearchHit:
@@ -71,6 +74,7 @@ class Market:
         self.started_at = datetime.now(UTC)
         self._lock = threading.RLock()
         self._usable: dict[str, LearnwareRecord] = {}
+        self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self.indexes = {
             kind: SpecIndex(kind, schema.for_kind(kind).schema_id, schema.for_kind(kind).spec_dim)
             for kind in schema.kinds
@@ -129,7 +133,17 @@ class Market:
 
     # ------------------------------------------------------------------ keys
     def key_of(self, key_id: str) -> KeyRecord | None:
-        return self.store.get_key(key_id)
+        """The registered key, cached for ``KEY_CACHE_S``: every RPC authenticates, and a
+        database round trip per call would dominate Search. Revocations through this server
+        take effect at once (the entry is dropped); through another server sharing the
+        database, within ``KEY_CACHE_S``."""
+        now = time.monotonic()
+        cached = self._key_cache.get(key_id)
+        if cached is not None and now - cached[0] < KEY_CACHE_S:
+            return cached[1]
+        record = self.store.get_key(key_id)
+        self._key_cache[key_id] = (now, record)
+        return record
 
     def register_key(self, public_key: bytes, role: Role, name: str) -> KeyRecord:
         key = signing.load_public_key(public_key)
@@ -140,10 +154,13 @@ class Market:
             name=name,
             created_at=datetime.now(UTC),
         )
+        self._key_cache.pop(record.key_id, None)
         return self.store.register_key(record)
 
     def revoke_key(self, key_id: str) -> KeyRecord:
-        return self.store.revoke_key(key_id)
+        revoked = self.store.revoke_key(key_id)
+        self._key_cache.pop(key_id, None)
+        return revoked
 
     # ------------------------------------------------------------------ submit
     def submit(

@@ -16,7 +16,7 @@ import grpc
 from server import convert
 from server.auth import MARKET_ROLES, Authenticator, Caller, abort_with, market_method
 from server.market import Market
-from server.records import Role
+from server.records import LearnwareRecord, Role
 from server.submission import Header
 from shared.errors import InvalidInput, LwmError
 from shared.proto import market_pb2 as pb
@@ -30,6 +30,17 @@ class MarketService(market_pb2_grpc.MarketServicer):
         self.market = market
         self.auth = Authenticator(market.key_of)
         self._schema = convert.schema_to_pb(market.schema, base_models, market.limits)
+        self._infos: dict[str, tuple[object, pb.LearnwareInfo]] = {}
+
+    def _info(self, record: LearnwareRecord) -> pb.LearnwareInfo:
+        """LearnwareInfo of a record, cached by (id, updated_at): parsing and validating
+        the manifest for every search hit would dominate Search latency."""
+        cached = self._infos.get(record.id)
+        if cached is not None and cached[0] == record.updated_at:
+            return cached[1]
+        info = convert.learnware_to_pb(record)
+        self._infos[record.id] = (record.updated_at, info)
+        return info
 
     @contextlib.contextmanager
     def _guard(self, context: grpc.ServicerContext) -> Iterator[None]:
@@ -95,7 +106,7 @@ class MarketService(market_pb2_grpc.MarketServicer):
             return pb.SearchResponse(
                 results=[
                     pb.SearchResult(
-                        learnware=convert.learnware_to_pb(h.record),
+                        learnware=self._info(h.record),
                         score=h.score,
                         distance=h.distance,
                         why=pb.Why(

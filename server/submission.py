@@ -22,7 +22,7 @@ from server.blobs import BlobRef, BlobStore
 from server.checker import BaseModelInfo, StaticResult, check_static
 from server.settings import Limits
 from shared.errors import IntegrityError, InvalidInput, PermissionDenied, ResourceExhausted
-from shared.learnware import Manifest, pack_tar, unpack_tar
+from shared.learnware import Manifest, unpack_tar, write_tar
 from shared.spec.schema import MarketSchema
 
 
@@ -128,7 +128,7 @@ def unpack_and_check(
             raise IntegrityError("manifest.json: the package's manifest differs from the header's")
         if (package / "signature").read_bytes() != header.signature:
             raise IntegrityError("signature: the package's signature differs from the header's")
-        if pack_tar(package) != blob.path.read_bytes():
+        if _canonical_sha256(package) != blob.sha256:
             raise InvalidInput(
                 "the upload is not the canonical tar of its package (use pack_tar): "
                 "the same learnware must always have the same bytes"
@@ -138,3 +138,22 @@ def unpack_and_check(
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+class _Discard:
+    """A write-only sink: ``write_tar`` hashes what it writes, we only need the hash."""
+
+    def __init__(self) -> None:
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+
+def _canonical_sha256(package: Path) -> str:
+    """sha256 of the canonical tar of ``package``, streamed (no copy of it in memory)."""
+    return write_tar(package, _Discard()).sha256  # type: ignore[arg-type]

@@ -1,0 +1,341 @@
+"""Market server figures, against baselines measured in the same run:
+
+1. upload and download of a ~50 MB adapter through Submit/Fetch (TLS, hashing, fsync,
+   unpack, static checks; smoke run off) against raw gRPC streaming of the same bytes over
+   the same TLS transport and chunk size (a bare byte-stream service): the ratio is what the
+   market's own work costs;
+2. Search latency p50/p95/p99 at M = 10,000 USABLE learnwares with 16 concurrent clients,
+   each with its own channel, and sustained searches per second.
+
+    .venv/bin/python benchmarks/bench_server.py [--mb 50] [--learnwares 10000]
+
+Real packages are built with tests/builders.py (the same builders the tests use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from builders import (  # noqa: E402
+    build_learnware,
+    random_rkme_spec,
+    rkme_schema,
+    train_lora_adapter,
+    write_specs,
+)
+
+from client.market import Connection, MarketClient  # noqa: E402
+from server.app import build_server  # noqa: E402
+from server.pki import init_server_dir  # noqa: E402
+from server.records import LearnwareRecord, Role, SpecRecord, Status  # noqa: E402
+from server.settings import ServerSettings  # noqa: E402
+from server.store import Store  # noqa: E402
+from shared import signing, transport  # noqa: E402
+from shared.home import Home  # noqa: E402
+from shared.learnware import pack_tar  # noqa: E402
+from shared.models import model_ref  # noqa: E402
+from shared.spec.record import specs_to_bytes  # noqa: E402
+
+CHUNK = 1024 * 1024
+RAW_SERVICE = "bench.Raw"
+
+
+def raw_handlers() -> grpc.GenericRpcHandler:
+    """A bare byte-stream service: upload counts bytes, download streams a buffer."""
+    payload: dict[str, bytes] = {}
+
+    def upload(requests, context):  # type: ignore[no-untyped-def]
+        digest = hashlib.sha256()
+        for chunk in requests:
+            digest.update(chunk)
+        payload["last"] = b""
+        return digest.hexdigest().encode()
+
+    def download(request, context):  # type: ignore[no-untyped-def]
+        data = payload["data"]
+        for i in range(0, len(data), CHUNK):
+            yield data[i : i + CHUNK]
+
+    handler = grpc.method_handlers_generic_handler(
+        RAW_SERVICE,
+        {
+            "Upload": grpc.stream_unary_rpc_method_handler(upload),
+            "Download": grpc.unary_stream_rpc_method_handler(download),
+        },
+    )
+    handler.payload = payload  # type: ignore[attr-defined]
+    return handler
+
+
+def big_package(home: Home, tmp: Path, mb: int, key: signing.Ed25519PrivateKey) -> Path:
+    modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # tiny: 4 layers x 7 modules; LoRA A+B of rank r holds about (in + out) * r floats each
+    rank = max(8, int(mb * 1024 * 1024 / (4 * 28 * (64 + 160))))
+    adapter = train_lora_adapter(home, tmp / "big-adapter", target_modules=modules, r=rank, steps=0)
+    spec = write_specs(tmp / "spec.safetensors", [random_rkme_spec(rkme_schema(home), seed=1)])
+    return build_learnware(
+        tmp / "big", adapter=adapter, spec_file=spec, base=model_ref("tiny", home), private_key=key
+    )
+
+
+def transfer(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: ignore[type-arg]
+    layout = init_server_dir(tmp / "srv")
+    settings = ServerSettings(
+        address="127.0.0.1:0",
+        db_url=f"sqlite:///{tmp / 'm.db'}",
+        blobs_dir=tmp / "blobs",
+        home_dir=home.root,
+        tls_dir=layout.dir,
+        run_smoke=False,
+        admin_pub=layout.admin_pub,
+    )
+    running = build_server(settings)
+    raw = raw_handlers()
+    running.server.add_generic_rpc_handlers((raw,))  # type: ignore[attr-defined]
+    address = f"localhost:{running.port}"
+    private, public = signing.generate_keypair()
+    signing.save_private_key(tmp / "c.key", private)
+    running.market.register_key(signing.public_key_bytes(public), Role.CONTRIBUTOR, "c")
+    package = big_package(home, tmp, args.mb, private)
+    data = pack_tar(package)
+    client = MarketClient(Connection(address, key_path=tmp / "c.key", ca=layout.ca_cert))
+    channel = transport.channel(address, ca=layout.ca_cert)
+    up = channel.stream_unary(f"/{RAW_SERVICE}/Upload")
+    down = channel.unary_stream(f"/{RAW_SERVICE}/Download")
+    raw.payload["data"] = data  # type: ignore[attr-defined]
+    rows = {}
+    started = time.perf_counter()
+    up(iter([data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]), timeout=600)
+    rows["raw_upload_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    reply = client.submit(package)
+    rows["market_upload_s"] = time.perf_counter() - started
+    assert reply.status == 2, reply.reason  # USABLE
+    started = time.perf_counter()
+    total = sum(len(c) for c in down(b"", timeout=600))
+    rows["raw_download_s"] = time.perf_counter() - started
+    assert total == len(data)
+    out = tmp / "fetched.tar"
+    started = time.perf_counter()
+    client.fetch(reply.id, out)
+    rows["market_download_s"] = time.perf_counter() - started
+    mb = len(data) / 1e6
+    rows.update(
+        package_mb=mb,
+        upload_ratio=rows["raw_upload_s"] / rows["market_upload_s"],
+        download_ratio=rows["raw_download_s"] / rows["market_download_s"],
+    )
+    print(
+        f"{mb:.1f} MB package: upload market {mb / rows['market_upload_s']:.0f} MB/s vs raw gRPC "
+        f"{mb / rows['raw_upload_s']:.0f} MB/s (ratio {rows['upload_ratio']:.2f}); download market "
+        f"{mb / rows['market_download_s']:.0f} MB/s vs raw {mb / rows['raw_download_s']:.0f} MB/s "
+        f"(ratio {rows['download_ratio']:.2f})",
+        flush=True,
+    )
+    running.stop(0)
+    return rows
+
+
+def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: ignore[type-arg]
+    layout = init_server_dir(tmp / "srv2")
+    db = f"sqlite:///{tmp / 's.db'}"
+    private, public = signing.generate_keypair()
+    package = build_learnware(
+        tmp / "one",
+        adapter=train_lora_adapter(home, tmp / "ad"),
+        spec_file=write_specs(tmp / "s1.safetensors", [random_rkme_spec(rkme_schema(home))]),
+        base=model_ref("tiny", home),
+        private_key=private,
+    )
+    manifest = (package / "manifest.json").read_bytes()
+    schema = rkme_schema(home)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, schema.input_dim))
+    started = time.perf_counter()
+    with Store.open(db) as store:
+        now = datetime.now(UTC)
+        base = LearnwareRecord(
+            id="",
+            name="synthetic",
+            domain="demo",
+            task="text",
+            description="",
+            license="MIT",
+            base_model_id=model_ref("tiny", home).model_id,
+            base_model_sha256=model_ref("tiny", home).sha256,
+            contributor_key_id=signing.key_id(public),
+            contributor_name="c",
+            status=Status.USABLE,
+            reason="",
+            package_sha256="",
+            package_size=1,
+            manifest_json=manifest,
+            signature=b"\0" * 64,
+            created_at=now,
+            updated_at=now,
+        )
+        for i in range(args.learnwares):
+            x = centres[i % 50] + 0.5 * rng.normal(size=(32, schema.input_dim))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            from shared.privacy import PrivacyBudget
+            from shared.spec.rkme import make_rkme_spec
+
+            spec = make_rkme_spec(x.astype(np.float32), schema, PrivacyBudget(4.0), rng)
+            store.add_learnware(
+                replace(
+                    base,
+                    id=uuid.uuid4().hex,
+                    package_sha256=hashlib.sha256(str(i).encode()).hexdigest(),
+                    specs=(SpecRecord("rkme", spec.schema_id, spec.dim, specs_to_bytes([spec])),),
+                )
+            )
+    print(
+        f"inserted {args.learnwares} learnwares in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    port = _free_port()
+    proc = _start_server(layout.dir, db, port)
+    address = f"localhost:{port}"
+    admin = MarketClient(Connection(address, key_path=layout.admin_key, ca=layout.ca_cert))
+    upriv, upub = signing.generate_keypair()
+    signing.save_private_key(tmp / "u.key", upriv)
+    admin.register_key(signing.public_key_bytes(upub), "user", "u")
+    # Clients in 4 processes x (clients/4) threads: one process's GIL would throttle them.
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    per = max(1, args.clients // 4)
+    jobs = [
+        (address, str(tmp / "u.key"), str(layout.ca_cert), w * per, per, args.searches)
+        for w in range(4)
+    ]
+    with spawn.Pool(4) as pool:
+        parts = pool.map(_client_process, jobs)
+    wall = max(p[1] for p in parts)
+    latencies = [x for p in parts for x in p[0]]
+    proc.terminate()
+    proc.wait(30)
+    ms = np.array(latencies) * 1000
+    rows = {
+        "learnwares": args.learnwares,
+        "clients": args.clients,
+        "searches": len(latencies),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "searches_per_s": len(latencies) / wall,
+        "server": "separate process (lwm server start), TLS; 4 client processes",
+    }
+    print(
+        f"Search at M={args.learnwares}, {args.clients} clients: p50 {rows['p50_ms']:.1f} ms, "
+        f"p95 {rows['p95_ms']:.1f} ms, p99 {rows['p99_ms']:.1f} ms, "
+        f"{rows['searches_per_s']:.0f} searches/s sustained",
+        flush=True,
+    )
+    return rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(server_dir: Path, db: str, port: int):  # type: ignore[no-untyped-def]
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "client.cli",
+        "server",
+        "start",
+        "--dir",
+        str(server_dir),
+        "--db",
+        db,
+        "--address",
+        f"127.0.0.1:{port}",
+        "--no-smoke",
+        "--log-level",
+        "WARNING",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if '"ready"' not in line:
+        raise RuntimeError(f"server did not start: {line}")
+    return proc
+
+
+def _client_process(job: tuple) -> tuple[list[float], float]:  # type: ignore[type-arg]
+    """One client process: ``threads`` threads, each with its own channel; returns the
+    latencies and the wall time of the measured part."""
+    address, key, ca, first, threads, searches = job
+    schema = rkme_schema(Home.resolve())
+    queries = [random_rkme_spec(schema, seed=s) for s in range(16)]
+    conn = Connection(address, key_path=Path(key), ca=Path(ca))
+    clients = [MarketClient(conn) for _ in range(threads)]
+    for c in clients:
+        c.search(queries[0])  # warm the channel
+    out: list[float] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        mine = []
+        for j in range(searches):
+            t0 = time.perf_counter()
+            clients[i].search(queries[(first + i + j) % len(queries)], top_k=10)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            out.extend(mine)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return out, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--learnwares", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--searches", type=int, default=100, help="per client")
+    parser.add_argument("--out", default="bench-out/server.json")
+    args = parser.parse_args()
+    home = Home.resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "transfer": transfer(args, home, Path(tmp)),
+            "search": search_load(args, home, Path(tmp)),
+        }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
