@@ -30,10 +30,12 @@ test-all: venv lint
 demo: venv
 	$(BIN)/lwm demo --out demo-out
 
+# Figures for README (minutes; prints tables, writes bench-out/*.json and plots).
 bench: venv
 	$(BIN)/python benchmarks/bench_rank.py
 	$(BIN)/python benchmarks/bench_spec_build.py
 	$(BIN)/python benchmarks/bench_identification.py
+	$(BIN)/python benchmarks/bench_server.py
 
 proto: venv
 	$(BIN)/python -m shared.proto.generate
