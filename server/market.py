@@ -311,7 +311,7 @@ class Market:
         self, caller: Caller, learnware_id: str, offset: int
     ) -> tuple[LearnwareRecord, KeyRecord, Iterator[tuple[int, bytes]]]:
         record = self.store.get(learnware_id)
-        self._check_visible(caller, record, fetch=True)
+        self._check_visible(caller, record)
         if offset < 0 or offset > record.package_size:
             raise SpecError(
                 f"offset {offset} is outside the package of {record.package_size} bytes"
@@ -332,7 +332,8 @@ class Market:
                 yield offset, data
                 offset += len(data)
 
-    def _check_visible(self, caller: Caller, record: LearnwareRecord, fetch: bool = False) -> None:
+    def _check_visible(self, caller: Caller, record: LearnwareRecord) -> None:
+        """Users see USABLE learnwares only; a contributor sees its own, an admin all."""
         own = record.contributor_key_id == caller.key_id
         if caller.role is Role.ADMIN or own:
             return
