@@ -12,13 +12,15 @@ One ``SpecIndex`` per (kind, schema id). Specs are mapped to index space by
 
 Filters (domain, status, ...) arrive as a set of allowed keys; the approximate path
 over-fetches and falls back to an exact scan of the allowed rows when too few survive.
-Thread safety: one lock; searches are short and numpy releases the GIL inside them.
+Thread safety: a readers-writer lock. Searches run in parallel (numpy and faiss release
+the GIL, so two cores serve two searches at once); adds and removals are exclusive.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +60,7 @@ class SpecIndex:
     ) -> None:
         self.kind, self.schema_id, self.dim = kind, schema_id, dim
         self.config = config or IndexConfig()
-        self._lock = threading.RLock()
+        self._lock = _ReadWriteLock()
         # Row storage grows by doubling: appends are amortised O(d), not a copy of all rows.
         self._buf = np.zeros((0, dim), dtype=np.float32)
         self._obuf = np.zeros(0, dtype=np.float32)
@@ -106,7 +108,7 @@ class SpecIndex:
 
     def add_points(self, keys: list[str], vectors: np.ndarray, offsets: np.ndarray) -> None:
         """Add already-mapped index points (bulk loads and benchmarks)."""
-        with self._lock:
+        with self._lock.writing():
             for key in keys:
                 if key in self._rows:
                     self._remove_locked(key)
@@ -121,7 +123,7 @@ class SpecIndex:
             self._sync_approx(added=range(start, start + len(keys)))
 
     def remove(self, key: str) -> bool:
-        with self._lock:
+        with self._lock.writing():
             if key not in self._rows:
                 return False
             self._remove_locked(key)
@@ -140,7 +142,7 @@ class SpecIndex:
     ) -> list[Hit]:
         if k < 1:
             raise SpecError(f"top-k must be >= 1, got {k}")
-        with self._lock:
+        with self._lock.reading():
             if not self._keys:
                 return []
             if self._approx is not None:
@@ -151,7 +153,7 @@ class SpecIndex:
 
     def search_exact(self, query: IndexPoint, k: int) -> list[Hit]:
         """Exact search even when an approximate index exists (benchmarks, recall checks)."""
-        with self._lock:
+        with self._lock.reading():
             return self._search_exact(query, k, None)
 
     # -- internals -------------------------------------------------------------------
@@ -292,3 +294,42 @@ class _ApproxIndex:
             q = q @ self.projection
         _, ids = self.index.search(np.ascontiguousarray(q, dtype=np.float32), want)
         return ids[0][ids[0] >= 0]
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; writers wait for readers to drain and block new ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

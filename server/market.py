@@ -281,13 +281,15 @@ class Market:
         schema = self.schema.for_kind(query.kind)
         query.check_against(schema)
         k = min(top_k or self.limits.default_top_k, self.limits.max_top_k)
-        with self._lock:
-            allowed = self._allowed(flt)
-            hits = self.indexes[query.kind].search(query, k, allowed)
-            records = [self._usable[h.key] for h in hits]
+        # No market lock here: the index has its own readers-writer lock, so searches run
+        # in parallel. A learnware withdrawn between the index answer and this lookup is
+        # simply dropped from the answer.
+        hits = self.indexes[query.kind].search(query, k, self._allowed(flt))
+        found = [(self._usable.get(h.key), h) for h in hits]
+        kept = [(r, h) for r, h in found if r is not None]
         return [
             SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
-            for i, (r, h) in enumerate(zip(records, hits, strict=True))
+            for i, (r, h) in enumerate(kept)
         ]
 
     def _allowed(self, flt: LearnwareFilter) -> set[str] | None:
@@ -303,7 +305,7 @@ class Market:
             return None
         return {
             lid
-            for lid, r in self._usable.items()
+            for lid, r in list(self._usable.items())
             if all(getattr(r, name) == value for name, value in active)
         }
 

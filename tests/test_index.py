@@ -89,3 +89,35 @@ def test_approximate_search_recalls_the_exact_top1():
     index.remove(top)
     assert index.search_point(to_index_point(make_spec(queries[0])), 1)[0].key != top
     assert index.is_approximate
+
+
+def test_concurrent_searches_and_writes_stay_consistent():
+    """Readers run in parallel with adds and removals; every answer names live keys only."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    index = SpecIndex("rkme", SCHEMA_ID, 16)
+    index.add_many((f"base{i}", make_spec(v)) for i, v in enumerate(rng.normal(size=(500, 16))))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        query = make_spec(rng.normal(size=16))
+        try:
+            while not stop.is_set():
+                hits = index.search(query, 5)
+                assert len(hits) == 5 and all(h.key.startswith(("base", "new")) for h in hits)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for i in range(200):
+        index.add(f"new{i}", make_spec(rng.normal(size=16)))
+        index.remove(f"base{i}")
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors[0]
+    assert len(index) == 500 and "base0" not in index and "new199" in index
