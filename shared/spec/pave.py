@@ -207,7 +207,7 @@ def _flatten(params: Sequence[torch.nn.Parameter]) -> np.ndarray:
     return np.concatenate([p.detach().cpu().numpy().ravel() for p in params]).astype(np.float32)
 
 
-def _per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean token NLL per text, then the batch mean: samples stay independent (HF's
     ``labels=`` loss averages tokens over the whole batch and couples them)."""
     import torch.nn.functional as F
@@ -302,7 +302,7 @@ def _loop(
                 losses.append(float("nan"))
             else:
                 logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
-                loss = _per_sample_loss(logits, batch_ids, batch_mask)
+                loss = per_sample_loss(logits, batch_ids, batch_mask)
                 loss.backward()
                 norms.extend(_grad_sample_norms(lora_b))
                 dp_optimizer.step()

@@ -1,0 +1,184 @@
+"""``lwm contribute`` and ``lwm package verify``: the contributor's commands.
+
+Attached by ``client.cli`` through ``register(app)``. Commands only parse, call
+``client.contribute`` and print; every ``LwmError`` becomes one line on stderr and the
+error's exit code in ``client.cli.main``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from client.finetune import FinetuneConfig
+from shared.errors import InvalidInput, LwmError
+
+if TYPE_CHECKING:
+    from client.contribute import ContributeConfig
+
+package_app = typer.Typer(help="Check learnware packages.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("contribute")(contribute_command)
+    app.add_typer(package_app, name="package")
+
+
+def contribute_command(
+    data: Annotated[Path, typer.Argument(help="Your texts: JSONL, CSV, .txt or an HF folder.")],
+    name: Annotated[str, typer.Option("--name", help="Learnware name (a-z, 0-9, . _ -).")],
+    domain: Annotated[str, typer.Option("--domain", help="Domain, e.g. finance.")],
+    task: Annotated[str, typer.Option("--task", help="Task, e.g. text-generation.")],
+    license: Annotated[str, typer.Option("--license", help="SPDX id of the adapter's licence.")],
+    key: Annotated[Path, typer.Option("--key", help="Your Ed25519 private key (signs).")],
+    spec_epsilon: Annotated[
+        float, typer.Option("--spec-epsilon", help="DP epsilon of the specification.")
+    ],
+    base_model: Annotated[
+        str, typer.Option("--base-model", help="smollm2-135m, tiny or a local HF folder.")
+    ],
+    spec: Annotated[str, typer.Option("--spec", help="Spec kind: pave or rkme.")],
+    description: Annotated[str, typer.Option("--description", help="What it is good at.")] = "",
+    dp_sgd: Annotated[
+        bool, typer.Option("--dp-sgd", help="Train the adapter with DP-SGD.")
+    ] = False,
+    train_epsilon: Annotated[
+        float | None, typer.Option("--train-epsilon", help="DP epsilon of the adapter.")
+    ] = None,
+    delta: Annotated[float, typer.Option("--delta", help="DP delta of every part.")] = 1e-5,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = FinetuneConfig.steps,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="(Expected) batch size.")
+    ] = FinetuneConfig.batch_size,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate (default: Adam 1e-2, SGD 0.5).")
+    ] = None,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="auto (AdamW; SGD under DP), adam or sgd.")
+    ] = FinetuneConfig.optimizer,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.")] = FinetuneConfig.rank,
+    lora_alpha: Annotated[
+        int, typer.Option("--lora-alpha", help="LoRA alpha.")
+    ] = FinetuneConfig.alpha,
+    targets: Annotated[
+        str, typer.Option("--target-modules", help="Comma-separated LoRA modules.")
+    ] = ",".join(FinetuneConfig.target_modules),
+    clip_norm: Annotated[
+        float, typer.Option("--clip-norm", help="DP-SGD per-sample clip norm.")
+    ] = FinetuneConfig.clip_norm,
+    contributor: Annotated[
+        str | None, typer.Option("--contributor", help="Your display name (default: key stem).")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Market address HOST:PORT.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Only package (signed) into this new folder.")
+    ] = None,
+    ca: Annotated[Path | None, typer.Option("--ca", help="The market's CA certificate.")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext gRPC (loopback only).")
+    ] = False,
+    client_cert: Annotated[Path | None, typer.Option("--client-cert", help="mTLS cert.")] = None,
+    client_key: Annotated[Path | None, typer.Option("--client-key", help="mTLS key.")] = None,
+    home: Annotated[str | None, typer.Option("--home", help="Cache folder.")] = None,
+) -> None:
+    """Fine-tune a LoRA learnware on DATA, make its DP spec, sign it and submit it (or --out)."""
+    from client.contribute import ContributeConfig, contribute, make_learnware
+    from shared.home import Home
+
+    if (server is None) == (out is None):
+        raise InvalidInput("give exactly one of --server ADDR (submit) or --out DIR (package)")
+    if dp_sgd != (train_epsilon is not None):
+        raise InvalidInput("--dp-sgd and --train-epsilon E go together")
+    config = ContributeConfig(
+        name=name,
+        domain=domain,
+        task=task,
+        description=description,
+        license=license,
+        base_model=base_model,
+        spec_kind=spec,
+        spec_epsilon=spec_epsilon,
+        delta=delta,
+        contributor=contributor or key.stem,
+        finetune=FinetuneConfig(
+            rank=lora_r,
+            alpha=lora_alpha,
+            target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()),
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            dp_epsilon=train_epsilon,
+            delta=delta,
+            clip_norm=clip_norm,
+        ),
+    )
+    if not config.finetune.budget.is_private:
+        _console(stderr=True).print(
+            "[bold yellow]warning:[/] no --dp-sgd: the adapter is NOT differentially private"
+        )
+    lwm_home = Home.resolve(home)
+    if out is not None:
+        package = make_learnware(data, config, key, out, home=lwm_home, progress=True)
+        from shared.learnware import verify_package
+
+        manifest = verify_package(package, None).manifest
+        _console().print(f"wrote {package}: {_summary(config, manifest.dp)}")
+        return
+    from client.market import Connection
+
+    assert server is not None  # exactly one of server/out, checked above
+    conn = Connection(server, key, ca, insecure, client_cert, client_key)
+    verdict = contribute(data, config, conn, home=lwm_home, progress=True)
+    if verdict.status == "REJECTED":
+        raise LwmError(f"the market rejected learnware {verdict.learnware_id}: {verdict.reason}")
+    summary = _summary(config, verdict.manifest.dp)
+    _console().print(f"learnware {verdict.learnware_id} is {verdict.status}: {summary}")
+
+
+@package_app.command("verify")
+def package_verify(
+    folder: Annotated[Path, typer.Argument(help="A learnware folder.")],
+    pub: Annotated[
+        Path | None, typer.Option("--pub", help="Contributor's public key: checks the signature.")
+    ] = None,
+) -> None:
+    """Check a learnware folder: files, hashes, manifest and (with --pub) its signature."""
+    from shared import signing
+    from shared.learnware import verify_package
+
+    key = signing.load_public_key(pub) if pub is not None else None
+    verified = verify_package(folder, key)
+    manifest = verified.manifest
+    who = (
+        f"signed by key {verified.signer_key_id}"
+        if verified.signature_verified
+        else "hashes ok, signature NOT checked (pass --pub; the manifest names key "
+        f"{manifest.contributor.key_id})"
+    )
+    _console().print(f"ok: {manifest.name} ({manifest.domain}/{manifest.task}), {who}")
+
+
+def _summary(config: ContributeConfig, dp: object) -> str:
+    from shared.learnware import DpReport
+
+    assert isinstance(dp, DpReport)
+    parts = ", ".join(f"{p.what} epsilon {_eps(p.epsilon)}" for p in dp.parts)
+    total = (
+        f"total epsilon {_eps(dp.total.epsilon)} (delta {config.delta:g}, {dp.total.accountant})"
+    )
+    return f"{config.name}: {parts}; {total}"
+
+
+def _eps(value: float | None) -> str:
+    return "none (no DP)" if value is None else f"{value:.3g}"
+
+
+def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True)

@@ -1,0 +1,338 @@
+"""One contributor turns private text into a signed learnware, and optionally submits it.
+
+The Python API behind ``lwm contribute`` (for notebooks)::
+
+    config = ContributeConfig(name="bank-news", domain="finance", task="text-generation",
+                              description="...", license="MIT", spec_kind="rkme",
+                              spec_epsilon=4.0, finetune=FinetuneConfig(dp_epsilon=8.0))
+    make_learnware("data.jsonl", config, "me.key", "out/bank-news")      # package only
+    verdict = contribute("data.jsonl", config, Connection("host:7443", Path("me.key"), ca))
+
+What leaves the machine is the adapter, the DP spec, the manifest and the signature; the
+texts never do. Everything that can be checked before training is (the output folder, the
+data, the key, the market's schema, its base models, the spec model or encoder), so a wrong
+argument costs seconds, not a training run. The package is built in temporary folders and
+renamed into place by ``build_package``: an error at any step leaves nothing behind.
+
+Privacy: the adapter (DP-SGD, or none) and the spec are two releases on the same data. The
+manifest lists both and their RDP composition in one accountant (``compose_epsilon``); the
+total is None (no guarantee) when the adapter is trained without DP.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from client.finetune import FinetuneConfig, finetune_lora
+from shared import signing
+from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
+from shared.home import Home
+from shared.learnware import (
+    BaseModelRef,
+    Contributor,
+    DpPart,
+    DpReport,
+    DpTotal,
+    Manifest,
+    SpecEntry,
+    build_package,
+)
+from shared.learnware import _check as check  # the manifest's own rules, checked up front
+from shared.learnware.manifest import utc_now_iso
+from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, compose_epsilon
+from shared.spec.schema import KINDS, MarketSchema
+
+if TYPE_CHECKING:
+    from client.market import Connection
+    from client.specs import SpecMaker
+    from shared.models import ModelRef
+    from shared.spec.record import Specification
+
+Texts = Sequence[str] | str | Path
+Key = signing.Ed25519PrivateKey | str | Path
+ACCOUNTANT = "rdp"
+
+
+@dataclass(frozen=True)
+class ContributeConfig:
+    """What the learnware is and how it is made; validated before anything runs.
+
+    ``base_model`` is ``tiny``, ``smollm2-135m`` or a local Hugging Face folder.
+    ``spec_epsilon`` is the DP budget of the spec (always private here); the adapter's is
+    ``finetune.dp_epsilon`` (None: trained without DP). ``delta`` applies to both and
+    overrides ``finetune.delta``. ``contributor`` is the display name in the manifest.
+    """
+
+    name: str
+    domain: str
+    task: str
+    description: str
+    license: str
+    base_model: str = "tiny"
+    spec_kind: str = "rkme"
+    spec_epsilon: float = 4.0
+    delta: float = DEFAULT_DELTA
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    contributor: str = "contributor"
+
+    def __post_init__(self) -> None:
+        for name in ("name", "domain", "task"):
+            check.slug(name, getattr(self, name))
+        check.text("description", self.description, max_len=4000, multiline=True, empty=True)
+        check.spdx("license", self.license)
+        check.text("contributor", self.contributor, max_len=128)
+        if not isinstance(self.base_model, str) or not self.base_model:
+            raise InvalidInput(f"base_model must name a model, got {self.base_model!r}")
+        if self.spec_kind not in KINDS:
+            raise SchemaMismatch(f"unknown spec kind {self.spec_kind!r}; use {', '.join(KINDS)}")
+        if not isinstance(self.finetune, FinetuneConfig):
+            raise InvalidInput(f"finetune must be a FinetuneConfig, got {self.finetune!r}")
+        self.spec_budget  # noqa: B018 - PrivacyError for epsilon <= 0 or a bad delta
+        object.__setattr__(self, "finetune", replace(self.finetune, delta=self.delta))
+
+    @property
+    def spec_budget(self) -> PrivacyBudget:
+        return PrivacyBudget(self.spec_epsilon, self.delta)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The market's answer to a submission: ``status`` is USABLE, REJECTED or PENDING."""
+
+    learnware_id: str
+    status: str
+    reason: str
+    manifest: Manifest
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "USABLE"
+
+
+# ---------------------------------------------------------------- API
+
+
+def load_texts(data: Texts) -> list[str]:
+    """Texts from a data file or folder (``shared.data.load_dataset``), or given directly."""
+    if isinstance(data, str | Path):
+        from shared.data import load_dataset
+
+        return load_dataset(data).texts()
+    texts = list(data)
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        from shared.errors import DataError
+
+        raise DataError("the texts must be a non-empty list of non-blank strings")
+    return texts
+
+
+def make_learnware(
+    data: Texts,
+    config: ContributeConfig,
+    key: Key,
+    out_dir: str | Path,
+    *,
+    home: Home | None = None,
+    schema: MarketSchema | None = None,
+    accepted_base_models: Sequence[tuple[str, str]] | None = None,
+    progress: bool = False,
+    noise_seed: int | None = None,
+) -> Path:
+    """Fine-tune, make the DP spec, write the manifest, sign: a learnware folder at ``out_dir``.
+
+    ``schema`` is the market's (``MarketClient.schema()``); None uses the local default.
+    ``accepted_base_models`` lists the market's (model_id, sha256) pairs; None accepts any.
+    ``noise_seed`` fixes the DP noise of both releases (tests only). Raises, before any
+    training: ``AlreadyExists`` (``out_dir`` exists), ``DataError``, ``InvalidInput``/
+    ``NotFound`` (key), ``SchemaMismatch`` (kind or base model not accepted, other spec
+    model), ``ModelUnavailable``. Nothing is left at ``out_dir`` on any error.
+    """
+    out = Path(out_dir)
+    if out.exists() or out.is_symlink():
+        raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
+    texts = load_texts(data)
+    private_key = key if isinstance(key, signing.Ed25519PrivateKey) else _load_key(key)
+    home = home or Home.resolve()
+    schema = schema or _local_schema(home, config.spec_kind)
+    base_ref = accepted_base(config.base_model, home, accepted_base_models)
+    maker = _spec_maker(schema, home, config.spec_kind)
+    from shared.models import load_causal_lm
+
+    base = load_causal_lm(config.base_model, home)
+    with tempfile.TemporaryDirectory(prefix="lwm-contribute-") as tmp:
+        work = Path(tmp)
+        trained = finetune_lora(
+            texts, base, config.finetune, work / "adapter", progress=progress, noise_seed=noise_seed
+        )
+        spec = maker.make(texts, config.spec_kind, config.spec_budget, progress, noise_seed)
+        from shared.spec.record import save_specs
+
+        spec_file = save_specs(work / "spec.safetensors", [spec])
+        manifest = build_manifest(config, base_ref, trained.report, spec, private_key)
+        return build_package(out, trained.adapter_dir, spec_file, manifest, private_key)
+
+
+def contribute(
+    data: Texts,
+    config: ContributeConfig,
+    connection: Connection,
+    *,
+    home: Home | None = None,
+    progress: bool = False,
+    noise_seed: int | None = None,
+) -> Verdict:
+    """Make a learnware under the market's schema and submit it; returns the market's verdict.
+
+    ``connection.key_path`` is the contributor key: it signs the package and the calls. The
+    schema is fetched first, so an unreachable market (``Unavailable``) or a base model it
+    does not accept (``SchemaMismatch``) fails before training. A refused submission raises
+    the server's error. The package lives in a temporary folder and is always removed.
+    """
+    from client.market import MarketClient
+
+    if connection.key_path is None:
+        raise InvalidInput("contributing needs the contributor's key (--key)")
+    texts = load_texts(data)
+    private_key = _load_key(connection.key_path)
+    with MarketClient(connection) as client:
+        remote = client.schema()
+        with tempfile.TemporaryDirectory(prefix="lwm-submit-") as tmp:
+            package = make_learnware(
+                texts,
+                config,
+                private_key,
+                Path(tmp) / config.name,
+                home=home,
+                schema=remote.schema,
+                accepted_base_models=remote.base_models,
+                progress=progress,
+                noise_seed=noise_seed,
+            )
+            manifest = Manifest.from_json((package / "manifest.json").read_bytes())
+            reply = client.submit(package)
+    return Verdict(reply.id, _status_name(reply.status), reply.reason, manifest)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def accepted_base(name: str, home: Home, accepted: Sequence[tuple[str, str]] | None) -> ModelRef:
+    """The base model's identity, refused (``SchemaMismatch``) unless the market accepts it."""
+    from shared.models import model_ref
+
+    ref = model_ref(name, home)
+    if accepted is not None and (ref.model_id, ref.sha256) not in set(accepted):
+        listed = ", ".join(f"{mid} ({sha[:12]})" for mid, sha in accepted) or "none"
+        raise SchemaMismatch(
+            f"the market does not accept base model {ref.model_id} with weights "
+            f"{ref.sha256[:12]}; it accepts: {listed}"
+        )
+    return ref
+
+
+def build_manifest(
+    config: ContributeConfig,
+    base: ModelRef,
+    adapter: DPReport,
+    spec: Specification,
+    key: signing.Ed25519PrivateKey,
+) -> Manifest:
+    """The manifest of one adapter and one spec, with their privacy composed in one accountant."""
+    spec_eps = spec.privacy.epsilon
+    spec_delta = spec.privacy.delta if spec_eps is not None else 0.0
+    total = compose_epsilon([adapter, spec.privacy], config.delta)
+    return Manifest(
+        name=config.name,
+        domain=config.domain,
+        task=config.task,
+        description=config.description,
+        license=config.license,
+        base_model=BaseModelRef(model_id=base.model_id, sha256=base.sha256),
+        specs=(
+            SpecEntry(
+                kind=spec.kind,
+                schema_id=spec.schema_id,
+                dim=spec.dim,
+                epsilon=spec_eps,
+                delta=spec_delta,
+                n=spec.n,
+                extra=_accounting(spec.privacy),
+            ),
+        ),
+        dp=DpReport(
+            parts=(_part("adapter", adapter), _part(f"spec:{spec.kind}", spec.privacy)),
+            total=DpTotal(
+                epsilon=total,
+                delta=config.delta if total is not None else 0.0,
+                accountant=ACCOUNTANT,
+            ),
+        ),
+        contributor=Contributor(key_id=signing.key_id(key.public_key()), name=config.contributor),
+        created_at=utc_now_iso(),
+    )
+
+
+def _part(what: str, report: DPReport) -> DpPart:
+    private = report.epsilon is not None
+    return DpPart(
+        what=what,
+        epsilon=report.epsilon,
+        delta=report.delta if private else 0.0,
+        mechanism=_mechanism(report),
+        details={**_accounting(report), **report.details},
+    )
+
+
+def _accounting(report: DPReport) -> dict[str, Any]:
+    """What an auditor needs to recompute the epsilon: one RDP history entry and the noise."""
+    return {
+        "noise_multiplier": report.noise_multiplier,
+        "sample_rate": report.sample_rate,
+        "steps": report.steps,
+        "noise_std": report.noise_std,
+    }
+
+
+def _mechanism(report: DPReport) -> str:
+    """The mechanism's short name ("dp-sgd", "gaussian", "none"): the manifest allows 64 chars."""
+    return report.mechanism.split(" (", 1)[0].strip()[:64] or "none"
+
+
+def _load_key(path: str | Path) -> signing.Ed25519PrivateKey:
+    return signing.load_private_key(path)
+
+
+def _local_schema(home: Home, kind: str) -> MarketSchema:
+    """The local default schema of ``kind`` only (the other kind's model is not loaded)."""
+    from shared.spec.defaults import default_schema
+
+    return default_schema(home, kinds=(kind,), default_kind=kind)
+
+
+def _spec_maker(schema: MarketSchema, home: Home, kind: str) -> SpecMaker:
+    """A ``SpecMaker`` whose encoder or spec model is loaded and checked against the schema."""
+    from client.specs import SpecMaker
+    from shared.spec.schema import PaveSchema, RkmeSchema
+
+    maker = SpecMaker(schema, home)
+    kind_schema = schema.for_kind(kind)
+    if isinstance(kind_schema, RkmeSchema):
+        maker.encoder(kind_schema)
+    elif isinstance(kind_schema, PaveSchema):
+        model = maker.model(kind_schema)
+        if model.ref.sha256 != kind_schema.model_sha256:
+            raise SchemaMismatch(
+                f"the market's PAVE schema needs spec model {kind_schema.model_id} with weights "
+                f"{kind_schema.model_sha256[:12]}, this machine has {model.ref.sha256[:12]}"
+            )
+    return maker
+
+
+def _status_name(status: int) -> str:
+    from shared.proto import market_pb2 as pb
+
+    return pb.LearnwareStatus.Name(status).removeprefix("LEARNWARE_STATUS_")

@@ -1,0 +1,491 @@
+"""LoRA fine-tuning of a base model on a holder's texts, optionally with DP-SGD (DESIGN §4, §5).
+
+The adapter is plain peft LoRA (r=8, alpha=16 on q_proj+v_proj by default), saved with
+``save_pretrained`` as safetensors, so ``PeftModel.from_pretrained(base, dir)`` loads it.
+
+Without DP: AdamW over shuffled batches. With DP (``FinetuneConfig.dp_epsilon`` set): opacus
+``PrivacyEngine(accountant="rdp")``, Poisson sampling, per-sample clipping at ``clip_norm``
+and Gaussian noise calibrated so that ``steps`` steps spend ``dp_epsilon`` at ``delta``; the
+epsilon reported is the accountant's after training, never the target. Both paths use the
+per-sample loss of ``shared.spec.pave`` (mean token NLL per text, then the batch mean): HF's
+``labels=`` loss averages tokens over the whole batch and couples the samples, which breaks
+the per-sample clipping DP relies on.
+
+Clip norm 0.5 sits near the median per-sample gradient norm of the LoRA weights at the start
+of training on finance text (tiny 0.47, SmolLM2-135M 0.64); ``per_sample_grad_norms``
+reports them for other models. Optimizer "auto": AdamW (lr 1e-2) without DP, plain SGD
+(lr 0.5) under DP, which trained tiny better than Adam at epsilon 8 and 2 (figures in
+``benchmarks/bench_contribute.py``'s notes) and keeps each update a noisy sum of clipped
+gradients. DP at small batches barely moves SmolLM2: raise ``batch_size`` under DP.
+
+Known trap (opacus#820): opacus over peft can silently not train. The peft model is built on
+its final device before ``make_private``, and training raises if ``lora_B`` did not move.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import DataError, InvalidInput, LwmError
+from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, dpsgd_noise_multiplier
+
+if TYPE_CHECKING:
+    import torch
+
+    from shared.models import LoadedModel
+
+DP_MECHANISM = "dp-sgd"
+NO_DP_MECHANISM = "none"
+OPTIMIZERS = ("auto", "adam", "sgd")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the adapter is trained. ``dp_epsilon`` None trains without DP (no guarantee).
+
+    ``batch_size`` is the expected Poisson batch under DP (sample rate = 1/ceil(n/batch)) and
+    the exact batch without. ``optimizer`` "auto" is AdamW without DP and SGD under DP;
+    ``lr`` None picks the optimizer's default (Adam 1e-2, SGD 0.5). ``max_tokens`` truncates
+    each text; batches are trimmed to their longest text, so short texts cost little.
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    steps: int = 30
+    batch_size: int = 8
+    lr: float | None = None
+    max_tokens: int = 128
+    dp_epsilon: float | None = None
+    delta: float = DEFAULT_DELTA
+    clip_norm: float = 0.5
+    optimizer: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for name in ("rank", "steps", "batch_size"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("max_tokens", self.max_tokens, minimum=2)
+        if not self.target_modules or not all(
+            isinstance(m, str) and m for m in self.target_modules
+        ):
+            raise InvalidInput(f"target_modules must name modules, got {self.target_modules!r}")
+        for name in ("alpha", "clip_norm", "lr"):
+            if name != "lr" or self.lr is not None:
+                _positive_number(name, getattr(self, name))
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidInput(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        self.budget  # noqa: B018 - validates dp_epsilon and delta (PrivacyError)
+
+    @property
+    def budget(self) -> PrivacyBudget:
+        return PrivacyBudget(self.dp_epsilon, self.delta)
+
+    @property
+    def optimizer_name(self) -> str:
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "sgd" if self.budget.is_private else "adam"
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-2 if self.optimizer_name == "adam" else 0.5
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """The saved adapter and what its training cost in privacy and time.
+
+    ``report.epsilon`` is None without DP. ``per_sample_grad_norms`` are the unclipped norms
+    opacus saw (DP only): compare them with ``clip_norm``. Per step: the loss (NaN for an
+    empty Poisson batch), the batch size and the wall time; ``seconds`` is the whole call.
+    """
+
+    adapter_dir: Path
+    report: DPReport
+    losses: tuple[float, ...]
+    per_sample_grad_norms: tuple[float, ...]
+    step_seconds: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    seconds: float
+
+
+@dataclass
+class _Trace:
+    """What the training loops record, step by step (mutable, private to this module)."""
+
+    bar: Any
+    losses: list[float] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def step(self, loss: float, batch: int, started: float) -> None:
+        self.step_seconds.append(time.perf_counter() - started)
+        self.losses.append(loss)
+        self.batch_sizes.append(batch)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _positive_number(name: str, value: object) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and math.isfinite(float(value)) and float(value) > 0):  # type: ignore[arg-type]
+        raise InvalidInput(f"{name} must be a finite number > 0, got {value!r}")
+
+
+# ---------------------------------------------------------------- public API
+
+
+def finetune_lora(
+    texts: Sequence[str],
+    base: LoadedModel,
+    config: FinetuneConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = False,
+    device: str = "cpu",
+    noise_seed: int | None = None,
+) -> FinetuneResult:
+    """Train a LoRA adapter of ``base`` on ``texts`` and save it at ``out_dir`` (peft format).
+
+    ``base`` is left untouched (a private copy is adapted). ``noise_seed`` makes the DP noise
+    reproducible for tests; leave it None for real releases. Raises ``DataError`` (no texts),
+    ``PrivacyError`` (budget unreachable) or ``LwmError`` when the LoRA weights did not move.
+    """
+    import torch
+
+    if not texts:
+        raise DataError("cannot fine-tune on no texts: the data is empty")
+    started = time.perf_counter()
+    ids, mask = tokenize(texts, base.tokenizer, config.max_tokens)
+    private = config.budget.is_private
+    trace = _Trace(_progress_bar(config.steps, progress, private))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        peft_model = lora_model(base, config, device)
+        before = _lora_b_snapshot(peft_model)
+        try:
+            if private:
+                report = _train_dp(peft_model, ids, mask, config, trace, noise_seed)
+            else:
+                report = _train_plain(peft_model, ids, mask, config, trace)
+        finally:
+            if trace.bar is not None:
+                trace.bar.close()
+    _require_trained(before, _lora_b_snapshot(peft_model))
+    out = Path(out_dir)
+    peft_model.eval()
+    with warnings.catch_warnings():
+        # peft looks for the base's config under base_model_name_or_path, a public id here.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        peft_model.save_pretrained(str(out), safe_serialization=True)
+    return FinetuneResult(
+        adapter_dir=out,
+        report=report,
+        losses=tuple(trace.losses),
+        per_sample_grad_norms=tuple(trace.norms),
+        step_seconds=tuple(trace.step_seconds),
+        batch_sizes=tuple(trace.batch_sizes),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def perplexity(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_tokens: int = 128, batch_size: int = 16
+) -> float:
+    """Token-weighted perplexity of ``model`` on ``texts`` (each truncated to ``max_tokens``).
+
+    The held-out quality check of a learnware: lower than the base model's on text of its
+    domain means the adapter learnt the domain.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not texts:
+        raise DataError("cannot measure perplexity on no texts")
+    ids, mask = tokenize(texts, tokenizer, max_tokens)
+    total_nll, total_tokens = 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], batch_size):
+            batch_ids, batch_mask = _on(
+                model, *trim(ids[start : start + batch_size], mask[start : start + batch_size])
+            )
+            logits = model(input_ids=batch_ids, attention_mask=batch_mask).logits[:, :-1, :]
+            targets, weight = batch_ids[:, 1:], batch_mask[:, 1:].to(logits.dtype)
+            nll = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+            ).view(targets.shape)
+            total_nll += float((nll * weight).sum())
+            total_tokens += float(weight.sum())
+    model.train(was_training)
+    return math.exp(total_nll / max(total_tokens, 1.0))
+
+
+def tokenize(
+    texts: Sequence[str], tokenizer: Any, max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and mask, padded to the longest text (at most ``max_tokens``)."""
+    enc = tokenizer(
+        list(texts), max_length=max_tokens, truncation=True, padding="longest", return_tensors="pt"
+    )
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if int(mask.sum(dim=1).min()) < 2:
+        raise DataError("every text needs at least two tokens to train on")
+    return ids, mask
+
+
+def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no text of this batch uses (padding is on the right)."""
+    if ids.shape[0] == 0:
+        return ids, mask
+    length = max(int(mask.sum(dim=1).max()), 2)
+    return ids[:, :length], mask[:, :length]
+
+
+def lora_model(base: LoadedModel, config: FinetuneConfig, device: str = "cpu") -> Any:
+    """A peft LoRA model over a private copy of ``base``, built on ``device``.
+
+    Moving to the device BEFORE wrapping matters under opacus (opacus#820). The adapter
+    config names the base model by its public id, not by a path on this machine.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        target_modules=list(config.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model: Any = copy.deepcopy(base.model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model = get_peft_model(model.to(device), lora)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+        raise InvalidInput(f"cannot put LoRA on {list(config.target_modules)}: {err}") from err
+    peft_model.peft_config["default"].base_model_name_or_path = base.ref.model_id
+    peft_model.train()
+    return peft_model
+
+
+# ---------------------------------------------------------------- training loops
+
+
+def _trainable(peft_model: Any) -> list[torch.nn.Parameter]:
+    return [p for _, p in sorted(peft_model.named_parameters()) if p.requires_grad]
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: FinetuneConfig) -> torch.optim.Optimizer:
+    import torch
+
+    if config.optimizer_name == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate)
+    # No weight decay under DP: it is data-independent but pulls lora_B back to zero.
+    decay = 0.0 if config.budget.is_private else 0.01
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=decay)
+
+
+def _train_plain(
+    peft_model: Any, ids: torch.Tensor, mask: torch.Tensor, config: FinetuneConfig, trace: _Trace
+) -> DPReport:
+    """Shuffled epochs of exact batches, no DP."""
+    import torch
+
+    from shared.spec.pave import per_sample_loss
+
+    optimizer = _optimizer(_trainable(peft_model), config)
+    n, batch = ids.shape[0], min(config.batch_size, ids.shape[0])
+    order: list[int] = []
+    for _ in range(config.steps):
+        started = time.perf_counter()
+        if len(order) < batch:
+            order += torch.randperm(n).tolist()
+        picked, order = order[:batch], order[batch:]
+        batch_ids, batch_mask = _on(peft_model, *trim(ids[picked], mask[picked]))
+        optimizer.zero_grad(set_to_none=True)
+        logits = peft_model(input_ids=batch_ids, attention_mask=batch_mask).logits
+        loss = per_sample_loss(logits, batch_ids, batch_mask)
+        loss.backward()
+        optimizer.step()
+        trace.step(float(loss.detach()), batch, started)
+    return _no_dp_report(config, n)
+
+
+def _train_dp(
+    peft_model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    config: FinetuneConfig,
+    trace: _Trace,
+    noise_seed: int | None,
+) -> DPReport:
+    """opacus DP-SGD: Poisson batches, per-sample clipping, noise for the whole run."""
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = ids.shape[0]
+    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(config.batch_size, n))
+    sample_rate = 1.0 / len(loader)  # what opacus' Poisson sampler uses
+    sigma = dpsgd_noise_multiplier(config.budget, sample_rate=sample_rate, steps=config.steps)
+    params = _trainable(peft_model)
+    device = params[0].device
+    generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure_mode off: noise from torch's generator
+        engine = PrivacyEngine(accountant="rdp")
+        dp_model, dp_optimizer, dp_loader = engine.make_private(
+            module=peft_model,
+            optimizer=_optimizer(params, config),
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=config.clip_norm,
+            poisson_sampling=True,
+            noise_generator=generator,
+        )
+    try:
+        with warnings.catch_warnings():
+            # Expected: the inputs are token ids, so hooks fire on output grads only.
+            warnings.filterwarnings("ignore", message="Full backward hook")
+            _dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
+    finally:
+        dp_model.remove_hooks()
+    return DPReport(
+        mechanism=DP_MECHANISM,
+        epsilon=float(engine.get_epsilon(config.delta)),
+        delta=config.delta,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=config.steps,
+        details=_details(config, n, expected_batch=n * sample_rate),
+    )
+
+
+def _dp_loop(
+    dp_model: Any,
+    dp_optimizer: Any,
+    dp_loader: Any,
+    params: list[torch.nn.Parameter],
+    steps: int,
+    trace: _Trace,
+) -> None:
+    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step."""
+    from shared.spec.pave import per_sample_loss
+
+    while len(trace.losses) < steps:
+        started = time.perf_counter()
+        for batch_ids, batch_mask in dp_loader:
+            if len(trace.losses) >= steps:
+                break
+            dp_optimizer.zero_grad(set_to_none=True)
+            if batch_ids.shape[0] == 0:
+                _noise_only_step(dp_optimizer, params)
+                trace.step(float("nan"), 0, started)
+            else:
+                batch_ids, batch_mask = _on(params[0], *trim(batch_ids, batch_mask))
+                logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
+                loss = per_sample_loss(logits, batch_ids, batch_mask)
+                loss.backward()
+                trace.norms.extend(_grad_sample_norms(params))
+                dp_optimizer.step()
+                trace.step(float(loss.detach()), int(batch_ids.shape[0]), started)
+            started = time.perf_counter()
+
+
+def _on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch on the device of ``where`` (a model or a parameter)."""
+    device = where.device
+    return ids.to(device), mask.to(device)
+
+
+def _grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
+    import torch
+
+    found = [g for g in (getattr(p, "grad_sample", None) for p in params) if g is not None]
+    if not found:
+        return []
+    flat = torch.cat([g.reshape(g.shape[0], -1) for g in found], dim=1)
+    return [float(x) for x in flat.norm(dim=1)]
+
+
+def _noise_only_step(optimizer: Any, params: Sequence[torch.nn.Parameter]) -> None:
+    """An empty Poisson batch still spends a step: the update is the noise alone."""
+    import torch
+
+    for p in params:
+        zeros = torch.zeros((1, *p.shape), device=p.device)
+        setattr(p, "grad_sample", zeros)  # noqa: B010 (opacus attribute)
+    optimizer.step()
+
+
+# ---------------------------------------------------------------- checks and reports
+
+
+def _lora_b_snapshot(peft_model: Any) -> list[torch.Tensor]:
+    return [p.detach().clone() for n, p in sorted(peft_model.named_parameters()) if "lora_B" in n]
+
+
+def _require_trained(before: list[torch.Tensor], after: list[torch.Tensor]) -> None:
+    """opacus#820: loss falls, epsilon grows, and yet the LoRA weights never move."""
+    import torch
+
+    if not before or all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+        raise LwmError(
+            "fine-tuning did not change the LoRA weights (lora_B still at its start); "
+            "no adapter was written (opacus over peft can silently not train: opacus#820)"
+        )
+
+
+def _details(config: FinetuneConfig, n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "clip_norm": config.clip_norm if config.budget.is_private else None,
+        "lr": config.learning_rate,
+        "optimizer": config.optimizer_name,
+        "rank": config.rank,
+        "target_modules": list(config.target_modules),
+        "n": n,
+        **extra,
+    }
+
+
+def _no_dp_report(config: FinetuneConfig, n: int) -> DPReport:
+    return DPReport(
+        mechanism=NO_DP_MECHANISM,
+        epsilon=None,
+        delta=0.0,
+        noise_multiplier=0.0,
+        sample_rate=min(1.0, config.batch_size / n),
+        steps=config.steps,
+        details=_details(config, n),
+    )
+
+
+def _progress_bar(total: int, enabled: bool, private: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    desc = "fine-tune (LoRA, DP-SGD)" if private else "fine-tune (LoRA)"
+    return tqdm(total=total, desc=desc, unit="step")
