@@ -46,16 +46,10 @@ _attach_server_groups()
 
 def _attach_command_modules() -> None:
     """Commands of the contributor and user workflows, each module with ``register(app)``."""
-    import importlib
+    from client import cli_contribute, cli_user
 
-    for name in ("client.cli_contribute", "client.cli_user"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not built yet
-                continue
-            raise
-        module.register(app)
+    cli_contribute.register(app)
+    cli_user.register(app)
 
 
 _attach_command_modules()

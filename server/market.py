@@ -36,7 +36,7 @@ from server.settings import Limits
 from server.store import Store
 from server.submission import Header, check_header, sha_lock, store_stream, unpack_and_check
 from shared import signing
-from shared.errors import NotFound, PermissionDenied, SpecError, Unauthenticated
+from shared.errors import NotFound, PermissionDenied, Revoked, SpecError, Unauthenticated
 from shared.home import Home
 from shared.spec.record import Specification, specs_to_bytes
 from shared.spec.schema import MarketSchema
@@ -105,7 +105,9 @@ class Market:
                 for key in index.keys:
                     index.remove(key)
             for record in self._all(LearnwareFilter(status=Status.USABLE)):
-                self._publish(record)
+                key = self.store.get_key(record.contributor_key_id)
+                if key is not None and not key.revoked:
+                    self._publish(record)
 
     def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
         """Every record matching ``flt``, page by page (the store caps page sizes)."""
@@ -158,8 +160,13 @@ class Market:
         return self.store.register_key(record)
 
     def revoke_key(self, key_id: str) -> KeyRecord:
+        """Revoke a key and stop serving what it signed (a stolen key makes its past
+        signatures worthless too); the learnwares stay in the store for the record."""
         revoked = self.store.revoke_key(key_id)
         self._key_cache.pop(key_id, None)
+        for learnware_id, record in list(self._usable.items()):
+            if record.contributor_key_id == key_id:
+                self._unpublish(learnware_id)
         return revoked
 
     # ------------------------------------------------------------------ submit
@@ -321,6 +328,11 @@ class Market:
         key = self.store.get_key(record.contributor_key_id)
         if key is None:
             raise NotFound(f"the contributor key of {learnware_id} is unknown")
+        if key.revoked and caller.role is not Role.ADMIN:
+            raise Revoked(
+                f"the contributor key {key.key_id} ({key.name}) of learnware {learnware_id} "
+                "was revoked: its signature can no longer be trusted"
+            )
         return record, key, self._chunks(record, offset)
 
     def _chunks(self, record: LearnwareRecord, offset: int) -> Iterator[tuple[int, bytes]]:

@@ -82,6 +82,13 @@ class PermissionDenied(LwmError):
     exit_code = 10
 
 
+class Revoked(LwmError):
+    """A key was revoked: what it signed can no longer be trusted."""
+
+    status = "FAILED_PRECONDITION"
+    exit_code = 14
+
+
 class IntegrityError(LwmError):
     """Bytes do not match their hash or signature (tampered or corrupt learnware)."""
 

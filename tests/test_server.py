@@ -26,6 +26,7 @@ from market_fixtures import market_server
 from server.records import Role, Status
 from shared.errors import (
     InvalidInput,
+    LwmError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -337,3 +338,17 @@ def test_concurrent_searches_and_uploads(tmp_path, lwm_home):
         stored = market.running.market.store
         assert all(stored.get(i).status is Status.USABLE for i in ids)
         assert len(market.client("ursula").search(query, top_k=10)) == 4
+
+
+def test_revoking_a_contributor_withdraws_its_learnwares_from_users(world):
+    market = world["market"]
+    dora = market.new_key("dora", Role.CONTRIBUTOR)
+    reply = market.client("dora").submit(package(world, key=dora, seed=4242))
+    query = random_rkme_spec(world["schema"], seed=4242)
+    uma = market.client("uma")
+    assert uma.search(query, top_k=1)[0].learnware.id == reply.id
+    market.client("admin").revoke_key(market.client("dora").key_id)
+    assert reply.id not in [r.learnware.id for r in uma.search(query, top_k=20)]
+    with pytest.raises(LwmError, match="revoked") as excinfo:
+        uma.fetch(reply.id, world["tmp"] / "revoked.tar")
+    assert excinfo.value.status == "FAILED_PRECONDITION"

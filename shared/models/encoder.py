@@ -107,7 +107,7 @@ class SentenceEncoder:
         return self._ref
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 128, progress: bool = False
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False
     ) -> np.ndarray:
         """Embed ``texts``: array (n, 384), float32, each row of unit length.
 
@@ -126,7 +126,7 @@ class SentenceEncoder:
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(items), DIM)
 
     def encode_cached(
-        self, texts: Sequence[str], batch_size: int = 128, progress: bool = False
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False
     ) -> np.ndarray:
         """Like ``encode``, but reuses the result saved for the same encoder and texts.
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from shared.models import LoadedModel
 
-MECHANISM = "dp-sgd (opacus, rdp accountant, poisson sampling, per-sample clipping)"
+MECHANISM = "dp-sgd (opacus rdp, poisson sampling, per-sample clipping)"  # <= 64 chars
 
 
 @dataclass(frozen=True)

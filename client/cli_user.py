@@ -1,0 +1,304 @@
+"""``lwm search``, ``lwm fetch``, ``lwm generate``, ``lwm evaluate``: the user's commands.
+
+Attached by ``client.cli`` (``register``). Commands parse options, call ``client.user`` and
+print; every ``LwmError`` becomes one line on stderr and its exit code in ``client.cli.main``.
+Results go to stdout (a table, or JSON with ``--json``); warnings and progress to stderr.
+Heavy imports happen inside the commands so ``lwm --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from client.market import Connection
+    from client.user import LearnwareEvaluation, SearchOutcome
+
+ServerOpt = Annotated[str, typer.Option("--server", help="Market address HOST:PORT.")]
+OptServerOpt = Annotated[
+    str | None, typer.Option("--server", help="Market address HOST:PORT (to fetch an ID).")
+]
+KeyOpt = Annotated[Path, typer.Option("--key", help="Your Ed25519 private key (PEM).")]
+OptKeyOpt = Annotated[Path | None, typer.Option("--key", help="Your Ed25519 private key (PEM).")]
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="CA certificate to trust (TLS).")]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="No TLS: loopback only, for development.")
+]
+CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate (mTLS).")]
+CertKeyOpt = Annotated[Path | None, typer.Option("--cert-key", help="Client TLS key (mTLS).")]
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
+]
+BaseModelOpt = Annotated[
+    str | None,
+    typer.Option("--base-model", help="Your copy of the base model (name or HF folder)."),
+]
+RevokedOpt = Annotated[
+    Path | None,
+    typer.Option("--revoked-keys", help="File of revoked contributor key ids, one a line."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the user's commands to the ``lwm`` app."""
+    app.command("search")(search)
+    app.command("fetch")(fetch)
+    app.command("generate")(generate)
+    app.command("evaluate")(evaluate)
+
+
+def _connection(
+    server: str,
+    key: Path | None,
+    ca: Path | None,
+    insecure: bool,
+    cert: Path | None,
+    cert_key: Path | None,
+) -> Connection:
+    from client.market import Connection
+    from shared.errors import InvalidInput
+
+    if ca is not None and insecure:
+        raise InvalidInput("--ca and --insecure exclude each other")
+    if insecure:
+        _warn("--insecure: no TLS, everything on the wire is readable (loopback only)")
+    return Connection(server, key, ca, insecure, cert, cert_key)
+
+
+def _warn(text: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold yellow]warning:[/] {text}")
+
+
+def _home(home: str | None) -> Any:
+    from shared.home import Home
+
+    return Home.resolve(home)
+
+
+def _revoked(path: Path | None) -> frozenset[str]:
+    from client.user import read_revoked_keys
+
+    return frozenset() if path is None else read_revoked_keys(path)
+
+
+def search(
+    data: Annotated[Path, typer.Argument(help="Your data: JSONL, CSV, .txt or save_to_disk.")],
+    server: ServerOpt,
+    key: KeyOpt,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many matches.")] = 5,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only this domain.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task.")] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="rkme or pave (default: the market's).")
+    ] = None,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="DP epsilon of the spec.")] = 4.0,
+    delta: Annotated[float, typer.Option("--delta", help="DP delta of the spec.")] = 1e-5,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Send a NON-private spec.")] = False,
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Find learnwares for DATA: a DP spec of it is made here; only the spec is sent."""
+    from client.user import private_search
+
+    conn = _connection(server, key, ca, insecure, cert, cert_key)
+    if no_dp:
+        _warn("--no-dp: the spec is NOT differentially private")
+    outcome = private_search(
+        data,
+        conn,
+        kind=kind,
+        epsilon=epsilon,
+        no_dp=no_dp,
+        top_k=top_k,
+        delta=delta,
+        home=_home(home),
+        progress=not as_json,
+        domain=domain,
+        task=task,
+    )
+    if as_json:
+        print(json.dumps(_search_json(outcome), indent=2))
+    else:
+        _print_matches(outcome)
+
+
+def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
+    return {
+        "kind": outcome.kind,
+        "schema_id": outcome.schema_id,
+        "epsilon": outcome.epsilon,
+        "delta": outcome.delta,
+        "n_texts": outcome.n_texts,
+        "timing": {
+            "spec_s": outcome.spec_seconds,
+            "network_s": outcome.network_seconds,
+            "total_s": outcome.total_seconds,
+        },
+        "results": [asdict(m) for m in outcome.matches],
+    }
+
+
+def _print_matches(outcome: SearchOutcome) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    eps = "no DP" if outcome.epsilon is None else f"epsilon {outcome.epsilon:g}"
+    table = Table(
+        title=f"{outcome.kind} search: {outcome.n_texts} texts, {eps}",
+        caption=f"spec {outcome.spec_seconds:.2f} s here, market {outcome.network_seconds:.2f} s",
+    )
+    for column in ("rank", "id", "name", "domain", "contributor", "base model", "score", "status"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    for m in outcome.matches:
+        table.add_row(
+            str(m.rank),
+            m.id,
+            m.name,
+            m.domain,
+            m.contributor,
+            m.base_model_id,
+            f"{m.score:.4f}",
+            m.status,
+        )
+    console = Console(width=max(Console().width, 160))
+    console.print(table if outcome.matches else "no learnware matches (check the filters)")
+
+
+def fetch(
+    learnware_id: Annotated[str, typer.Argument(metavar="ID", help="The learnware's id.")],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the verified learnware.")],
+    server: ServerOpt,
+    key: KeyOpt,
+    base_model: BaseModelOpt = None,
+    revoked_keys: RevokedOpt = None,
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Download ID (resumable), verify hash, signature and base model, unpack into --out."""
+    from client.user import fetch_learnware
+
+    conn = _connection(server, key, ca, insecure, cert, cert_key)
+    fetched = fetch_learnware(
+        conn,
+        learnware_id,
+        out,
+        home=_home(home),
+        base_model=base_model,
+        revoked_keys=_revoked(revoked_keys),
+    )
+    m = fetched.manifest
+    print(
+        f"fetched {fetched.id} ({m.name}, {m.domain}) into {fetched.path}\n"
+        f"  sha256 {fetched.package_sha256[:16]}… ({fetched.package_size} bytes) ok; "
+        f"signature of contributor {m.contributor.name} (key {fetched.contributor_key_id}) ok\n"
+        f"  base model {m.base_model.model_id} ({m.base_model.sha256[:12]}) "
+        f"present here as {fetched.base_model.name}"
+    )
+
+
+def _load(
+    source: str,
+    home: str | None,
+    base_model: str | None,
+    server: str | None,
+    key: Path | None,
+    ca: Path | None,
+    insecure: bool,
+    revoked_keys: Path | None,
+) -> Any:
+    from client.user import load_learnware
+
+    conn = None if server is None else _connection(server, key, ca, insecure, None, None)
+    return load_learnware(
+        source,
+        home=_home(home),
+        base_model=base_model,
+        conn=conn,
+        revoked_keys=_revoked(revoked_keys),
+    )
+
+
+def generate(
+    source: Annotated[str, typer.Argument(metavar="ID|DIR", help="Learnware folder or id.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    base_model: BaseModelOpt = None,
+    server: OptServerOpt = None,
+    key: OptKeyOpt = None,
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    revoked_keys: RevokedOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run the learnware (base model + adapter) on --prompt; prints the continuation."""
+    from client.user import generate as run
+
+    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys)
+    print(run(learnware, prompt, max_new_tokens))
+
+
+def evaluate(
+    source: Annotated[str, typer.Argument(metavar="ID|DIR", help="Learnware folder or id.")],
+    data: Annotated[Path, typer.Argument(help="Text (perplexity) or prompt/response data.")],
+    with_base: Annotated[
+        bool, typer.Option("--with-base", help="Also score the base model alone.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    base_model: BaseModelOpt = None,
+    server: OptServerOpt = None,
+    key: OptKeyOpt = None,
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    revoked_keys: RevokedOpt = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
+    from client.user import evaluate as run
+    from shared.data import load_dataset
+
+    dataset = load_dataset(data)  # bad data fails before any model loads
+    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys)
+    result = run(
+        learnware,
+        list(dataset.records),
+        with_base=with_base,
+        batch_size=batch_size,
+        progress=not as_json,
+    )
+    if as_json:
+        payload = {"learnware": str(learnware.path), "name": learnware.manifest.name}
+        payload |= {"result": result.learnware.to_dict()}
+        payload |= {"base": result.base.to_dict() if result.base else None}
+        print(json.dumps(payload, indent=2))
+    else:
+        _print_evaluation(learnware.manifest.name, result)
+
+
+def _print_evaluation(name: str, result: LearnwareEvaluation) -> None:
+    rows = [(name, result.learnware)]
+    if result.base is not None:
+        rows.append(("base model", result.base))
+    for label, e in rows:
+        line = f"{label}: perplexity {e.perplexity:.3f} over {e.n_tokens} tokens"
+        if e.kind == "labelled":
+            line = f"{label}: response perplexity {e.perplexity:.3f}"
+            if e.accuracy is not None:
+                line += f", accuracy {e.accuracy:.3f} (norm {e.accuracy_norm:.3f})"
+                line += f" over {e.n_labels} labels"
+        print(f"{line}; {e.n_records} records, {e.seconds:.1f} s")

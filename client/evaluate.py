@@ -1,0 +1,263 @@
+"""Score a causal LM (base or base + learnware) on a user's data, on the user's machine.
+
+lm-evaluation-harness is not a dependency, so this is a small evaluator with its metrics:
+
+- **Text records** -> rolling log-likelihood (lm-eval's ``loglikelihood_rolling``): every
+  token of every text is scored once, in disjoint windows of the model's context, the first
+  window conditioned on the BOS (else EOS) token. Reported: token ``perplexity``
+  (exp of the mean NLL per token; comparable between models sharing a tokenizer, which a base
+  and its adapters always do) and lm-eval's tokenizer-free ``word_perplexity``,
+  ``byte_perplexity`` and ``bits_per_byte``.
+- **Labelled records** (every record has prompt and response) -> multiple choice over the
+  closed label set = the distinct responses of the file (lm-eval's ``acc`` and ``acc_norm``):
+  each label's log-likelihood given ``prompt + "\\n"`` (the layout of ``Record.full_text``,
+  which is what adapters are trained on); the argmax is the prediction (``acc_norm`` divides
+  by the label's length in bytes first). The reference responses' token perplexity is
+  reported too (it falls out of the same forward passes).
+
+Nothing here sends anything anywhere. Heavy imports happen inside functions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from shared.data import Dataset, Record
+from shared.errors import DataError
+
+#: Above this many distinct responses a file is not a closed-label task: accuracy is skipped
+#: and only the responses' perplexity is reported (scoring would cost n x labels passes).
+MAX_LABELS = 64
+LABEL_SEPARATOR = "\n"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate_model`` measured. ``perplexity`` is per token (lower is better).
+
+    ``kind`` is ``"text"`` (perplexity of whole texts) or ``"labelled"`` (perplexity of the
+    reference responses given their prompts, plus ``accuracy``/``accuracy_norm`` over
+    ``n_labels`` labels, both None when the file has more than ``MAX_LABELS`` labels).
+    """
+
+    kind: str
+    n_records: int
+    n_tokens: int
+    perplexity: float
+    word_perplexity: float
+    byte_perplexity: float
+    bits_per_byte: float
+    accuracy: float | None = None
+    accuracy_norm: float | None = None
+    n_labels: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One scored sequence: ``ids`` in, log-likelihood of ``ids[start:]`` out."""
+
+    ids: tuple[int, ...]
+    start: int  # first position whose token is scored (>= 1)
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    data: Dataset | Sequence[Record],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Perplexity on text records; accuracy (+ response perplexity) on labelled ones.
+
+    A file counts as labelled only when every record has a prompt and a response. Texts
+    longer than the context are scored in windows; prompts too long are cut from the left.
+    Raises ``DataError`` for no records or texts that give no tokens.
+    """
+    records = list(data.records if isinstance(data, Dataset) else data)
+    if not records:
+        raise DataError("no records to evaluate")
+    started = time.perf_counter()
+    length = max_length or _context_length(model, tokenizer)
+    if all(r.is_labelled for r in records):
+        result = _labelled(model, tokenizer, records, length, batch_size, progress)
+    else:
+        result = _text(model, tokenizer, records, length, batch_size, progress)
+    return replace(result, seconds=time.perf_counter() - started)
+
+
+def _context_length(model: Any, tokenizer: Any) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None)]
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and tok_max < 1_000_000:
+        limits.append(tok_max)
+    known = [x for x in limits if isinstance(x, int) and x > 1]
+    return min(known) if known else 1024
+
+
+def _prefix_token(tokenizer: Any) -> int:
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise DataError("the tokenizer has no BOS or EOS token to start a text with")
+
+
+# ---------------------------------------------------------------- text: rolling perplexity
+
+
+def _text(
+    model: Any, tokenizer: Any, records: list[Record], length: int, batch: int, progress: bool
+) -> Evaluation:
+    texts = [r.full_text for r in records]
+    prefix = _prefix_token(tokenizer)
+    items = [
+        window
+        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        for window in _windows(ids, prefix, length)
+    ]
+    if not items:
+        raise DataError("the texts give no tokens to score")
+    scores = _score(model, items, batch, progress, "perplexity")
+    nll = -sum(scores)
+    tokens = sum(len(i.ids) - i.start for i in items)
+    return _totals("text", len(records), nll, tokens, texts)
+
+
+def _windows(ids: Sequence[int], prefix: int, length: int) -> Iterator[_Item]:
+    """Disjoint windows scoring each token once; each sees the token before it (or BOS)."""
+    span = length - 1
+    for begin in range(0, len(ids), span):
+        context = prefix if begin == 0 else ids[begin - 1]
+        yield _Item((context, *ids[begin : begin + span]), 1)
+
+
+def _totals(kind: str, n: int, nll: float, tokens: int, texts: Sequence[str]) -> Evaluation:
+    words = sum(len(t.split()) for t in texts)
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    return Evaluation(
+        kind=kind,
+        n_records=n,
+        n_tokens=tokens,
+        perplexity=_exp(nll / tokens),
+        word_perplexity=_exp(nll / max(words, 1)),
+        byte_perplexity=_exp(nll / max(nbytes, 1)),
+        bits_per_byte=nll / max(nbytes, 1) / math.log(2),
+    )
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+# ---------------------------------------------------------------- labelled: multiple choice
+
+
+def _labelled(
+    model: Any, tokenizer: Any, records: list[Record], length: int, batch: int, progress: bool
+) -> Evaluation:
+    labels = sorted({str(r.response) for r in records})
+    closed = len(labels) <= MAX_LABELS
+    encode = _encoder(tokenizer)
+    items: list[_Item] = []
+    for record in records:
+        context = encode(f"{record.prompt}{LABEL_SEPARATOR}")
+        for label in labels if closed else [str(record.response)]:
+            items.append(_choice(context, encode(label), length))
+    scores = _score(model, items, batch, progress, "accuracy" if closed else "perplexity")
+    per = len(labels) if closed else 1
+    gold = [
+        i * per + (labels.index(str(r.response)) if closed else 0) for i, r in enumerate(records)
+    ]
+    nll = -sum(scores[g] for g in gold)
+    tokens = sum(len(items[g].ids) - items[g].start for g in gold)
+    result = _totals("labelled", len(records), nll, tokens, [str(r.response) for r in records])
+    if not closed:
+        return result
+    lengths = [max(len(label.encode("utf-8")), 1) for label in labels]
+    hits = hits_norm = 0
+    for i, record in enumerate(records):
+        row = scores[i * per : (i + 1) * per]
+        hits += labels[max(range(per), key=lambda j: row[j])] == record.response
+        hits_norm += labels[max(range(per), key=lambda j: row[j] / lengths[j])] == record.response
+    n = len(records)
+    return replace(result, accuracy=hits / n, accuracy_norm=hits_norm / n, n_labels=len(labels))
+
+
+def _encoder(tokenizer: Any) -> Any:
+    cache: dict[str, tuple[int, ...]] = {}
+
+    def encode(text: str) -> tuple[int, ...]:
+        if text not in cache:
+            cache[text] = tuple(
+                tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            )
+        return cache[text]
+
+    return encode
+
+
+def _choice(context: tuple[int, ...], target: tuple[int, ...], length: int) -> _Item:
+    """Context then target, cut from the left to fit; the target is always scored whole."""
+    if not target:
+        raise DataError("a response gives no tokens to score")
+    if len(target) >= length:
+        raise DataError(
+            f"a response of {len(target)} tokens does not fit the {length}-token context"
+        )
+    ids = (*context, *target)[-length:]
+    return _Item(ids, len(ids) - len(target))
+
+
+# ---------------------------------------------------------------- batched scoring
+
+
+def _score(model: Any, items: list[_Item], batch: int, progress: bool, what: str) -> list[float]:
+    """Sum of log-probabilities of each item's scored tokens, in input order.
+
+    Items are batched longest first (fewer pad tokens, and an out-of-memory shows at once).
+    """
+    import torch
+
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].ids))
+    scores = [0.0] * len(items)
+    bar = _progress(len(items), progress, what)
+    with torch.inference_mode():
+        for begin in range(0, len(order), batch):
+            chunk = order[begin : begin + batch]
+            for i, value in zip(chunk, _score_batch(model, [items[i] for i in chunk]), strict=True):
+                scores[i] = value
+            bar.update(len(chunk))
+    bar.close()
+    return scores
+
+
+def _score_batch(model: Any, items: list[_Item]) -> list[float]:
+    import torch
+
+    width = max(len(i.ids) for i in items)
+    ids = torch.zeros((len(items), width), dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    scored = torch.zeros((len(items), width - 1), dtype=torch.bool)
+    for row, item in enumerate(items):
+        ids[row, : len(item.ids)] = torch.tensor(item.ids)
+        mask[row, : len(item.ids)] = 1
+        scored[row, item.start - 1 : len(item.ids) - 1] = True
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (picked * scored).sum(dim=1).tolist()
+
+
+def _progress(total: int, enabled: bool, what: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"scoring ({what})", unit="seq", disable=not enabled)

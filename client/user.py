@@ -1,0 +1,520 @@
+"""The user's side of the market: private search, verified fetch, run and evaluate.
+
+Privacy: ``private_search`` reads the user's data, makes a DP spec of it *here* and sends
+only that spec (a vector of floats, its schema id and DP metadata). The data itself never
+leaves this machine; ``tests/test_wire_privacy.py`` records the wire to prove it.
+
+Trust: ``fetch_learnware`` trusts nothing it downloaded until it is checked, in this order,
+and nothing is loaded or executed before all checks pass:
+
+1. before any download: the learnware's base model (id + weight sha256) is one this user
+   has (a built-in model, or ``base_model=`` a local copy), and its contributor key is not
+   on the user's revocation list;
+2. the tar's size and sha256 match the market's header (``MarketClient.fetch``);
+3. the contributor's public key sent by the market hashes to the key id the market names,
+   the tar unpacks safely, every file matches the signed manifest, the signature verifies
+   with that key and the manifest names the same key (``verify_package``), and the signed
+   manifest is the one the market announced;
+4. the signed manifest's base model is (still) the one from step 1.
+
+A failed check deletes everything downloaded and raises with the reason. A broken
+connection (or Ctrl-C) keeps the partial ``.part`` file so the same call resumes it.
+
+Revocation policy: a learnware signed by a revoked contributor key is refused. A revoked
+key may have been stolen, and nothing dates a signature, so its old signatures prove
+nothing either. Today's market keeps serving such learnwares and its ``FetchHeader`` does
+not say the key was revoked (a user cannot call ``ListKeys``), so the user passes the
+revoked key ids (``revoked_keys``, ``lwm fetch --revoked-keys FILE``, e.g. published by an
+admin from ``lwm admin list-keys --all | grep revoked``). When the header gains the contributor's
+``KeyInfo`` (a ``contributor_key`` field), ``market_key_info`` picks it up and a revoked
+key is refused with no list needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.evaluate import Evaluation
+from client.market import Connection, MarketClient
+from client.specs import SpecMaker
+from shared import signing
+from shared.data import Dataset, Record
+from shared.errors import (
+    AlreadyExists,
+    IntegrityError,
+    InvalidInput,
+    LwmError,
+    ModelUnavailable,
+    SchemaMismatch,
+    Unavailable,
+)
+from shared.home import Home
+from shared.learnware import Manifest, VerifiedPackage, unpack_tar, verify_package
+from shared.models import ModelRef
+from shared.privacy import DEFAULT_DELTA, PrivacyBudget
+from shared.proto import market_pb2 as pb
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SEARCH_FILTERS = ("domain", "task", "base_model_id", "license")
+
+
+# ---------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class SearchMatch:
+    """One ranked learnware (rank 1 is best); ``score`` is higher-is-better, kind-specific."""
+
+    rank: int
+    id: str
+    name: str
+    domain: str
+    task: str
+    contributor: str
+    contributor_key_id: str
+    base_model_id: str
+    base_model_sha256: str
+    score: float
+    distance: float
+    status: str
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Ranked matches and what the search cost: local spec time vs. market round trips.
+
+    ``spec_seconds`` covers reading the data, loading the encoder / spec model and making
+    the DP spec; ``network_seconds`` the ``GetSchema`` and ``Search`` calls (connect, TLS,
+    the market's ranking). ``epsilon`` None means the spec was released without DP.
+    """
+
+    kind: str
+    schema_id: str
+    epsilon: float | None
+    delta: float
+    n_texts: int
+    matches: tuple[SearchMatch, ...]
+    spec_seconds: float
+    network_seconds: float
+    total_seconds: float
+
+
+def private_search(
+    data: str | Path | Sequence[str],
+    conn: Connection | MarketClient,
+    kind: str | None = None,
+    epsilon: float = 4.0,
+    no_dp: bool = False,
+    top_k: int = 5,
+    *,
+    delta: float = DEFAULT_DELTA,
+    home: Home | None = None,
+    maker: SpecMaker | None = None,
+    progress: bool = False,
+    **filters: str | None,
+) -> SearchOutcome:
+    """Search the market with a DP spec of ``data`` (a data file, or the texts themselves).
+
+    ``kind`` None uses the market's default kind. ``no_dp`` releases a non-private spec
+    (callers must warn). ``maker`` reuses loaded models across calls when it holds the
+    market's schema. Filters: ``domain``, ``task``, ``base_model_id``, ``license``.
+    Raises ``SchemaMismatch`` for a kind the market does not take, ``DataError`` for
+    unreadable data, ``PrivacyError`` for a bad budget, network errors as ``LwmError``.
+    """
+    started = time.perf_counter()
+    budget = PrivacyBudget(None if no_dp else epsilon, delta)
+    unknown = sorted(set(filters) - set(SEARCH_FILTERS))
+    if unknown:
+        raise InvalidInput(f"unknown search filter {unknown[0]!r}; use {', '.join(SEARCH_FILTERS)}")
+    texts = _texts(data)  # bad data fails here, before the market is contacted
+    spec_seconds = time.perf_counter() - started
+    with _client(conn) as client:
+        mark = time.perf_counter()
+        schema = client.schema().schema
+        network = time.perf_counter() - mark
+        chosen = kind or schema.default_kind
+        if chosen not in schema.kinds:
+            raise SchemaMismatch(
+                f"the market takes spec kinds {', '.join(schema.kinds)}, not {chosen!r}"
+            )
+        mark = time.perf_counter()
+        if maker is None or maker.schema != schema:
+            maker = SpecMaker(schema, home or Home.resolve())
+        spec = maker.make(texts, chosen, budget, progress=progress)
+        spec_seconds += time.perf_counter() - mark
+        mark = time.perf_counter()
+        active = {k: v for k, v in filters.items() if v}
+        results = client.search(spec, top_k=top_k, **active)
+        network += time.perf_counter() - mark
+    return SearchOutcome(
+        kind=chosen,
+        schema_id=spec.schema_id,
+        epsilon=spec.privacy.epsilon,
+        delta=spec.privacy.delta,
+        n_texts=len(texts),
+        matches=tuple(_match(r) for r in results),
+        spec_seconds=spec_seconds,
+        network_seconds=network,
+        total_seconds=time.perf_counter() - started,
+    )
+
+
+def _texts(data: str | Path | Sequence[str]) -> list[str]:
+    if isinstance(data, str | Path):
+        from shared.data import load_dataset
+
+        return load_dataset(data).texts()
+    return list(data)
+
+
+def _match(result: pb.SearchResult) -> SearchMatch:
+    info = result.learnware
+    return SearchMatch(
+        rank=result.why.rank,
+        id=info.id,
+        name=info.name,
+        domain=info.domain,
+        task=info.task,
+        contributor=info.contributor_name,
+        contributor_key_id=info.contributor_key_id,
+        base_model_id=info.base_model.model_id,
+        base_model_sha256=info.base_model.sha256,
+        score=result.score,
+        distance=result.distance,
+        status=status_name(info.status),
+    )
+
+
+def status_name(status: int) -> str:
+    return pb.LearnwareStatus.Name(status).removeprefix("LEARNWARE_STATUS_").lower()
+
+
+@contextmanager
+def _client(conn: Connection | MarketClient) -> Iterator[MarketClient]:
+    """Use a caller's client as is; open (and close) one for a bare ``Connection``."""
+    if isinstance(conn, MarketClient):
+        yield conn
+        return
+    with MarketClient(conn) as client:
+        yield client
+
+
+# ---------------------------------------------------------------- base model
+
+
+def resolve_base_model(
+    model_id: str, sha256: str, home: Home, base_model: str | Path | None = None
+) -> ModelRef:
+    """The user's model with exactly these weights, or ``ModelUnavailable`` saying why.
+
+    ``base_model`` (a built-in name or a local Hugging Face folder) is the user's own copy;
+    otherwise the built-in model with ``model_id`` is used (``tiny`` is built here on first
+    use). Weights are matched by sha256: a same-named model with other weights is refused.
+    """
+    from shared.models import model_ref, smollm2, tiny
+
+    if base_model is not None:
+        ref = model_ref(str(base_model), home)
+    else:
+        builtin = {tiny.MODEL_ID: tiny.NAME, smollm2.MODEL_ID: smollm2.NAME}.get(model_id)
+        if builtin is None:
+            raise ModelUnavailable(
+                f"the learnware needs base model {model_id} (weights {sha256[:12]}), which is "
+                "not a built-in model here: pass --base-model PATH to your local copy"
+            )
+        try:
+            ref = model_ref(builtin, home)
+        except ModelUnavailable as err:
+            raise ModelUnavailable(f"the learnware needs base model {builtin}: {err}") from err
+    if ref.sha256 != sha256:
+        raise ModelUnavailable(
+            f"the learnware needs base model {model_id} with weights {sha256[:12]}, but "
+            f"{ref.name} has weights {ref.sha256[:12]}: pass --base-model PATH to that model"
+        )
+    return ref
+
+
+# ---------------------------------------------------------------- fetch and verify
+
+
+@dataclass(frozen=True)
+class FetchedLearnware:
+    """A verified learnware folder: signature, hashes and base model all checked."""
+
+    id: str
+    path: Path
+    manifest: Manifest
+    contributor_key_id: str
+    base_model: ModelRef
+    package_sha256: str
+    package_size: int
+
+
+def fetch_learnware(
+    conn: Connection | MarketClient,
+    learnware_id: str,
+    out_dir: str | Path,
+    *,
+    home: Home | None = None,
+    base_model: str | Path | None = None,
+    revoked_keys: Collection[str] = (),
+) -> FetchedLearnware:
+    """Download, verify and unpack learnware ``learnware_id`` into new folder ``out_dir``.
+
+    ``out_dir`` must not exist (or be an empty folder); it appears, complete, only when every
+    check (module docstring) passed. Raises ``ModelUnavailable`` (base model missing or other
+    weights), ``IntegrityError`` (tampered, wrongly signed, revoked key), ``AlreadyExists``,
+    ``NotFound``; on ``Unavailable`` the partial download stays for a resume.
+    """
+    home = home or Home.resolve()
+    check_id(learnware_id)
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AlreadyExists(f"{out} exists and is not an empty folder")
+    with _client(conn) as client:
+        info = client.get(learnware_id)
+        with _refusing(learnware_id, "nothing was downloaded"):
+            refuse_revoked(info.contributor_key_id, None, revoked_keys)
+            wanted = info.base_model
+            base = resolve_base_model(wanted.model_id, wanted.sha256, home, base_model)
+        staging = out.parent / f".{out.name}.fetch-{learnware_id}"
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            header = client.fetch(learnware_id, staging / "package.tar")
+        except Unavailable as err:
+            raise Unavailable(
+                f"{err}; the partial download in {staging} resumes next time"
+            ) from err
+        except LwmError:  # refused (size/sha256, not found, ...): nothing is kept
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    try:
+        with _refusing(learnware_id, "download deleted"):
+            package = _verify(header, staging, learnware_id, base, revoked_keys)
+            if out.exists():
+                out.rmdir()
+            os.rename(package.path, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FetchedLearnware(
+        id=learnware_id,
+        path=out,
+        manifest=package.manifest,
+        contributor_key_id=header.contributor_key_id,
+        base_model=base,
+        package_sha256=header.sha256,
+        package_size=header.total_size,
+    )
+
+
+@contextmanager
+def _refusing(learnware_id: str, outcome: str) -> Iterator[None]:
+    """Re-raise a failed check as the same error class, saying which learnware and what
+    happened to the download, so the CLI's one line tells the whole story."""
+    try:
+        yield
+    except LwmError as err:
+        raise type(err)(f"learnware {learnware_id} refused: {err}; {outcome}") from err
+
+
+def check_id(learnware_id: str) -> str:
+    """Ids name folders here, so only plain ids are accepted (no paths)."""
+    if not _ID.fullmatch(learnware_id):
+        raise InvalidInput(f"{learnware_id!r} is not a learnware id")
+    return learnware_id
+
+
+def _verify(
+    header: pb.FetchHeader,
+    staging: Path,
+    learnware_id: str,
+    base: ModelRef,
+    revoked_keys: Collection[str],
+) -> VerifiedPackage:
+    if header.id != learnware_id:
+        raise IntegrityError(f"the market answered with learnware {header.id!r}")
+    refuse_revoked(header.contributor_key_id, market_key_info(header), revoked_keys)
+    public_key = signing.load_public_key(header.contributor_public_key)
+    if signing.key_id(public_key) != header.contributor_key_id:
+        raise IntegrityError(
+            f"the market's public key for contributor {header.contributor_key_id} hashes to "
+            f"key id {signing.key_id(public_key)}"
+        )
+    unpack_tar(staging / "package.tar", staging / "package")
+    package = verify_package(staging / "package", public_key)
+    manifest = package.manifest
+    if manifest.contributor.key_id != header.contributor_key_id:  # verify_package checks too
+        raise IntegrityError(f"manifest names contributor key {manifest.contributor.key_id}")
+    if manifest.to_json() != header.manifest_json or package.signature != header.signature:
+        raise IntegrityError("the package is not the one the market's header describes")
+    wanted = manifest.base_model
+    if wanted.model_id != header.info.base_model.model_id or wanted.sha256 != base.sha256:
+        raise ModelUnavailable(
+            f"the signed manifest names base model {wanted.model_id} ({wanted.sha256[:12]}), "
+            f"not the {header.info.base_model.model_id} the market listed and you have"
+        )
+    return package
+
+
+def market_key_info(header: pb.FetchHeader) -> pb.KeyInfo | None:
+    """The contributor's ``KeyInfo`` if the market's header carries one (proposed field)."""
+    if "contributor_key" not in header.DESCRIPTOR.fields_by_name:
+        return None
+    if not header.HasField("contributor_key"):
+        return None
+    info: pb.KeyInfo = header.contributor_key  # type: ignore[attr-defined]
+    return info
+
+
+def refuse_revoked(key_id: str, key_info: pb.KeyInfo | None, revoked_keys: Collection[str]) -> None:
+    """``IntegrityError`` when the market's key info or the user's list says revoked."""
+    if key_info is not None and key_info.revoked:
+        why = f": {key_info.revoke_reason}" if key_info.revoke_reason else ""
+        raise IntegrityError(f"contributor key {key_id} was revoked by the market{why}")
+    if key_id in revoked_keys:
+        raise IntegrityError(f"contributor key {key_id} is on your revoked-keys list")
+
+
+def read_revoked_keys(path: str | Path) -> frozenset[str]:
+    """Key ids, one per line (blank lines and ``#`` comments ignored; first word counts)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise InvalidInput(f"cannot read revoked-keys file {path}: {err.strerror}") from err
+    words = (line.split("#", 1)[0].split() for line in lines)
+    return frozenset(w[0] for w in words if w)
+
+
+# ---------------------------------------------------------------- run
+
+
+@dataclass(frozen=True)
+class LoadedLearnware:
+    """Base model + adapter, ready to run: ``model`` is a ``PeftModel`` in eval mode."""
+
+    model: Any
+    tokenizer: Any
+    manifest: Manifest
+    path: Path
+    base_model: ModelRef
+
+
+def load_learnware(
+    source: str | Path,
+    *,
+    home: Home | None = None,
+    base_model: str | Path | None = None,
+    conn: Connection | MarketClient | None = None,
+    revoked_keys: Collection[str] = (),
+) -> LoadedLearnware:
+    """Load a learnware folder, or a learnware id (fetched and verified into the cache).
+
+    A folder is taken as one ``fetch_learnware`` verified (its signature was checked then);
+    its files are checked against the manifest's hashes again and its base model matched
+    before anything is loaded. Only safetensors weights are ever read.
+    """
+    home = home or Home.resolve()
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        if conn is None:
+            raise InvalidInput(f"{source} is not a learnware folder (pass --server to fetch an id)")
+        folder = home.folder("learnwares") / check_id(str(source))
+        if not folder.is_dir():
+            fetch_learnware(
+                conn,
+                str(source),
+                folder,
+                home=home,
+                base_model=base_model,
+                revoked_keys=revoked_keys,
+            )
+    package = verify_package(folder, None)
+    manifest = package.manifest
+    refuse_revoked(manifest.contributor.key_id, None, revoked_keys)
+    wanted = manifest.base_model
+    base = resolve_base_model(wanted.model_id, wanted.sha256, home, base_model)
+    from peft import PeftModel
+
+    from shared.models import load_causal_lm
+
+    loaded = load_causal_lm(base.name, home)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
+    return LoadedLearnware(model.eval(), loaded.tokenizer, manifest, folder, base)
+
+
+def generate(learnware: LoadedLearnware, prompt: str, max_new_tokens: int = 32) -> str:
+    """Greedy continuation of ``prompt`` (only the new text), deterministic."""
+    import torch
+
+    if max_new_tokens < 1:
+        raise InvalidInput(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tokenizer = learnware.tokenizer
+    context = int(getattr(learnware.model.config, "max_position_embeddings", 2048))
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False, verbose=False)
+    keep = max(context - max_new_tokens, 1)
+    input_ids = ids["input_ids"][:, -keep:]
+    if input_ids.shape[1] == 0:
+        input_ids = torch.tensor([[tokenizer.bos_token_id or tokenizer.eos_token_id]])
+    with torch.inference_mode():
+        out = learnware.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=min(max_new_tokens, context - input_ids.shape[1]),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return str(tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))
+
+
+@dataclass(frozen=True)
+class LearnwareEvaluation:
+    """The learnware's scores on the user's data and, when asked, the bare base model's."""
+
+    learnware: Evaluation
+    base: Evaluation | None = None
+
+
+def evaluate(
+    learnware: LoadedLearnware,
+    data: str | Path | Dataset | Sequence[Record],
+    *,
+    with_base: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> LearnwareEvaluation:
+    """Perplexity (text) or accuracy (labelled data) of the learnware on ``data``, locally.
+
+    ``with_base`` also scores the base model alone (the adapter switched off), the baseline
+    a user compares against.
+    """
+    from client.evaluate import evaluate_model
+
+    records = _records(data)
+    model, tokenizer = learnware.model, learnware.tokenizer
+    result = evaluate_model(model, tokenizer, records, batch_size=batch_size, progress=progress)
+    if not with_base:
+        return LearnwareEvaluation(result)
+    with model.disable_adapter():
+        base = evaluate_model(model, tokenizer, records, batch_size=batch_size, progress=progress)
+    return LearnwareEvaluation(result, base)
+
+
+def _records(data: str | Path | Dataset | Sequence[Record]) -> list[Record]:
+    if isinstance(data, str | Path):
+        from shared.data import load_dataset
+
+        data = load_dataset(data)
+    return list(data.records if isinstance(data, Dataset) else data)
