@@ -102,11 +102,11 @@ class Market:
         with self._lock:
             self._usable.clear()
             for index in self.indexes.values():
-                for key in index.keys:
-                    index.remove(key)
+                for learnware_id in index.keys:
+                    index.remove(learnware_id)
             for record in self._all(LearnwareFilter(status=Status.USABLE)):
-                key = self.store.get_key(record.contributor_key_id)
-                if key is not None and not key.revoked:
+                contributor = self.store.get_key(record.contributor_key_id)
+                if contributor is not None and not contributor.revoked:
                     self._publish(record)
 
     def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
