@@ -14,12 +14,9 @@ a link or rename), and never overwrite an existing file unless asked.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,34 +174,9 @@ def issue_client_cert(
 # ---------------------------------------------------------------- PEM files
 
 
-def _write_atomically(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    """Temp file with ``mode`` from the start, fsynced, then linked (no clobber) or renamed."""
-    if path.exists() and not overwrite:
-        raise AlreadyExists(f"{path} exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError as err:
-                raise AlreadyExists(f"{path} exists; refusing to overwrite it") from err
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def save_cert(path: Path, cert: x509.Certificate, *, overwrite: bool = False) -> Path:
     """Write ``cert`` as PEM, mode 0644 (certificates are public)."""
-    _write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite)
+    signing.write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite)
     return path
 
 
@@ -215,7 +187,7 @@ def save_tls_key(path: Path, key: TlsKey, *, overwrite: bool = False) -> Path:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomically(path, pem, 0o600, overwrite)
+    signing.write_atomically(path, pem, 0o600, overwrite)
     return path
 
 

@@ -83,7 +83,7 @@ def key_id(public_key: Ed25519PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _write_atomically(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+def write_atomically(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
     """Write to a temp file beside ``path`` with ``mode`` from the start, then move it in.
 
     Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile,
@@ -132,7 +132,7 @@ def save_private_key(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
     target = Path(path)
-    _write_atomically(target, pem, 0o600, overwrite)
+    write_atomically(target, pem, 0o600, overwrite)
     return target
 
 
@@ -144,7 +144,7 @@ def save_public_key(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     target = Path(path)
-    _write_atomically(target, pem, 0o644, overwrite)
+    write_atomically(target, pem, 0o644, overwrite)
     return target
 
 
