@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from shared.cli_options import HomeOpt
 from shared.errors import LwmError
 
 app = typer.Typer(
@@ -53,10 +54,6 @@ def _attach_command_modules() -> None:
 
 
 _attach_command_modules()
-
-HomeOpt = Annotated[
-    str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
-]
 
 
 def _console(stderr: bool = False):  # type: ignore[no-untyped-def]

@@ -15,25 +15,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shared.cli_options import (
+    CaOpt,
+    CertKeyOpt,
+    CertOpt,
+    HomeOpt,
+    InsecureOpt,
+    JsonOpt,
+    KeyOpt,
+    ServerOpt,
+)
+
 if TYPE_CHECKING:
     from client.market import Connection
     from client.user import LearnwareEvaluation, SearchOutcome
 
-ServerOpt = Annotated[str, typer.Option("--server", help="Market address HOST:PORT.")]
 OptServerOpt = Annotated[
     str | None, typer.Option("--server", help="Market address HOST:PORT (to fetch an ID).")
 ]
-KeyOpt = Annotated[Path, typer.Option("--key", help="Your Ed25519 private key (PEM).")]
 OptKeyOpt = Annotated[Path | None, typer.Option("--key", help="Your Ed25519 private key (PEM).")]
-CaOpt = Annotated[Path | None, typer.Option("--ca", help="CA certificate to trust (TLS).")]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="No TLS: loopback only, for development.")
-]
-CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate (mTLS).")]
-CertKeyOpt = Annotated[Path | None, typer.Option("--cert-key", help="Client TLS key (mTLS).")]
-HomeOpt = Annotated[
-    str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
-]
 BaseModelOpt = Annotated[
     str | None,
     typer.Option("--base-model", help="Your copy of the base model (name or HF folder)."),
@@ -42,7 +42,6 @@ RevokedOpt = Annotated[
     Path | None,
     typer.Option("--revoked-keys", help="File of revoked contributor key ids, one a line."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def register(app: typer.Typer) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shared import signing, transport
-from shared.errors import IntegrityError, LwmError, Unavailable, error_for_status
+from shared.errors import IntegrityError
 from shared.learnware import Manifest, write_tar
 from shared.proto import market_pb2 as pb
 from shared.proto import market_pb2_grpc
@@ -80,7 +80,7 @@ class MarketClient:
         try:
             return fn(request, timeout=timeout)
         except grpc.RpcError as err:
-            raise _as_lwm(err, self.conn.address) from None
+            raise transport.as_lwm_error(err, self.conn.address) from None
 
     # ------------------------------------------------------------------ schema
     def schema(self) -> RemoteSchema:
@@ -165,7 +165,7 @@ class MarketClient:
             stream = self.stub.Fetch(request, timeout=UPLOAD_TIMEOUT_S)
             header = _consume(stream, part, offset, digest)
         except grpc.RpcError as err:
-            raise _as_lwm(err, self.conn.address) from None
+            raise transport.as_lwm_error(err, self.conn.address) from None
         if part.stat().st_size != header.total_size or digest.hexdigest() != header.sha256:
             part.unlink(missing_ok=True)
             raise IntegrityError(
@@ -231,11 +231,3 @@ def _consume(stream: Any, part: Path, offset: int, digest: Any) -> pb.FetchHeade
     if header is None:
         raise IntegrityError("the market sent no fetch header")
     return header
-
-
-def _as_lwm(err: grpc.RpcError, address: str) -> LwmError:
-    code = err.code() if hasattr(err, "code") else None
-    details = err.details() if hasattr(err, "details") else str(err)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(f"cannot reach the market at {address}: {details}")
-    return error_for_status(code.name if code else "UNKNOWN", details or "no details")

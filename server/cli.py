@@ -13,17 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
+from shared.cli_options import CaOpt, CertKeyOpt, CertOpt, InsecureOpt, KeyOpt, ServerOpt
+
 server_app = typer.Typer(help="Run a market server.", no_args_is_help=True)
 admin_app = typer.Typer(help="Administer a market (admin key needed).", no_args_is_help=True)
-
-ServerOpt = Annotated[str, typer.Option("--server", help="Market address HOST:PORT.")]
-KeyOpt = Annotated[Path, typer.Option("--key", help="Your Ed25519 private key (PEM).")]
-CaOpt = Annotated[Path | None, typer.Option("--ca", help="CA certificate to trust (TLS).")]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="No TLS: loopback only, for development.")
-]
-CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate (mTLS).")]
-CertKeyOpt = Annotated[Path | None, typer.Option("--cert-key", help="Client TLS key (mTLS).")]
 
 
 def _say(text: str) -> None:
@@ -140,15 +133,12 @@ def _stub(
 def _rpc(fn: Any, request: Any, server: str) -> Any:
     import grpc
 
-    from shared.errors import Unavailable, error_for_status
+    from shared.transport import as_lwm_error
 
     try:
         return fn(request, timeout=30)
     except grpc.RpcError as err:
-        code = err.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise Unavailable(f"cannot reach the market at {server}: {err.details()}") from None
-        raise error_for_status(code.name, err.details() or "") from None
+        raise as_lwm_error(err, server) from None
 
 
 @server_app.command("stats")

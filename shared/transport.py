@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 
 from shared import signing
-from shared.errors import InvalidInput, NotFound
+from shared.errors import InvalidInput, LwmError, NotFound, Unavailable, error_for_status
 from shared.signing import Ed25519PrivateKey
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "ServerTlsFiles",
     "ServerTlsPaths",
     "SigningInterceptor",
+    "as_lwm_error",
     "add_port",
     "channel",
     "channel_credentials",
@@ -294,3 +295,13 @@ class SigningInterceptor(
 
     def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return continuation(self._sign(details), requests)
+
+
+def as_lwm_error(err: grpc.RpcError, address: str) -> LwmError:
+    """The client side of the status mapping: a failed call -> the project's error, with
+    the server's one-line message (UNAVAILABLE says which address could not be reached)."""
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"cannot reach the market at {address}: {details}")
+    return error_for_status(code.name if code else "UNKNOWN", details or "no details")

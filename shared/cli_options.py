@@ -1,0 +1,22 @@
+"""Typer option types shared by every ``lwm`` command group (client and server sides), so
+a flag is spelled and explained the same way everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ServerOpt = Annotated[str, typer.Option("--server", help="Market address HOST:PORT.")]
+KeyOpt = Annotated[Path, typer.Option("--key", help="Your Ed25519 private key (PEM).")]
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="CA certificate to trust (TLS).")]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="No TLS: loopback only, for development.")
+]
+CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate (mTLS).")]
+CertKeyOpt = Annotated[Path | None, typer.Option("--cert-key", help="Client TLS key (mTLS).")]
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
