@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.dpsgd import grad_sample_norms, noise_only_step
 from shared.errors import DataError, InvalidInput, LwmError
 from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, dpsgd_noise_multiplier
 
@@ -313,7 +314,7 @@ def _train_plain(
     """Shuffled epochs of exact batches, no DP."""
     import torch
 
-    from shared.spec.pave import per_sample_loss
+    from shared.dpsgd import per_sample_loss
 
     optimizer = _optimizer(_trainable(peft_model), config)
     n, batch = ids.shape[0], min(config.batch_size, ids.shape[0])
@@ -392,7 +393,7 @@ def _dp_loop(
     trace: _Trace,
 ) -> None:
     """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step."""
-    from shared.spec.pave import per_sample_loss
+    from shared.dpsgd import per_sample_loss
 
     while len(trace.losses) < steps:
         started = time.perf_counter()
@@ -401,14 +402,14 @@ def _dp_loop(
                 break
             dp_optimizer.zero_grad(set_to_none=True)
             if batch_ids.shape[0] == 0:
-                _noise_only_step(dp_optimizer, params)
+                noise_only_step(dp_optimizer, params)
                 trace.step(float("nan"), 0, started)
             else:
                 batch_ids, batch_mask = _on(params[0], *trim(batch_ids, batch_mask))
                 logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
                 loss = per_sample_loss(logits, batch_ids, batch_mask)
                 loss.backward()
-                trace.norms.extend(_grad_sample_norms(params))
+                trace.norms.extend(grad_sample_norms(params))
                 dp_optimizer.step()
                 trace.step(float(loss.detach()), int(batch_ids.shape[0]), started)
             started = time.perf_counter()
@@ -418,26 +419,6 @@ def _on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     """The batch on the device of ``where`` (a model or a parameter)."""
     device = where.device
     return ids.to(device), mask.to(device)
-
-
-def _grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
-    import torch
-
-    found = [g for g in (getattr(p, "grad_sample", None) for p in params) if g is not None]
-    if not found:
-        return []
-    flat = torch.cat([g.reshape(g.shape[0], -1) for g in found], dim=1)
-    return [float(x) for x in flat.norm(dim=1)]
-
-
-def _noise_only_step(optimizer: Any, params: Sequence[torch.nn.Parameter]) -> None:
-    """An empty Poisson batch still spends a step: the update is the noise alone."""
-    import torch
-
-    for p in params:
-        zeros = torch.zeros((1, *p.shape), device=p.device)
-        setattr(p, "grad_sample", zeros)  # noqa: B010 (opacus attribute)
-    optimizer.step()
 
 
 # ---------------------------------------------------------------- checks and reports

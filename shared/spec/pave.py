@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.dpsgd import grad_sample_norms, noise_only_step, per_sample_loss
 from shared.errors import DataError, SchemaMismatch
 from shared.privacy import DPReport, PrivacyBudget, dpsgd_noise_multiplier
 from shared.spec.record import Specification
@@ -207,21 +208,6 @@ def _flatten(params: Sequence[torch.nn.Parameter]) -> np.ndarray:
     return np.concatenate([p.detach().cpu().numpy().ravel() for p in params]).astype(np.float32)
 
 
-def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean token NLL per text, then the batch mean: samples stay independent (HF's
-    ``labels=`` loss averages tokens over the whole batch and couples them)."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :]
-    shift_ids = ids[:, 1:]
-    shift_mask = mask[:, 1:].to(logits.dtype)
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_ids.reshape(-1), reduction="none"
-    ).view(shift_ids.shape)
-    per_sample = (nll * shift_mask).sum(dim=1) / shift_mask.sum(dim=1).clamp(min=1.0)
-    return per_sample.mean()
-
-
 def _train(
     peft_model: Any,
     lora_b: list[torch.nn.Parameter],
@@ -298,40 +284,19 @@ def _loop(
                 break
             dp_optimizer.zero_grad(set_to_none=True)
             if batch_ids.shape[0] == 0:
-                _noise_only_step(dp_optimizer, lora_b)
+                noise_only_step(dp_optimizer, lora_b)
                 losses.append(float("nan"))
             else:
                 logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
                 loss = per_sample_loss(logits, batch_ids, batch_mask)
                 loss.backward()
-                norms.extend(_grad_sample_norms(lora_b))
+                norms.extend(grad_sample_norms(lora_b))
                 dp_optimizer.step()
                 losses.append(float(loss.detach()))
             _l1_prox(lora_b, schema.lr * schema.l1)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-
-
-def _grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
-    """Per-sample gradient L2 norms before clipping (to choose the clip norm from data)."""
-    import torch
-
-    found = (getattr(p, "grad_sample", None) for p in params)
-    samples: list[torch.Tensor] = [g for g in found if g is not None]
-    if not samples:
-        return []
-    flat = torch.cat([g.reshape(g.shape[0], -1) for g in samples], dim=1)
-    return [float(x) for x in flat.norm(dim=1)]
-
-
-def _noise_only_step(optimizer: Any, params: Sequence[torch.nn.Parameter]) -> None:
-    """An empty Poisson batch: the DP step is noise alone (sum of zero clipped gradients)."""
-    import torch
-
-    for p in params:
-        setattr(p, "grad_sample", torch.zeros((1, *p.shape)))  # noqa: B010 (opacus attribute)
-    optimizer.step()
 
 
 def _l1_prox(params: Sequence[torch.nn.Parameter], threshold: float) -> None:
