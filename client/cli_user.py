@@ -28,7 +28,8 @@ from shared.cli_options import (
 
 if TYPE_CHECKING:
     from client.market import Connection
-    from client.user import LearnwareEvaluation, SearchOutcome
+    from client.run import LearnwareEvaluation
+    from client.user import SearchOutcome
 
 OptServerOpt = Annotated[
     str | None, typer.Option("--server", help="Market address HOST:PORT (to fetch an ID).")
@@ -220,7 +221,7 @@ def _load(
     insecure: bool,
     revoked_keys: Path | None,
 ) -> Any:
-    from client.user import load_learnware
+    from client.run import load_learnware
 
     conn = None if server is None else _connection(server, key, ca, insecure, None, None)
     return load_learnware(
@@ -245,7 +246,7 @@ def generate(
     home: HomeOpt = None,
 ) -> None:
     """Run the learnware (base model + adapter) on --prompt; prints the continuation."""
-    from client.user import generate as run
+    from client.run import generate as run
 
     learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys)
     print(run(learnware, prompt, max_new_tokens))
@@ -268,7 +269,7 @@ def evaluate(
     home: HomeOpt = None,
 ) -> None:
     """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
-    from client.user import evaluate as run
+    from client.run import evaluate as run
     from shared.data import load_dataset
 
     dataset = load_dataset(data)  # bad data fails before any model loads

@@ -20,16 +20,10 @@ from builders import build_learnware, flip_byte, train_lora_adapter, write_specs
 from market_fixtures import market_server
 
 from client.market import MarketClient
+from client.run import evaluate as evaluate_learnware
+from client.run import generate, load_learnware
 from client.specs import SpecMaker
-from client.user import evaluate as evaluate_learnware
-from client.user import (
-    fetch_learnware,
-    generate,
-    load_learnware,
-    private_search,
-    refuse_revoked,
-    resolve_base_model,
-)
+from client.user import fetch_learnware, private_search, refuse_revoked, resolve_base_model
 from server.records import Role
 from shared import signing
 from shared.data import load_domain, split
