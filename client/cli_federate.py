@@ -1,0 +1,50 @@
+"""``lwm federate --config FED.toml``: several holders build one learnware with Flower.
+
+Attached by ``client.cli`` through ``register(app)``. Runs the federation on this machine
+with Flower's simulation engine (``client.federation.run``); errors are ``LwmError`` lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.errors import LwmError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("federate")(federate_command)
+
+
+def federate_command(
+    config: Annotated[Path, typer.Option("--config", help="The federation's TOML file.")],
+    verbose: Annotated[bool, typer.Option("--verbose", help="Flower's debug log.")] = False,
+) -> None:
+    """Federated LoRA (FedAvg) over the holders of FED.toml, merged DP spec, sign, submit."""
+    from rich.console import Console
+
+    from client.federation.config import FederationConfig
+    from client.federation.run import run_federation
+
+    fed = FederationConfig.from_toml(config)
+    console = Console(soft_wrap=True)
+    adapter = (
+        f"adapter DP-SGD at epsilon {fed.train_epsilon:g} per holder"
+        if fed.train_epsilon is not None
+        else "adapter trained WITHOUT DP"
+    )
+    console.print(
+        f"federating {len(fed.holders)} holders, {fed.rounds} rounds of {fed.local_steps} "
+        f"local steps ({adapter}; specs DP at epsilon {fed.spec_epsilon:g})"
+    )
+    outcome = run_federation(fed, verbose=verbose)
+    if "package" in outcome:
+        console.print(f"wrote {outcome['package']} ({outcome['holders']} holders' specs merged)")
+        return
+    if outcome["status"] == "REJECTED":
+        raise LwmError(
+            f"the market rejected learnware {outcome['learnware_id']}: {outcome['reason']}"
+        )
+    console.print(f"learnware {outcome['learnware_id']} is {outcome['status']}")

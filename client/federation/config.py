@@ -1,0 +1,243 @@
+"""``FederationConfig``: what ``lwm federate --config FED.toml`` reads, validated up front.
+
+Example::
+
+    base_model = "tiny"            # or smollm2-135m or a local HF folder
+    rounds = 2
+    local_steps = 5
+    batch_size = 8
+    max_tokens = 64
+    # home = "/path/to/lwm-home"  (default $LWM_HOME or ~/.cache/lwm)
+
+    [learnware]
+    name = "region-news"
+    domain = "finance"
+    task = "text-generation"
+    description = "Federated LoRA over two banks' news."
+    license = "MIT"
+
+    [lora]
+    rank = 8
+    alpha = 16
+    target_modules = ["q_proj", "v_proj"]
+
+    [dp]
+    delta = 1e-5
+    train_epsilon = 8.0            # DP-SGD per holder over all rounds; omit for no DP
+
+    [spec]
+    kind = "rkme"
+    epsilon = 4.0
+
+    [market]                       # omit address (and set out) to only write the package
+    address = "localhost:7443"
+    ca = "ca.pem"                  # or insecure = true
+    key = "coordinator.key"        # signs the package and the submission
+    # out = "federated-learnware"  (write the signed package here instead of submitting)
+
+    [[holders]]
+    name = "bank-a"
+    data = "bank_a.jsonl"
+
+Relative paths are read from the TOML file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.finetune import FinetuneConfig
+from shared.errors import InvalidInput, LwmError
+from shared.privacy import DEFAULT_DELTA
+
+TOP_KEYS = {
+    "base_model", "rounds", "local_steps", "batch_size", "max_tokens", "lr", "home",
+    "learnware", "lora", "dp", "spec", "market", "holders",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One data holder: a name (a Flower SuperNode) and the path of its texts."""
+
+    name: str
+    data: Path
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything a federation needs; ``__post_init__`` refuses what cannot work.
+
+    ``train_epsilon`` None trains the adapter without DP (no guarantee); otherwise each
+    holder runs DP-SGD with its accountant carried over all rounds. The specs are always DP
+    at ``spec_epsilon``. Without ``market_address`` the signed
+    package is written to ``out``.
+    """
+
+    holders: tuple[Holder, ...]
+    name: str
+    domain: str
+    task: str
+    description: str
+    license: str
+    key: Path
+    base_model: str = "tiny"
+    rounds: int = 2
+    local_steps: int = 5
+    batch_size: int = 8
+    max_tokens: int = 64
+    lr: float | None = None
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    train_epsilon: float | None = None
+    delta: float = DEFAULT_DELTA
+    spec_kind: str = "rkme"
+    spec_epsilon: float = 4.0
+    market_address: str | None = None
+    ca: Path | None = None
+    insecure: bool = False
+    out: Path | None = None
+    home: Path | None = None
+    coordinator: str = "coordinator"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.holders, list):
+            object.__setattr__(self, "holders", tuple(self.holders))
+        if len(self.holders) < 2:
+            raise InvalidInput(f"a federation needs at least 2 holders, got {len(self.holders)}")
+        names = [h.name for h in self.holders]
+        if len(set(names)) != len(names) or not all(names):
+            raise InvalidInput(f"holder names must be non-empty and distinct, got {names}")
+        for h in self.holders:
+            if not h.data.exists():
+                raise InvalidInput(f"holder {h.name!r}: data {h.data} does not exist")
+        for name in ("rounds", "local_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
+        if not self.key.is_file():
+            raise InvalidInput(f"market.key: the coordinator key {self.key} does not exist")
+        if self.market_address is None and self.out is None:
+            raise InvalidInput("set market.address to submit, or market.out to write the package")
+        if self.market_address is not None and self.ca is None and not self.insecure:
+            raise InvalidInput("market.ca is needed to reach the market over TLS (or insecure)")
+        self.finetune  # noqa: B018 - validates the training settings (InvalidInput)
+        self.contribute_config  # noqa: B018 - validates manifest fields and spec settings
+
+    @property
+    def finetune(self) -> FinetuneConfig:
+        """The local training of one round on one holder."""
+        return FinetuneConfig(
+            rank=self.rank,
+            alpha=self.alpha,
+            target_modules=tuple(self.target_modules),
+            steps=self.local_steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            max_tokens=self.max_tokens,
+            dp_epsilon=self.train_epsilon,
+            delta=self.delta,
+        )
+
+    @property
+    def contribute_config(self) -> Any:
+        """The one-contributor config of the same learnware (manifest fields, spec budget)."""
+        from client.contribute import ContributeConfig
+
+        return ContributeConfig(
+            name=self.name,
+            domain=self.domain,
+            task=self.task,
+            description=self.description,
+            license=self.license,
+            base_model=self.base_model,
+            spec_kind=self.spec_kind,
+            spec_epsilon=self.spec_epsilon,
+            delta=self.delta,
+            finetune=self.finetune,
+            contributor=self.coordinator,
+        )
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> FederationConfig:
+        """Read and validate ``FED.toml``; any problem is one ``InvalidInput`` line."""
+        file = Path(path)
+        try:
+            raw = tomllib.loads(file.read_text())
+        except OSError as err:
+            raise InvalidInput(f"cannot read {file}: {err.strerror or err}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidInput(f"{file} is not valid TOML: {err}") from err
+        return cls.from_dict(raw, file.parent)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], root: Path) -> FederationConfig:
+        unknown = set(raw) - TOP_KEYS
+        if unknown:
+            raise InvalidInput(f"unknown settings in the federation config: {sorted(unknown)}")
+
+        def table(name: str) -> dict[str, Any]:
+            value = raw.get(name, {})
+            if not isinstance(value, dict):
+                raise InvalidInput(f"[{name}] must be a table")
+            return value
+
+        def path(value: Any, what: str) -> Path:
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"{what} must be a path, got {value!r}")
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else root / p
+
+        lw, lora, dp, spec, market = (
+            table(n) for n in ("learnware", "lora", "dp", "spec", "market")
+        )
+        holders_raw = raw.get("holders", [])
+        if not isinstance(holders_raw, list):
+            raise InvalidInput("[[holders]] must be a list of tables with name and data")
+        holders = []
+        for i, h in enumerate(holders_raw):
+            if not isinstance(h, dict) or "name" not in h or "data" not in h:
+                raise InvalidInput(f"holder #{i + 1} needs a name and a data path")
+            holders.append(Holder(str(h["name"]), path(h["data"], f"holders[{i}].data")))
+        for required in ("name", "domain", "task", "license"):
+            if required not in lw:
+                raise InvalidInput(f"[learnware] needs {required}")
+        if "key" not in market:
+            raise InvalidInput("[market] needs key (the coordinator's private key)")
+        try:
+            return cls(
+                holders=tuple(holders),
+                name=lw["name"],
+                domain=lw["domain"],
+                task=lw["task"],
+                description=lw.get("description", ""),
+                license=lw["license"],
+                coordinator=lw.get("contributor", "coordinator"),
+                key=path(market["key"], "market.key"),
+                base_model=raw.get("base_model", "tiny"),
+                rounds=raw.get("rounds", 2),
+                local_steps=raw.get("local_steps", 5),
+                batch_size=raw.get("batch_size", 8),
+                max_tokens=raw.get("max_tokens", 64),
+                lr=raw.get("lr"),
+                rank=lora.get("rank", 8),
+                alpha=lora.get("alpha", 16),
+                target_modules=tuple(lora.get("target_modules", ("q_proj", "v_proj"))),
+                train_epsilon=dp.get("train_epsilon"),
+                delta=dp.get("delta", DEFAULT_DELTA),
+                spec_kind=spec.get("kind", "rkme"),
+                spec_epsilon=spec.get("epsilon", 4.0),
+                market_address=market.get("address"),
+                ca=path(market["ca"], "market.ca") if "ca" in market else None,
+                insecure=bool(market.get("insecure", False)),
+                out=path(market["out"], "market.out") if "out" in market else None,
+                home=path(raw["home"], "home") if "home" in raw else None,
+            )
+        except LwmError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise InvalidInput(f"bad federation config: {err}") from err

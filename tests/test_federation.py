@@ -1,0 +1,230 @@
+"""Flower federation: the holder's ClientApp called directly, and one real simulated run
+(2 holders, Ray, tiny model) whose federated learnware a real TLS market accepts as USABLE."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from market_fixtures import market_server
+
+from client.federation.client_app import make_client_app
+from client.federation.config import FederationConfig, Holder
+from client.federation.server_app import initial_lora, merge_specs
+from server.records import Role
+from shared import signing
+from shared.data import load_domain
+from shared.errors import InvalidInput, PrivacyError
+from shared.privacy import DPReport
+from shared.proto import market_pb2 as pb
+from shared.spec.record import Specification
+
+
+@pytest.fixture(scope="module")
+def holders_data(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("fed-data")
+    texts = load_domain("finance")[:80]
+    paths = []
+    for i, part in enumerate((texts[:40], texts[40:])):
+        path = folder / f"holder{i}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+        paths.append(path)
+    return paths
+
+
+def fed_config(paths: list[Path], key: Path, home: Path, **changes) -> FederationConfig:
+    settings = dict(
+        holders=tuple(Holder(f"bank-{i}", p) for i, p in enumerate(paths)),
+        name="region-news",
+        domain="finance",
+        task="text-generation",
+        description="Federated LoRA over two banks' BBC business paragraphs.",
+        license="MIT",
+        key=key,
+        base_model="tiny",
+        rounds=2,
+        local_steps=3,
+        batch_size=8,
+        max_tokens=48,
+        spec_kind="rkme",
+        spec_epsilon=4.0,
+        home=home,
+        out=home / "unused-out",
+    )
+    settings.update(changes)
+    return FederationConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def coordinator_key(tmp_path_factory) -> Path:
+    key, _ = signing.generate_keypair()
+    path = tmp_path_factory.mktemp("fed-keys") / "coordinator.key"
+    signing.save_private_key(path, key)
+    return path
+
+
+def test_client_app_train_changes_lora_and_reports_examples(
+    holders_data, coordinator_key, lwm_home, monkeypatch
+):
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # A message is normally made by a running ServerApp, whose identity Flower sets.
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+    config = fed_config(holders_data, coordinator_key, lwm_home.root)
+    start = initial_lora(config)
+    app = make_client_app(config)
+    msg = Message(
+        content=RecordDict(
+            {"arrays": ArrayRecord(start), "config": ConfigRecord({"server-round": 1})}
+        ),
+        message_type=MessageType.TRAIN,
+        dst_node_id=1,
+    )
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+
+    reply = app(msg, context)
+
+    assert not reply.has_error(), reply.error
+    assert reply.content["metrics"]["num-examples"] == 40
+    after = reply.content["arrays"].to_torch_state_dict()
+    assert set(after) == set(start)
+    moved = [k for k in start if "lora_B" in k and not torch.equal(start[k], after[k])]
+    assert moved, "local training did not move lora_B"
+    assert all(torch.count_nonzero(start[k]) == 0 for k in start if "lora_B" in k)
+
+
+def test_client_app_dp_accountant_carries_across_rounds(
+    holders_data, coordinator_key, lwm_home, monkeypatch
+):
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    config = fed_config(holders_data, coordinator_key, lwm_home.root, train_epsilon=8.0)
+    app = make_client_app(config)
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+    arrays = ArrayRecord(initial_lora(config))
+    epsilons = []
+    for server_round in (1, 2):
+        msg = Message(
+            content=RecordDict(
+                {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+            ),
+            message_type=MessageType.TRAIN,
+            dst_node_id=1,
+        )
+        reply = app(msg, context)
+        assert not reply.has_error(), reply.error
+        arrays = reply.content["arrays"]
+        epsilons.append(float(reply.content["metrics"]["epsilon"]))
+
+    # Round 2 continues round 1's accountant: the epsilon grows and ends at the budget.
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
+    assert epsilons[1] == pytest.approx(8.0, rel=0.05)
+    # opacus merges equal (sigma, rate) entries: one entry of both rounds' steps.
+    assert sum(context.state["accountant"]["steps"]) == 2 * config.local_steps
+
+
+def test_merge_specs_weights_by_n_and_combines_noise():
+    import numpy as np
+
+    def spec(value: float, n: int, std: float) -> Specification:
+        report = DPReport("gaussian", 4.0, 1e-5, 1.16, noise_std=std)
+        return Specification("rkme", "s1", np.full(4, value, dtype=np.float32), n, report)
+
+    merged = merge_specs([spec(1.0, 30, 0.1), spec(4.0, 10, 0.3)])
+
+    assert merged.n == 40
+    assert np.allclose(merged.vector, 0.75 * 1.0 + 0.25 * 4.0)
+    assert merged.privacy.noise_std == pytest.approx(((0.75 * 0.1) ** 2 + (0.25 * 0.3) ** 2) ** 0.5)
+    assert merged.privacy.epsilon == 4.0
+
+
+def test_config_refuses_what_cannot_work(holders_data, coordinator_key, lwm_home, tmp_path):
+    with pytest.raises(InvalidInput, match="at least 2 holders"):
+        fed_config(holders_data[:1], coordinator_key, lwm_home.root)
+    with pytest.raises(PrivacyError):
+        fed_config(holders_data, coordinator_key, lwm_home.root, train_epsilon=0.0)
+    with pytest.raises(InvalidInput, match="does not exist"):
+        fed_config([holders_data[0], tmp_path / "nope.jsonl"], coordinator_key, lwm_home.root)
+    toml = tmp_path / "fed.toml"
+    toml.write_text(
+        'rounds = 1\n[learnware]\nname = "x"\ndomain = "finance"\ntask = "t"\nlicense = "MIT"\n'
+        f'[market]\nkey = "{coordinator_key}"\nout = "pkg"\n'
+        f'[[holders]]\nname = "a"\ndata = "{holders_data[0]}"\n'
+        f'[[holders]]\nname = "b"\ndata = "{holders_data[1]}"\n'
+    )
+    loaded = FederationConfig.from_toml(toml)
+    assert loaded.rounds == 1 and loaded.out == tmp_path / "pkg"
+    toml.write_text("rounds = [")
+    with pytest.raises(InvalidInput, match="not valid TOML"):
+        FederationConfig.from_toml(toml)
+
+
+def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home, tmp_path):
+    from client.federation.run import run_federation
+
+    with market_server(tmp_path, lwm_home, run_smoke=False) as market:
+        market.new_key("coordinator", Role.CONTRIBUTOR)
+        market.new_key("reader", Role.USER)
+        config = fed_config(
+            holders_data,
+            market.keys_dir / "coordinator.key",
+            lwm_home.root,
+            out=None,
+            market_address=market.address,
+            ca=market.layout.ca_cert,
+            rounds=2,
+            train_epsilon=8.0,
+        )
+        started = time.perf_counter()
+        outcome = run_federation(config)
+        seconds = time.perf_counter() - started
+
+        assert outcome["status"] == "USABLE", outcome["reason"]
+        assert outcome["holders"] == 2
+        info = market.client("reader").get(outcome["learnware_id"])
+        assert info.status == pb.LEARNWARE_STATUS_USABLE
+        assert info.name == "region-news"
+        assert {p.what for p in info.dp.parts} == {"adapter", "spec:rkme"}
+        manifest = outcome["manifest"]
+        assert manifest.specs[0].n == 80
+        adapter = manifest.dp.part("adapter")
+        assert adapter is not None and adapter.epsilon == pytest.approx(8.0, rel=0.05)
+        assert manifest.dp.total.epsilon is not None
+        assert manifest.dp.total.epsilon > adapter.epsilon
+        print(f"simulated federation: {seconds:.1f} s")
+
+
+def test_cli_federate_bad_config_is_one_line_error(tmp_path, monkeypatch, capsys):
+    from client.cli import main
+
+    toml = tmp_path / "fed.toml"
+    toml.write_text('rounds = 0\n[learnware]\nname = "x"\n')
+    monkeypatch.setattr(sys, "argv", ["lwm", "federate", "--config", str(toml)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code not in (0, None)
+    lines = [line for line in err.splitlines() if line.startswith("lwm: error:")]
+    assert len(lines) == 1, err
