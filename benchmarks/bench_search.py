@@ -39,42 +39,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from builders import build_learnware, train_lora_adapter, write_specs  # noqa: E402
+from market_fixtures import market_server  # noqa: E402
 
 from client.identification import DEMO_DOMAINS  # noqa: E402
 from client.market import Connection, MarketClient  # noqa: E402
 from client.specs import SpecMaker  # noqa: E402
-from server.app import RunningServer, build_server  # noqa: E402
-from server.pki import init_server_dir  # noqa: E402
 from server.records import Role  # noqa: E402
-from server.settings import ServerSettings  # noqa: E402
 from shared import signing  # noqa: E402
 from shared.data import load_domain, split  # noqa: E402
 from shared.home import Home  # noqa: E402
 from shared.models import model_ref  # noqa: E402
 from shared.privacy import PrivacyBudget  # noqa: E402
 from shared.spec.record import Specification  # noqa: E402
-
-
-def start_market(tmp: Path, home: Home) -> tuple[RunningServer, Path]:
-    layout = init_server_dir(tmp / "server")
-    settings = ServerSettings(
-        address="127.0.0.1:0",
-        db_url=f"sqlite:///{tmp / 'market.db'}",
-        blobs_dir=tmp / "blobs",
-        home_dir=home.root,
-        tls_dir=layout.dir,
-        run_smoke=False,
-        admin_pub=layout.admin_pub,
-        grace_s=0,
-    )
-    return build_server(settings), layout.ca_cert
-
-
-def new_key(running: RunningServer, keys: Path, name: str, role: Role) -> Path:
-    private, public = signing.generate_keypair()
-    signing.save_private_key(keys / f"{name}.key", private)
-    running.market.register_key(signing.public_key_bytes(public), role, name)
-    return keys / f"{name}.key"
 
 
 def short_mechanism(spec: Specification) -> Specification:
@@ -160,13 +136,12 @@ def main() -> None:
         tmp = Path(scratch)
         home = Home(tmp / "home")  # fresh: nothing of the user's texts is cached
         print("starting the market and filling it …", flush=True)
-        running, ca = start_market(tmp, home)
-        try:
-            keys = tmp / "keys"
-            keys.mkdir()
-            contributor = new_key(running, keys, "contributor", Role.CONTRIBUTOR)
-            user = new_key(running, keys, "user", Role.USER)
-            address = f"localhost:{running.port}"
+        with market_server(tmp, home, run_smoke=False) as market:
+            market.new_key("contributor", Role.CONTRIBUTOR)
+            market.new_key("user", Role.USER)
+            contributor = market.keys_dir / "contributor.key"
+            user = market.keys_dir / "user.key"
+            address, ca = market.address, market.layout.ca_cert
             held_out = fill_market(args, Connection(address, contributor, ca), home, tmp)
             data = tmp / "user.jsonl"
             texts = held_out[args.user_domain]
@@ -181,8 +156,6 @@ def main() -> None:
                     f"top-1 {row['top1']} ({'right' if row['top1_right'] else 'WRONG'})",
                     flush=True,
                 )
-        finally:
-            running.stop(0)
     payload = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

@@ -40,12 +40,11 @@ from builders import (  # noqa: E402
     train_lora_adapter,
     write_specs,
 )
+from market_fixtures import MarketUnderTest, market_server  # noqa: E402
 
 from client.market import Connection, MarketClient  # noqa: E402
-from server.app import build_server  # noqa: E402
 from server.pki import init_server_dir  # noqa: E402
 from server.records import LearnwareRecord, Role, SpecRecord, Status  # noqa: E402
-from server.settings import ServerSettings  # noqa: E402
 from server.store import Store  # noqa: E402
 from shared import signing, transport  # noqa: E402
 from shared.home import Home  # noqa: E402
@@ -96,17 +95,12 @@ def big_package(home: Home, tmp: Path, mb: int, key: signing.Ed25519PrivateKey) 
 
 
 def transfer(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: ignore[type-arg]
-    layout = init_server_dir(tmp / "srv")
-    settings = ServerSettings(
-        address="127.0.0.1:0",
-        db_url=f"sqlite:///{tmp / 'm.db'}",
-        blobs_dir=tmp / "blobs",
-        home_dir=home.root,
-        tls_dir=layout.dir,
-        run_smoke=False,
-        admin_pub=layout.admin_pub,
-    )
-    running = build_server(settings)
+    with market_server(tmp / "transfer", home, run_smoke=False) as market:
+        return _transfer(args, home, tmp, market)
+
+
+def _transfer(args: argparse.Namespace, home: Home, tmp: Path, market: MarketUnderTest) -> dict:  # type: ignore[type-arg]
+    running, layout = market.running, market.layout
     raw = raw_handlers()
     running.server.add_generic_rpc_handlers((raw,))  # type: ignore[attr-defined]
     address = f"localhost:{running.port}"
@@ -149,7 +143,6 @@ def transfer(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: 
         f"(ratio {rows['download_ratio']:.2f})",
         flush=True,
     )
-    running.stop(0)
     return rows
 
 
