@@ -142,7 +142,7 @@ def make_time(name: str, home: Home) -> dict[str, Any]:
         description="benchmark",
         license="MIT",
         base_model=name,
-        spec_kind="rkme",
+        spec_kinds=("rkme",),
         spec_epsilon=4.0,
     )
     key, _ = signing.generate_keypair()

@@ -39,7 +39,7 @@ def contribute_command(
     base_model: Annotated[
         str, typer.Option("--base-model", help="smollm2-135m, tiny or a local HF folder.")
     ],
-    spec: Annotated[str, typer.Option("--spec", help="Spec kind: pave or rkme.")],
+    spec: Annotated[str, typer.Option("--spec", help="rkme, pave, or rkme,pave.")],
     description: Annotated[str, typer.Option("--description", help="What it is good at.")] = "",
     dp_sgd: Annotated[
         bool, typer.Option("--dp-sgd", help="Train the adapter with DP-SGD.")
@@ -100,7 +100,7 @@ def contribute_command(
         description=description,
         license=license,
         base_model=base_model,
-        spec_kind=spec,
+        spec_kinds=tuple(k.strip() for k in spec.split(",") if k.strip()),
         spec_epsilon=spec_epsilon,
         delta=delta,
         contributor=contributor or key.stem,

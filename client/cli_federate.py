@@ -36,15 +36,16 @@ def federate_command(
         else "adapter trained WITHOUT DP"
     )
     console.print(
-        f"federating {len(fed.holders)} holders, {fed.rounds} rounds of {fed.local_steps} "
-        f"local steps ({adapter}; specs DP at epsilon {fed.spec_epsilon:g})"
+        f"federating {len(fed.holders)} holders (at least {fed.quorum}), {fed.rounds} rounds "
+        f"of {fed.local_steps} local steps ({adapter}; specs DP at epsilon {fed.spec_epsilon:g})"
     )
     outcome = run_federation(fed, verbose=verbose)
+    holders = f"{outcome['holders']} of {len(fed.holders)} holders' specs merged"
     if "package" in outcome:
-        console.print(f"wrote {outcome['package']} ({outcome['holders']} holders' specs merged)")
+        console.print(f"wrote {outcome['package']} ({holders})")
         return
     if outcome["status"] == "REJECTED":
         raise LwmError(
             f"the market rejected learnware {outcome['learnware_id']}: {outcome['reason']}"
         )
-    console.print(f"learnware {outcome['learnware_id']} is {outcome['status']}")
+    console.print(f"learnware {outcome['learnware_id']} is {outcome['status']} ({holders})")

@@ -3,7 +3,7 @@
 The Python API behind ``lwm contribute`` (for notebooks)::
 
     config = ContributeConfig(name="bank-news", domain="finance", task="text-generation",
-                              description="...", license="MIT", spec_kind="rkme",
+                              description="...", license="MIT", spec_kinds=("rkme",),
                               spec_epsilon=4.0, finetune=FinetuneConfig(dp_epsilon=8.0))
     make_learnware("data.jsonl", config, "me.key", "out/bank-news")      # package only
     verdict = contribute("data.jsonl", config, Connection("host:7443", Path("me.key"), ca))
@@ -62,7 +62,9 @@ class ContributeConfig:
     """What the learnware is and how it is made; validated before anything runs.
 
     ``base_model`` is ``tiny``, ``smollm2-135m`` or a local Hugging Face folder.
-    ``spec_epsilon`` is the DP budget of the spec (always private here); the adapter's is
+    ``spec_kinds`` are the spec kinds the package carries (one spec of the same data each,
+    so each is a release the accountant composes; users search with any of them).
+    ``spec_epsilon`` is the DP budget of each spec (always private here); the adapter's is
     ``finetune.dp_epsilon`` (None: trained without DP). ``delta`` applies to both and
     overrides ``finetune.delta``. ``contributor`` is the display name in the manifest.
     """
@@ -73,7 +75,7 @@ class ContributeConfig:
     description: str
     license: str
     base_model: str = "tiny"
-    spec_kind: str = "rkme"
+    spec_kinds: tuple[str, ...] = ("rkme",)
     spec_epsilon: float = 4.0
     delta: float = DEFAULT_DELTA
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -87,8 +89,14 @@ class ContributeConfig:
         check.text("contributor", self.contributor, max_len=128)
         if not isinstance(self.base_model, str) or not self.base_model:
             raise InvalidInput(f"base_model must name a model, got {self.base_model!r}")
-        if self.spec_kind not in KINDS:
-            raise SchemaMismatch(f"unknown spec kind {self.spec_kind!r}; use {', '.join(KINDS)}")
+        if isinstance(self.spec_kinds, str | list):
+            kinds = [self.spec_kinds] if isinstance(self.spec_kinds, str) else self.spec_kinds
+            object.__setattr__(self, "spec_kinds", tuple(kinds))
+        if not self.spec_kinds or len(set(self.spec_kinds)) != len(self.spec_kinds):
+            raise InvalidInput(f"spec_kinds must name distinct kinds, got {self.spec_kinds!r}")
+        for kind in self.spec_kinds:
+            if kind not in KINDS:
+                raise SchemaMismatch(f"unknown spec kind {kind!r}; use {', '.join(KINDS)}")
         if not isinstance(self.finetune, FinetuneConfig):
             raise InvalidInput(f"finetune must be a FinetuneConfig, got {self.finetune!r}")
         self.spec_budget  # noqa: B018 - PrivacyError for epsilon <= 0 or a bad delta
@@ -157,9 +165,9 @@ def make_learnware(
     texts = load_texts(data)
     private_key = key if isinstance(key, signing.Ed25519PrivateKey) else _load_key(key)
     home = home or Home.resolve()
-    schema = schema or _local_schema(home, config.spec_kind)
+    schema = schema or local_schema(home, *config.spec_kinds)
     base_ref = accepted_base(config.base_model, home, accepted_base_models)
-    maker = _spec_maker(schema, home, config.spec_kind)
+    maker = spec_maker(schema, home, *config.spec_kinds)
     from shared.models import load_causal_lm
 
     base = load_causal_lm(config.base_model, home)
@@ -168,11 +176,14 @@ def make_learnware(
         trained = finetune_lora(
             texts, base, config.finetune, work / "adapter", progress=progress, noise_seed=noise_seed
         )
-        spec = maker.make(texts, config.spec_kind, config.spec_budget, progress, noise_seed)
+        specs = [
+            maker.make(texts, kind, config.spec_budget, progress, noise_seed)
+            for kind in config.spec_kinds
+        ]
         from shared.spec.record import save_specs
 
-        spec_file = save_specs(work / "spec.safetensors", [spec])
-        manifest = build_manifest(config, base_ref, trained.report, spec, private_key)
+        spec_file = save_specs(work / "spec.safetensors", specs)
+        manifest = build_manifest(config, base_ref, trained.report, specs, private_key)
         return build_package(out, trained.adapter_dir, spec_file, manifest, private_key)
 
 
@@ -192,7 +203,7 @@ def contribute(
     does not accept (``SchemaMismatch``) fails before training. A refused submission raises
     the server's error. The package lives in a temporary folder and is always removed.
     """
-    from client.market import MarketClient
+    from client.market import MarketClient, status_name
 
     if connection.key_path is None:
         raise InvalidInput("contributing needs the contributor's key (--key)")
@@ -214,7 +225,7 @@ def contribute(
             )
             manifest = Manifest.from_json((package / "manifest.json").read_bytes())
             reply = client.submit(package)
-    return Verdict(reply.id, _status_name(reply.status), reply.reason, manifest)
+    return Verdict(reply.id, status_name(reply.status), reply.reason, manifest)
 
 
 # ---------------------------------------------------------------- steps
@@ -238,13 +249,15 @@ def build_manifest(
     config: ContributeConfig,
     base: ModelRef,
     adapter: DPReport,
-    spec: Specification,
+    specs: Specification | Sequence[Specification],
     key: signing.Ed25519PrivateKey,
 ) -> Manifest:
-    """The manifest of one adapter and one spec, with their privacy composed in one accountant."""
-    spec_eps = spec.privacy.epsilon
-    spec_delta = spec.privacy.delta if spec_eps is not None else 0.0
-    total = compose_epsilon([adapter, spec.privacy], config.delta)
+    """The manifest of one adapter and its specs (one per kind), every release on the same
+    data composed in one accountant."""
+    from shared.spec.record import Specification
+
+    specs = [specs] if isinstance(specs, Specification) else list(specs)
+    total = compose_epsilon([adapter, *(s.privacy for s in specs)], config.delta)
     return Manifest(
         name=config.name,
         domain=config.domain,
@@ -252,19 +265,12 @@ def build_manifest(
         description=config.description,
         license=config.license,
         base_model=BaseModelRef(model_id=base.model_id, sha256=base.sha256),
-        specs=(
-            SpecEntry(
-                kind=spec.kind,
-                schema_id=spec.schema_id,
-                dim=spec.dim,
-                epsilon=spec_eps,
-                delta=spec_delta,
-                n=spec.n,
-                extra=_accounting(spec.privacy),
-            ),
-        ),
+        specs=tuple(_spec_entry(s) for s in specs),
         dp=DpReport(
-            parts=(_part("adapter", adapter), _part(f"spec:{spec.kind}", spec.privacy)),
+            parts=(
+                _part("adapter", adapter),
+                *(_part(f"spec:{s.kind}", s.privacy) for s in specs),
+            ),
             total=DpTotal(
                 epsilon=total,
                 delta=config.delta if total is not None else 0.0,
@@ -273,6 +279,19 @@ def build_manifest(
         ),
         contributor=Contributor(key_id=signing.key_id(key.public_key()), name=config.contributor),
         created_at=utc_now_iso(),
+    )
+
+
+def _spec_entry(spec: Specification) -> SpecEntry:
+    epsilon = spec.privacy.epsilon
+    return SpecEntry(
+        kind=spec.kind,
+        schema_id=spec.schema_id,
+        dim=spec.dim,
+        epsilon=epsilon,
+        delta=spec.privacy.delta if epsilon is not None else 0.0,
+        n=spec.n,
+        extra=_accounting(spec.privacy),
     )
 
 
@@ -306,33 +325,37 @@ def _load_key(path: str | Path) -> signing.Ed25519PrivateKey:
     return signing.load_private_key(path)
 
 
-def _local_schema(home: Home, kind: str) -> MarketSchema:
-    """The local default schema of ``kind`` only (the other kind's model is not loaded)."""
+def local_schema(home: Home, *kinds: str) -> MarketSchema:
+    """The local default schema of ``kinds`` only (other kinds' models are not loaded).
+
+    What a learnware is made under when no market is asked: ``make_learnware`` without a
+    schema, and a federation that writes its package to a folder.
+    """
     from shared.spec.defaults import default_schema
 
-    return default_schema(home, kinds=(kind,), default_kind=kind)
+    return default_schema(home, kinds=kinds, default_kind=kinds[0])
 
 
-def _spec_maker(schema: MarketSchema, home: Home, kind: str) -> SpecMaker:
-    """A ``SpecMaker`` whose encoder or spec model is loaded and checked against the schema."""
+def spec_maker(schema: MarketSchema, home: Home, *kinds: str) -> SpecMaker:
+    """A ``SpecMaker`` whose encoder and spec model are loaded and checked against the schema.
+
+    Loading first makes a wrong spec model fail before any training; a federated holder
+    makes its share of the spec with the same checks.
+    """
     from client.specs import SpecMaker
     from shared.spec.schema import PaveSchema, RkmeSchema
 
     maker = SpecMaker(schema, home)
-    kind_schema = schema.for_kind(kind)
-    if isinstance(kind_schema, RkmeSchema):
-        maker.encoder(kind_schema)
-    elif isinstance(kind_schema, PaveSchema):
-        model = maker.model(kind_schema)
-        if model.ref.sha256 != kind_schema.model_sha256:
-            raise SchemaMismatch(
-                f"the market's PAVE schema needs spec model {kind_schema.model_id} with weights "
-                f"{kind_schema.model_sha256[:12]}, this machine has {model.ref.sha256[:12]}"
-            )
+    for kind in kinds:
+        kind_schema = schema.for_kind(kind)
+        if isinstance(kind_schema, RkmeSchema):
+            maker.encoder(kind_schema)
+        elif isinstance(kind_schema, PaveSchema):
+            model = maker.model(kind_schema)
+            if model.ref.sha256 != kind_schema.model_sha256:
+                raise SchemaMismatch(
+                    f"the market's PAVE schema needs spec model {kind_schema.model_id} with "
+                    f"weights {kind_schema.model_sha256[:12]}, this machine has "
+                    f"{model.ref.sha256[:12]}"
+                )
     return maker
-
-
-def _status_name(status: int) -> str:
-    from shared.proto import market_pb2 as pb
-
-    return pb.LearnwareStatus.Name(status).removeprefix("LEARNWARE_STATUS_")

@@ -123,8 +123,13 @@ class FinetuneResult:
 
 
 @dataclass
-class _Trace:
-    """What the training loops record, step by step (mutable, private to this module)."""
+class TrainTrace:
+    """What the training loops record, step by step (mutable).
+
+    Public because the federation's ClientApp (``client.federation.client_app``) runs the
+    same loops one round at a time and reads the losses back from it; ``bar`` is a tqdm bar
+    or None (a SuperNode has no terminal to draw on).
+    """
 
     bar: Any
     losses: list[float] = field(default_factory=list)
@@ -178,20 +183,20 @@ def finetune_lora(
     started = time.perf_counter()
     ids, mask = tokenize(texts, base.tokenizer, config.max_tokens)
     private = config.budget.is_private
-    trace = _Trace(_progress_bar(config.steps, progress, private))
+    trace = TrainTrace(_progress_bar(config.steps, progress, private))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         peft_model = lora_model(base, config, device)
-        before = _lora_b_snapshot(peft_model)
+        before = lora_b_snapshot(peft_model)
         try:
             if private:
                 report = _train_dp(peft_model, ids, mask, config, trace, noise_seed)
             else:
-                report = _train_plain(peft_model, ids, mask, config, trace)
+                report = train_plain(peft_model, ids, mask, config, trace)
         finally:
             if trace.bar is not None:
                 trace.bar.close()
-    _require_trained(before, _lora_b_snapshot(peft_model))
+    require_trained(before, lora_b_snapshot(peft_model))
     out = Path(out_dir)
     peft_model.eval()
     with warnings.catch_warnings():
@@ -292,13 +297,18 @@ def lora_model(base: LoadedModel, config: FinetuneConfig, device: str = "cpu") -
 
 
 # ---------------------------------------------------------------- training loops
+# Public so that the federation's ClientApp trains each round with exactly these loops.
 
 
-def _trainable(peft_model: Any) -> list[torch.nn.Parameter]:
+def trainable_params(peft_model: Any) -> list[torch.nn.Parameter]:
+    """The LoRA weights, in a fixed (sorted) order: what the optimizer and opacus see."""
     return [p for _, p in sorted(peft_model.named_parameters()) if p.requires_grad]
 
 
-def _optimizer(params: list[torch.nn.Parameter], config: FinetuneConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: list[torch.nn.Parameter], config: FinetuneConfig
+) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, built the same way for one-shot and federated runs."""
     import torch
 
     if config.optimizer_name == "sgd":
@@ -308,15 +318,19 @@ def _optimizer(params: list[torch.nn.Parameter], config: FinetuneConfig) -> torc
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=decay)
 
 
-def _train_plain(
-    peft_model: Any, ids: torch.Tensor, mask: torch.Tensor, config: FinetuneConfig, trace: _Trace
+def train_plain(
+    peft_model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    config: FinetuneConfig,
+    trace: TrainTrace,
 ) -> DPReport:
-    """Shuffled epochs of exact batches, no DP."""
+    """``config.steps`` steps of shuffled epochs of exact batches, no DP (no guarantee)."""
     import torch
 
     from shared.dpsgd import per_sample_loss
 
-    optimizer = _optimizer(_trainable(peft_model), config)
+    optimizer = make_optimizer(trainable_params(peft_model), config)
     n, batch = ids.shape[0], min(config.batch_size, ids.shape[0])
     order: list[int] = []
     for _ in range(config.steps):
@@ -339,7 +353,7 @@ def _train_dp(
     ids: torch.Tensor,
     mask: torch.Tensor,
     config: FinetuneConfig,
-    trace: _Trace,
+    trace: TrainTrace,
     noise_seed: int | None,
 ) -> DPReport:
     """opacus DP-SGD: Poisson batches, per-sample clipping, noise for the whole run."""
@@ -351,7 +365,7 @@ def _train_dp(
     loader = DataLoader(TensorDataset(ids, mask), batch_size=min(config.batch_size, n))
     sample_rate = 1.0 / len(loader)  # what opacus' Poisson sampler uses
     sigma = dpsgd_noise_multiplier(config.budget, sample_rate=sample_rate, steps=config.steps)
-    params = _trainable(peft_model)
+    params = trainable_params(peft_model)
     device = params[0].device
     generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
     with warnings.catch_warnings():
@@ -359,7 +373,7 @@ def _train_dp(
         engine = PrivacyEngine(accountant="rdp")
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=peft_model,
-            optimizer=_optimizer(params, config),
+            optimizer=make_optimizer(params, config),
             data_loader=loader,
             noise_multiplier=sigma,
             max_grad_norm=config.clip_norm,
@@ -370,7 +384,7 @@ def _train_dp(
         with warnings.catch_warnings():
             # Expected: the inputs are token ids, so hooks fire on output grads only.
             warnings.filterwarnings("ignore", message="Full backward hook")
-            _dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
+            dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
     finally:
         dp_model.remove_hooks()
     return DPReport(
@@ -384,15 +398,19 @@ def _train_dp(
     )
 
 
-def _dp_loop(
+def dp_loop(
     dp_model: Any,
     dp_optimizer: Any,
     dp_loader: Any,
     params: list[torch.nn.Parameter],
     steps: int,
-    trace: _Trace,
+    trace: TrainTrace,
 ) -> None:
-    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step."""
+    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step.
+
+    The caller owns the ``PrivacyEngine`` (and so the accountant): a federated holder
+    loads its earlier rounds' history into it before calling this each round.
+    """
     from shared.dpsgd import per_sample_loss
 
     while len(trace.losses) < steps:
@@ -424,12 +442,17 @@ def _on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
 # ---------------------------------------------------------------- checks and reports
 
 
-def _lora_b_snapshot(peft_model: Any) -> list[torch.Tensor]:
+def lora_b_snapshot(peft_model: Any) -> list[torch.Tensor]:
+    """Copies of every lora_B (zero at init): compare before and after with require_trained."""
     return [p.detach().clone() for n, p in sorted(peft_model.named_parameters()) if "lora_B" in n]
 
 
-def _require_trained(before: list[torch.Tensor], after: list[torch.Tensor]) -> None:
-    """opacus#820: loss falls, epsilon grows, and yet the LoRA weights never move."""
+def require_trained(before: list[torch.Tensor], after: list[torch.Tensor]) -> None:
+    """Refuse an adapter whose lora_B never moved (``before``/``after``: lora_b_snapshot).
+
+    opacus#820: loss falls, epsilon grows, and yet the LoRA weights never move; checked
+    after every local training, one-shot or one federated round.
+    """
     import torch
 
     if not before or all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):

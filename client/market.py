@@ -193,6 +193,15 @@ class MarketClient:
         return self._call(self.stub.GetStats, pb.GetStatsRequest())
 
 
+def status_name(status: int) -> str:
+    """A ``LearnwareStatus`` as its short name ("USABLE", "REJECTED", ...).
+
+    The one translation of the enum for client code: verdicts print it as is, search
+    results show it in lower case.
+    """
+    return pb.LearnwareStatus.Name(status).removeprefix("LEARNWARE_STATUS_")
+
+
 def query_spec(spec: Specification) -> pb.QuerySpec:
     return pb.QuerySpec(
         kind=spec.kind,

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.market import Connection, MarketClient
+from client.market import Connection, MarketClient, status_name
 from client.specs import SpecMaker
 from shared import signing
 from shared.errors import (
@@ -186,12 +186,8 @@ def _match(result: pb.SearchResult) -> SearchMatch:
         base_model_sha256=info.base_model.sha256,
         score=result.score,
         distance=result.distance,
-        status=status_name(info.status),
+        status=status_name(info.status).lower(),
     )
-
-
-def status_name(status: int) -> str:
-    return pb.LearnwareStatus.Name(status).removeprefix("LEARNWARE_STATUS_").lower()
 
 
 @contextmanager

@@ -79,7 +79,7 @@ def config(**changes) -> ContributeConfig:
         description="LoRA on BBC business paragraphs.",
         license="MIT",
         base_model="tiny",
-        spec_kind="rkme",
+        spec_kinds=("rkme",),
         spec_epsilon=4.0,
         finetune=FAST,
         contributor="bank",
@@ -140,7 +140,7 @@ def test_contribute_through_the_market_ends_usable(market, data, lwm_home, scrat
 def test_manifest_epsilons_are_the_accountants_and_the_total_their_rdp_sum(
     data, lwm_home, tmp_path
 ):
-    cfg = config(spec_kind="pave", spec_epsilon=2.0, finetune=replace(FAST, dp_epsilon=3.0))
+    cfg = config(spec_kinds=("pave",), spec_epsilon=2.0, finetune=replace(FAST, dp_epsilon=3.0))
     key, _ = signing.generate_keypair()
 
     package = make_learnware(data, cfg, key, tmp_path / "lw", home=lwm_home, noise_seed=1)

@@ -1,5 +1,6 @@
-"""Flower federation: the holder's ClientApp called directly, and one real simulated run
-(2 holders, Ray, tiny model) whose federated learnware a real TLS market accepts as USABLE."""
+"""Flower federation: the holder's ClientApp called directly, one real simulated run
+(2 holders, Ray, tiny model) whose federated learnware a real TLS market accepts as USABLE,
+and a holder whose data breaks at run time: left out down to min_holders, else no package."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import pytest
 import torch
 from market_fixtures import market_server
 
-from client.federation.client_app import make_client_app
+from client.federation.client_app import history_of, make_client_app
 from client.federation.config import FederationConfig, Holder
 from client.federation.server_app import initial_lora, merge_specs
 from server.records import Role
 from shared import signing
 from shared.data import load_domain
-from shared.errors import InvalidInput, PrivacyError
+from shared.errors import InvalidInput, LwmError, PrivacyError
+from shared.learnware import verify_package
 from shared.privacy import DPReport
 from shared.proto import market_pb2 as pb
 from shared.spec.record import Specification
@@ -50,7 +52,7 @@ def fed_config(paths: list[Path], key: Path, home: Path, **changes) -> Federatio
         local_steps=3,
         batch_size=8,
         max_tokens=48,
-        spec_kind="rkme",
+        spec_kinds=("rkme",),
         spec_epsilon=4.0,
         home=home,
         out=home / "unused-out",
@@ -137,6 +139,9 @@ def test_client_app_dp_accountant_carries_across_rounds(
         assert not reply.has_error(), reply.error
         arrays = reply.content["arrays"]
         epsilons.append(float(reply.content["metrics"]["epsilon"]))
+        # The reply carries the accountant so far: the server accounts from train replies.
+        sent = history_of(reply.content["accountant"])
+        assert sent and sent == history_of(context.state["accountant"])
 
     # Round 2 continues round 1's accountant: the epsilon grows and ends at the budget.
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
@@ -181,6 +186,62 @@ def test_config_refuses_what_cannot_work(holders_data, coordinator_key, lwm_home
         FederationConfig.from_toml(toml)
 
 
+def test_config_min_holders_and_what_each_machine_needs(
+    holders_data, coordinator_key, lwm_home, tmp_path
+):
+    assert fed_config(holders_data, coordinator_key, lwm_home.root).quorum == 2
+    for bad in (1, 3, True, "2"):
+        with pytest.raises(InvalidInput, match="min_holders must be an int from 2 to"):
+            fed_config(holders_data, coordinator_key, lwm_home.root, min_holders=bad)
+    missing = tmp_path / "elsewhere.jsonl"  # holder 1's data lives on another machine
+    toml = tmp_path / "fed.toml"
+    toml.write_text(
+        'min_holders = 2\n[learnware]\nname = "x"\ndomain = "finance"\ntask = "t"\n'
+        f'license = "MIT"\n[market]\nkey = "{coordinator_key}"\nout = "pkg"\n'
+        f'[[holders]]\nname = "a"\ndata = "{holders_data[0]}"\n'
+        f'[[holders]]\nname = "b"\ndata = "{missing}"\n'
+    )
+    with pytest.raises(InvalidInput, match="'b': data .* does not exist"):
+        FederationConfig.from_toml(toml)  # one machine must hold everything
+    assert FederationConfig.from_toml(toml, machine="coordinator").quorum == 2
+    assert FederationConfig.from_toml(toml, machine=0).holders[1].data == missing
+    with pytest.raises(InvalidInput, match="does not exist"):
+        FederationConfig.from_toml(toml, machine=1)
+    with pytest.raises(InvalidInput, match="partition-id 2 names no holder"):
+        FederationConfig.from_toml(toml, machine=2)
+
+
+def test_deployed_apps_read_fed_toml_from_node_config_else_run_config(
+    holders_data, coordinator_key, tmp_path
+):
+    from types import SimpleNamespace
+
+    from client.federation.client_app import deployed_config
+
+    def toml(name: str, rounds: int) -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f'rounds = {rounds}\n[learnware]\nname = "x"\ndomain = "finance"\ntask = "t"\n'
+            f'license = "MIT"\n[market]\nkey = "{coordinator_key}"\nout = "pkg"\n'
+            f'[[holders]]\nname = "a"\ndata = "{holders_data[0]}"\n'
+            f'[[holders]]\nname = "b"\ndata = "{holders_data[1]}"\n'
+        )
+        return path
+
+    shared, own = toml("run.toml", 1), toml("node.toml", 3)
+    run_only = SimpleNamespace(node_config={"partition-id": 1}, run_config={"config": str(shared)})
+    assert deployed_config(run_only, 1).rounds == 1
+    node = SimpleNamespace(
+        node_config={"partition-id": 1, "config": str(own)}, run_config={"config": str(shared)}
+    )
+    assert deployed_config(node, 1).rounds == 3
+    with pytest.raises(RuntimeError, match="no federation config: pass --run-config"):
+        deployed_config(SimpleNamespace(node_config={}, run_config={"config": ""}), "coordinator")
+    gone = SimpleNamespace(node_config={}, run_config={"config": str(tmp_path / "gone.toml")})
+    with pytest.raises(InvalidInput, match="is not a file on this machine"):
+        deployed_config(gone, "coordinator")
+
+
 def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home, tmp_path):
     from client.federation.run import run_federation
 
@@ -196,6 +257,7 @@ def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home,
             ca=market.layout.ca_cert,
             rounds=2,
             train_epsilon=8.0,
+            spec_kinds=("rkme", "pave"),
         )
         started = time.perf_counter()
         outcome = run_federation(config)
@@ -206,14 +268,103 @@ def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home,
         info = market.client("reader").get(outcome["learnware_id"])
         assert info.status == pb.LEARNWARE_STATUS_USABLE
         assert info.name == "region-news"
-        assert {p.what for p in info.dp.parts} == {"adapter", "spec:rkme"}
+        assert {p.what for p in info.dp.parts} == {"adapter", "spec:rkme", "spec:pave"}
         manifest = outcome["manifest"]
-        assert manifest.specs[0].n == 80
+        assert [s.kind for s in manifest.specs] == ["rkme", "pave"]
+        assert [s.n for s in manifest.specs] == [80, 80]
         adapter = manifest.dp.part("adapter")
         assert adapter is not None and adapter.epsilon == pytest.approx(8.0, rel=0.05)
         assert manifest.dp.total.epsilon is not None
         assert manifest.dp.total.epsilon > adapter.epsilon
         print(f"simulated federation: {seconds:.1f} s")
+
+
+def three_holders_one_broken(
+    folder: Path, key: Path, home: Path, min_holders: int
+) -> tuple[FederationConfig, list[int]]:
+    """Three holders whose config validates; then holder 2's file turns into non-UTF-8 bytes.
+
+    A real failure at train time (``DataError`` in the holder's ClientApp), no mock.
+    Returns the config and each holder's number of texts.
+    """
+    texts = load_domain("finance")[:72]
+    parts = [texts[:24], texts[24:48], texts[48:]]
+    paths = []
+    for i, part in enumerate(parts):
+        path = folder / f"holder{i}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+        paths.append(path)
+    config = fed_config(
+        paths,
+        key,
+        home,
+        out=folder / "package",
+        rounds=1,
+        local_steps=2,
+        min_holders=min_holders,
+    )
+    paths[2].write_bytes(b"\xff\xfe not a jsonl file \x00\n")
+    return config, [len(p) for p in parts]
+
+
+def test_a_holder_failing_mid_run_is_left_out_above_min_holders(
+    coordinator_key, lwm_home, tmp_path
+):
+    from client.federation.run import run_federation
+
+    config, sizes = three_holders_one_broken(tmp_path, coordinator_key, lwm_home.root, 2)
+
+    outcome = run_federation(config)
+
+    assert outcome["holders"] == 2 and outcome["trained"] == 2
+    verified = verify_package(
+        outcome["package"], signing.load_private_key(coordinator_key).public_key()
+    )
+    assert verified.path == config.out
+    manifest = verified.manifest
+    assert manifest.specs[0].n == sizes[0] + sizes[1]
+    adapter = manifest.dp.part("adapter")
+    assert adapter is not None and adapter.details["holders"] == 2
+    spec = manifest.dp.part("spec:rkme")
+    assert spec is not None and spec.details["merged_holders"] == 2
+
+
+def test_a_holder_failing_mid_run_below_min_holders_leaves_no_package(
+    coordinator_key, lwm_home, tmp_path
+):
+    from client.federation.run import run_federation
+
+    config, _ = three_holders_one_broken(tmp_path, coordinator_key, lwm_home.root, 3)
+
+    with pytest.raises(LwmError, match=r"only 2 holder\(s\) trained, min_holders is 3") as err:
+        run_federation(config)
+    assert config.out is not None and not config.out.exists()
+    # One line naming the holder's own error, not Ray's traceback.
+    assert "holder2.jsonl: not UTF-8" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("reason", "short"),
+    [
+        (  # the deployment engine's SuperNode
+            "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException "
+            "ClientAppException occurred. Message: h2.jsonl: not UTF-8'>",
+            "h2.jsonl: not UTF-8",
+        ),
+        (  # the simulation engine: Ray's chained traceback
+            "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::run()\n"
+            '  File "x.py", line 1\nDataError: h2.jsonl: not UTF-8\n\nflwr.ClientAppException:'
+            " \nException ClientAppException occurred. Message: h2.jsonl: not UTF-8'>",
+            "h2.jsonl: not UTF-8",
+        ),
+        ("<class 'ValueError'>:<'bad value'>", "ValueError: bad value"),
+        (None, "no reason given"),
+    ],
+)
+def test_short_reason_keeps_the_holders_own_error(reason, short):
+    from client.federation.strategy import short_reason
+
+    assert short_reason(reason) == short
 
 
 def test_cli_federate_bad_config_is_one_line_error(tmp_path, monkeypatch, capsys):

@@ -1,39 +1,82 @@
 """The data holder's Flower ClientApp (Message API): train the LoRA adapter, release a spec.
 
 ``make_client_app(config)`` closes over the federation config; Flower's simulation engine
-ships the app to its workers. The holder is picked by ``node_config["partition-id"]`` (set
-by the simulation engine; on a real SuperNode pass ``--node-config "partition-id=K"``).
+ships the app to its workers. ``make_client_app()`` (no config) is the deployment engine's
+app (``client.federation.deploy``): it reads ``FED.toml`` from the node config ``config``
+(this machine's copy) or else the run config ``config`` (``flwr run --run-config``). The
+holder is picked by ``node_config["partition-id"]`` (set by the simulation engine; on a
+real SuperNode pass ``--node-config "partition-id=K"`` for the K-th ``[[holders]]``).
 
 - ``train``: the received ``ArrayRecord`` holds the global LoRA tensors
   (``get_peft_model_state_dict``); they are loaded into a fresh peft model over the base,
   trained ``local_steps`` steps with ``client.finetune``'s loop on this holder's texts, and
-  sent back with ``num-examples``. Base weights never move and never travel.
+  sent back with ``num-examples`` and the holder's accountant (``accountant``).
+  Base weights never move and never travel.
 - ``query``: the DP spec of the holder's texts under the market schema the server sends
   (``spec`` = the spec's safetensors bytes, ``n`` = number of texts). Texts never leave.
 
 With ``train_epsilon`` each round is opacus DP-SGD; the holder's RDP accountant history
 lives in ``context.state["accountant"]`` and is loaded into each round's PrivacyEngine, so
-the epsilon grows across rounds and is never reset. The query reply carries that history
-so the server can account the adapter.
+the epsilon grows across rounds and is never reset. Each train reply carries that history,
+so the server accounts the adapter from exactly the holders whose updates it averaged.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from client.federation.config import FederationConfig
+from shared.errors import InvalidInput
 
 _CACHE: dict[tuple[str, str], Any] = {}  # per worker process: (kind, key) -> loaded thing
+History = list[tuple[float, float, int]]  # an RDP accountant's (sigma, sample rate, steps)
+
+
+def partition_id(context: Any) -> int:
+    """This SuperNode's holder index, from its node config (``partition-id``)."""
+    raw = context.node_config.get("partition-id")
+    if raw is None:
+        raise RuntimeError(
+            "node_config has no partition-id: cannot tell which holder this is "
+            '(start the SuperNode with --node-config "partition-id=K")'
+        )
+    return int(raw)
 
 
 def holder_index(context: Any, config: FederationConfig) -> int:
-    raw = context.node_config.get("partition-id")
-    if raw is None:
-        raise RuntimeError("node_config has no partition-id: cannot tell which holder this is")
-    index = int(raw)
+    """``partition_id`` checked against the config's holders."""
+    index = partition_id(context)
     if not 0 <= index < len(config.holders):
         raise RuntimeError(f"partition-id {index} but only {len(config.holders)} holders")
     return index
+
+
+def config_path(context: Any) -> Path:
+    """The deployment's ``FED.toml``: this node's own copy if its node config names one."""
+    raw = context.node_config.get("config") or context.run_config.get("config")
+    if not raw:
+        raise RuntimeError(
+            "no federation config: pass --run-config \"config='/abs/FED.toml'\" to flwr run "
+            "(or --node-config \"config='/abs/FED.toml'\" to this SuperNode)"
+        )
+    return Path(str(raw)).expanduser()
+
+
+def deployed_config(context: Any, machine: str | int) -> FederationConfig:
+    """The config a deployed app reads at its first message, checked for ``machine``.
+
+    Cached per process by path, modification time and machine, so a long-lived worker
+    picks up an edited file on the next run and still parses it once per run.
+    """
+    path = config_path(context)
+    if not path.is_file():
+        raise InvalidInput(f"the federation config {path} is not a file on this machine")
+    key = ("config", f"{path.resolve()}@{path.stat().st_mtime_ns}@{machine}")
+    if key not in _CACHE:
+        _CACHE[key] = FederationConfig.from_toml(path, machine=machine)
+    config: FederationConfig = _CACHE[key]
+    return config
 
 
 def home_of(config: FederationConfig) -> Any:
@@ -66,8 +109,8 @@ def train_round(
     arrays: Any,
     texts: list[str],
     seed: int,
-    history: list[tuple[float, float, int]] | None = None,
-) -> tuple[dict[str, Any], list[float], list[tuple[float, float, int]]]:
+    history: History | None = None,
+) -> tuple[dict[str, Any], list[float], History]:
     """Load the global LoRA tensors and train ``local_steps`` steps on ``texts``.
 
     Returns the LoRA state dict, the losses and the holder's RDP accountant history after
@@ -79,7 +122,14 @@ def train_round(
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from client.finetune import _require_trained, _Trace, _train_plain, lora_model, tokenize
+    from client.finetune import (
+        TrainTrace,
+        lora_b_snapshot,
+        lora_model,
+        require_trained,
+        tokenize,
+        train_plain,
+    )
 
     finetune = config.finetune
     base = base_model(config)
@@ -89,14 +139,13 @@ def train_round(
         torch.manual_seed(seed)
         model = lora_model(base, finetune)
         set_peft_model_state_dict(model, arrays.to_torch_state_dict())
-        before = [p.detach().clone() for n, p in sorted(model.named_parameters()) if "lora_B" in n]
-        trace = _Trace(None)
+        before = lora_b_snapshot(model)
+        trace = TrainTrace(None)
         if finetune.budget.is_private:
             history = _train_dp_round(model, ids, mask, config, trace, history)
         else:
-            _train_plain(model, ids, mask, finetune, trace)
-    after = [p.detach().clone() for n, p in sorted(model.named_parameters()) if "lora_B" in n]
-    _require_trained(before, after)
+            train_plain(model, ids, mask, finetune, trace)
+    require_trained(before, lora_b_snapshot(model))
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     return state, trace.losses, history
 
@@ -107,15 +156,15 @@ def _train_dp_round(
     mask: Any,
     config: FederationConfig,
     trace: Any,
-    history: list[tuple[float, float, int]],
-) -> list[tuple[float, float, int]]:
+    history: History,
+) -> History:
     """One round of opacus DP-SGD whose accountant starts from the earlier rounds' history."""
     import warnings
 
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from client.finetune import _dp_loop, _optimizer, _trainable
+    from client.finetune import dp_loop, make_optimizer, trainable_params
     from shared.privacy import dpsgd_noise_multiplier
 
     finetune = config.finetune
@@ -125,14 +174,14 @@ def _train_dp_round(
     sigma = dpsgd_noise_multiplier(
         finetune.budget, sample_rate=sample_rate, steps=config.rounds * config.local_steps
     )
-    params = _trainable(model)
+    params = trainable_params(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant.history = list(history)  # carried across rounds, never reset
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=model,
-            optimizer=_optimizer(params, finetune),
+            optimizer=make_optimizer(params, finetune),
             data_loader=loader,
             noise_multiplier=sigma,
             max_grad_norm=finetune.clip_norm,
@@ -141,24 +190,17 @@ def _train_dp_round(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook")
-            _dp_loop(dp_model, dp_optimizer, dp_loader, params, finetune.steps, trace)
+            dp_loop(dp_model, dp_optimizer, dp_loader, params, finetune.steps, trace)
     finally:
         dp_model.remove_hooks()
     return [(float(s), float(q), int(k)) for s, q, k in engine.accountant.history]
 
 
-def _load_history(context: Any) -> list[tuple[float, float, int]]:
-    record = context.state.get("accountant")
-    if record is None:
-        return []
-    sigmas, rates, steps = (list(record[k]) for k in ("sigma", "sample_rate", "steps"))
-    return [(float(s), float(q), int(k)) for s, q, k in zip(sigmas, rates, steps, strict=True)]
-
-
-def _save_history(context: Any, history: list[tuple[float, float, int]]) -> None:
+def history_record(history: History) -> Any:
+    """An accountant history as a ConfigRecord (three parallel lists), for state and replies."""
     from flwr.app import ConfigRecord
 
-    context.state["accountant"] = ConfigRecord(
+    return ConfigRecord(
         {
             "sigma": [float(s) for s, _, _ in history],
             "sample_rate": [float(q) for _, q, _ in history],
@@ -167,65 +209,99 @@ def _save_history(context: Any, history: list[tuple[float, float, int]]) -> None
     )
 
 
-def holder_epsilon(history: list[tuple[float, float, int]], delta: float) -> float | None:
+def history_of(record: Any) -> History:
+    """The inverse of ``history_record``; None (no record) is an empty history."""
+    if record is None:
+        return []
+    sigmas, rates, steps = (list(record[k]) for k in ("sigma", "sample_rate", "steps"))
+    return [(float(s), float(q), int(k)) for s, q, k in zip(sigmas, rates, steps, strict=True)]
+
+
+def _load_history(context: Any) -> History:
+    return history_of(context.state.get("accountant"))
+
+
+def _save_history(context: Any, history: History) -> None:
+    context.state["accountant"] = history_record(history)
+
+
+def holder_epsilon(history: History, delta: float) -> float | None:
     from shared.privacy import rdp_epsilon
 
     return rdp_epsilon(history, delta) if history else None
 
 
-def make_client_app(config: FederationConfig) -> Any:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+def make_client_app(config: FederationConfig | None = None) -> Any:
+    """The holder's ClientApp; ``config`` None reads it per run (``deployed_config``)."""
+    from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
+    def resolve(context: Context) -> tuple[FederationConfig, int]:
+        fed = config if config is not None else deployed_config(context, partition_id(context))
+        return fed, holder_index(context, fed)
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        index = holder_index(context, config)
-        texts = holder_texts(config, index)
-        cfg: Any = msg.content.get("config") or {}
-        server_round = int(cfg.get("server-round", 0))
-        state, losses, history = train_round(
-            config,
-            msg.content["arrays"],
-            texts,
-            seed=1000 * server_round + index,
-            history=_load_history(context),
-        )
-        _save_history(context, history)
-        metrics: dict[str, int | float | list[int] | list[float]] = {"num-examples": len(texts)}
-        finite = [x for x in losses if x == x]
-        if finite:
-            metrics["train-loss"] = float(finite[-1])
-        epsilon = holder_epsilon(history, config.delta)
-        if epsilon is not None:
-            metrics["epsilon"] = epsilon
-        content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
-        return Message(content=content, reply_to=msg)
+        fed, index = resolve(context)
+        return train_reply(msg, context, fed, index)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        from client.contribute import _spec_maker
-        from shared.spec.schema import MarketSchema
-
-        index = holder_index(context, config)
-        texts = holder_texts(config, index)
-        schema_json = str(msg.content["config"]["schema"])
-        schema = MarketSchema.from_json(schema_json)
-        cfg = config.contribute_config
-        maker = _spec_maker(schema, home_of(config), config.spec_kind)
-        spec = maker.make(texts, config.spec_kind, cfg.spec_budget)
-        history = _load_history(context)
-        reply = ConfigRecord(
-            {
-                "spec": spec.to_bytes(),
-                "n": spec.n,
-                "holder": index,
-                "sigma": [float(s) for s, _, _ in history],
-                "sample_rate": [float(q) for _, q, _ in history],
-                "steps": [int(k) for _, _, k in history],
-            }
-        )
-        return Message(content=RecordDict({"spec": reply}), reply_to=msg)
+        fed, index = resolve(context)
+        return spec_reply(msg, fed, index)
 
     return app
+
+
+def train_reply(msg: Any, context: Any, config: FederationConfig, index: int) -> Any:
+    """One round on holder ``index``: the trained LoRA tensors, metrics and accountant."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    texts = holder_texts(config, index)
+    cfg: Any = msg.content.get("config") or {}
+    server_round = int(cfg.get("server-round", 0))
+    state, losses, history = train_round(
+        config,
+        msg.content["arrays"],
+        texts,
+        seed=1000 * server_round + index,
+        history=_load_history(context),
+    )
+    _save_history(context, history)
+    finite = [x for x in losses if x == x]
+    # The same metric keys from every holder, or FedAvg refuses to aggregate the round.
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        "num-examples": len(texts),
+        "train-loss": float(finite[-1]) if finite else float("nan"),
+    }
+    epsilon = holder_epsilon(history, config.delta)
+    if epsilon is not None:
+        metrics["epsilon"] = epsilon
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord(metrics),
+            "accountant": history_record(history),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def spec_reply(msg: Any, config: FederationConfig, index: int) -> Any:
+    """Holder ``index``'s DP spec of each kind, under the market schema the server sent."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from client.contribute import spec_maker
+    from shared.spec.schema import MarketSchema
+
+    texts = holder_texts(config, index)
+    schema = MarketSchema.from_json(str(msg.content["config"]["schema"]))
+    maker = spec_maker(schema, home_of(config), *config.spec_kinds)
+    budget = config.contribute_config.spec_budget
+    specs = [maker.make(texts, kind, budget) for kind in config.spec_kinds]
+    reply = ConfigRecord(
+        {"specs": [s.to_bytes() for s in specs], "n": specs[0].n, "holder": index}
+    )
+    return Message(content=RecordDict({"spec": reply}), reply_to=msg)

@@ -7,6 +7,8 @@ Example::
     local_steps = 5
     batch_size = 8
     max_tokens = 64
+    min_holders = 2                # a round (and the merged spec) needs at least this many
+                                   # holders; one that fails is left out. Default: all of them
     # home = "/path/to/lwm-home"  (default $LWM_HOME or ~/.cache/lwm)
 
     [learnware]
@@ -26,7 +28,7 @@ Example::
     train_epsilon = 8.0            # DP-SGD per holder over all rounds; omit for no DP
 
     [spec]
-    kind = "rkme"
+    kinds = ["rkme"]               # or ["rkme", "pave"]: one DP spec of each, composed
     epsilon = 4.0
 
     [market]                       # omit address (and set out) to only write the package
@@ -35,17 +37,23 @@ Example::
     key = "coordinator.key"        # signs the package and the submission
     # out = "federated-learnware"  (write the signed package here instead of submitting)
 
-    [[holders]]
+    [[holders]]                    # holder K is the SuperNode started with partition-id=K
     name = "bank-a"
     data = "bank_a.jsonl"
 
-Relative paths are read from the TOML file's folder.
+    [[holders]]
+    name = "bank-b"
+    data = "bank_b.jsonl"
+
+Relative paths are read from the TOML file's folder. Which files must exist depends on the
+machine reading it (``machine``): on one machine (simulation) all of them; on a
+deployment's coordinator only ``market.key``; on holder K's SuperNode only holder K's data.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +63,11 @@ from shared.privacy import DEFAULT_DELTA
 
 TOP_KEYS = {
     "base_model", "rounds", "local_steps", "batch_size", "max_tokens", "lr", "home",
-    "learnware", "lora", "dp", "spec", "market", "holders",
+    "min_holders", "learnware", "lora", "dp", "spec", "market", "holders",
 }  # fmt: skip
+ALL_HERE = "all"  # one machine holds everything: the simulation engine
+COORDINATOR = "coordinator"  # the ServerApp's machine in a deployment: needs the key only
+Machine = str | int  # ALL_HERE, COORDINATOR or a holder's index (its SuperNode)
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,10 @@ class FederationConfig:
     ``train_epsilon`` None trains the adapter without DP (no guarantee); otherwise each
     holder runs DP-SGD with its accountant carried over all rounds. The specs are always DP
     at ``spec_epsilon``. Without ``market_address`` the signed
-    package is written to ``out``.
+    package is written to ``out``. ``min_holders`` (None: all) is the quorum: a round, and
+    the merged spec, go on without holders that fail as long as this many answer.
+
+    ``machine`` (not stored) says which files must exist here (see the module docstring).
     """
 
     holders: tuple[Holder, ...]
@@ -95,7 +109,7 @@ class FederationConfig:
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     train_epsilon: float | None = None
     delta: float = DEFAULT_DELTA
-    spec_kind: str = "rkme"
+    spec_kinds: tuple[str, ...] = ("rkme",)
     spec_epsilon: float = 4.0
     market_address: str | None = None
     ca: Path | None = None
@@ -103,8 +117,10 @@ class FederationConfig:
     out: Path | None = None
     home: Path | None = None
     coordinator: str = "coordinator"
+    min_holders: int | None = None
+    machine: InitVar[Machine] = ALL_HERE
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, machine: Machine) -> None:
         if isinstance(self.holders, list):
             object.__setattr__(self, "holders", tuple(self.holders))
         if len(self.holders) < 2:
@@ -112,21 +128,53 @@ class FederationConfig:
         names = [h.name for h in self.holders]
         if len(set(names)) != len(names) or not all(names):
             raise InvalidInput(f"holder names must be non-empty and distinct, got {names}")
-        for h in self.holders:
-            if not h.data.exists():
-                raise InvalidInput(f"holder {h.name!r}: data {h.data} does not exist")
         for name in ("rounds", "local_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
-        if not self.key.is_file():
-            raise InvalidInput(f"market.key: the coordinator key {self.key} does not exist")
+        self._check_min_holders()
+        self._check_files(machine)
         if self.market_address is None and self.out is None:
             raise InvalidInput("set market.address to submit, or market.out to write the package")
         if self.market_address is not None and self.ca is None and not self.insecure:
             raise InvalidInput("market.ca is needed to reach the market over TLS (or insecure)")
         self.finetune  # noqa: B018 - validates the training settings (InvalidInput)
         self.contribute_config  # noqa: B018 - validates manifest fields and spec settings
+
+    def _check_min_holders(self) -> None:
+        value, n = self.min_holders, len(self.holders)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= n:
+            raise InvalidInput(
+                f"min_holders must be an int from 2 to the number of holders ({n}), got {value!r}"
+            )
+
+    def _check_files(self, machine: Machine) -> None:
+        """Refuse, before any training, a data file or key this machine needs and lacks."""
+        if machine == ALL_HERE:
+            holders = list(self.holders)
+        elif machine == COORDINATOR:
+            holders = []
+        elif isinstance(machine, int) and not isinstance(machine, bool):
+            if not 0 <= machine < len(self.holders):
+                raise InvalidInput(
+                    f"partition-id {machine} names no holder: the config has "
+                    f"{len(self.holders)} (0 to {len(self.holders) - 1})"
+                )
+            holders = [self.holders[machine]]
+        else:
+            raise InvalidInput(f"machine must be {ALL_HERE!r}, {COORDINATOR!r} or a holder index")
+        for h in holders:
+            if not h.data.exists():
+                raise InvalidInput(f"holder {h.name!r}: data {h.data} does not exist")
+        if machine in (ALL_HERE, COORDINATOR) and not self.key.is_file():
+            raise InvalidInput(f"market.key: the coordinator key {self.key} does not exist")
+
+    @property
+    def quorum(self) -> int:
+        """How many holders must answer each round and the spec query (min_holders)."""
+        return len(self.holders) if self.min_holders is None else self.min_holders
 
     @property
     def finetune(self) -> FinetuneConfig:
@@ -155,7 +203,7 @@ class FederationConfig:
             description=self.description,
             license=self.license,
             base_model=self.base_model,
-            spec_kind=self.spec_kind,
+            spec_kinds=self.spec_kinds,
             spec_epsilon=self.spec_epsilon,
             delta=self.delta,
             finetune=self.finetune,
@@ -163,7 +211,7 @@ class FederationConfig:
         )
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> FederationConfig:
+    def from_toml(cls, path: str | Path, machine: Machine = ALL_HERE) -> FederationConfig:
         """Read and validate ``FED.toml``; any problem is one ``InvalidInput`` line."""
         file = Path(path)
         try:
@@ -172,10 +220,12 @@ class FederationConfig:
             raise InvalidInput(f"cannot read {file}: {err.strerror or err}") from err
         except tomllib.TOMLDecodeError as err:
             raise InvalidInput(f"{file} is not valid TOML: {err}") from err
-        return cls.from_dict(raw, file.parent)
+        return cls.from_dict(raw, file.parent, machine)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], root: Path) -> FederationConfig:
+    def from_dict(
+        cls, raw: dict[str, Any], root: Path, machine: Machine = ALL_HERE
+    ) -> FederationConfig:
         unknown = set(raw) - TOP_KEYS
         if unknown:
             raise InvalidInput(f"unknown settings in the federation config: {sorted(unknown)}")
@@ -229,15 +279,27 @@ class FederationConfig:
                 target_modules=tuple(lora.get("target_modules", ("q_proj", "v_proj"))),
                 train_epsilon=dp.get("train_epsilon"),
                 delta=dp.get("delta", DEFAULT_DELTA),
-                spec_kind=spec.get("kind", "rkme"),
+                spec_kinds=_kinds(spec),
                 spec_epsilon=spec.get("epsilon", 4.0),
                 market_address=market.get("address"),
                 ca=path(market["ca"], "market.ca") if "ca" in market else None,
                 insecure=bool(market.get("insecure", False)),
                 out=path(market["out"], "market.out") if "out" in market else None,
                 home=path(raw["home"], "home") if "home" in raw else None,
+                min_holders=raw.get("min_holders"),
+                machine=machine,
             )
         except LwmError:
             raise
         except (TypeError, ValueError) as err:
             raise InvalidInput(f"bad federation config: {err}") from err
+
+
+def _kinds(spec: dict[str, Any]) -> tuple[str, ...]:
+    """``[spec] kinds = [...]``, or the single ``kind = "..."`` of older files."""
+    if "kinds" in spec and "kind" in spec:
+        raise InvalidInput("[spec] takes kinds = [...] or kind = \"...\", not both")
+    kinds = spec.get("kinds", [spec.get("kind", "rkme")])
+    if isinstance(kinds, str) or not isinstance(kinds, list):
+        raise InvalidInput(f"[spec] kinds must be a list of kinds, got {kinds!r}")
+    return tuple(kinds)

@@ -15,8 +15,10 @@ def run_federation(config: FederationConfig, *, verbose: bool = False) -> dict[s
     """Simulate ``len(config.holders)`` SuperNodes and the ServerApp; returns its outcome.
 
     The outcome has ``status``/``learnware_id``/``reason`` after a submission, or
-    ``package`` when the config writes the package to ``out``; ``manifest`` and ``holders``
-    (how many specs were merged) in both cases. Raises what the ServerApp raised.
+    ``package`` when the config writes the package to ``out``; ``manifest``, ``holders``
+    (how many holders' specs were merged) and ``trained`` (how many holders' updates were
+    averaged) in both cases. Raises what the ServerApp raised, e.g. an ``LwmError`` when
+    fewer than ``min_holders`` holders trained a round or returned a spec.
     """
     from flwr.simulation import run_simulation
 

@@ -2,13 +2,17 @@
 
 ``make_server_app(config, outcome)`` closes over the config; ``outcome`` (a dict) receives
 the result (``verdict`` or ``package``) because the simulation runs the ServerApp in this
-process. Steps:
+process. ``make_server_app()`` (no config) is the deployment engine's app
+(``client.federation.deploy``): it reads ``FED.toml`` from the run config ``config`` and
+logs the outcome (``flwr log RUN_ID``), the package being at ``market.out`` or submitted.
+Steps:
 
 1. the market's schema and accepted base models (or the local schema without a market);
 2. FedAvg (weighted by ``num-examples``) over ``get_peft_model_state_dict`` tensors for
-   ``rounds`` rounds, starting from one seeded LoRA init;
-3. a QUERY to every holder for the DP spec of its texts, merged weighted by n
-   (``merge_specs``);
+   ``rounds`` rounds, starting from one seeded LoRA init; a holder that fails a round is
+   left out while at least ``min_holders`` train (``QuorumFedAvg``);
+3. a QUERY to every holder that trained for the DP spec of its texts, merged weighted by n
+   (``merge_specs``), again going on without failures down to ``min_holders``;
 4. the final adapter saved in peft format, the manifest (``client.contribute.build_manifest``)
    signed with the coordinator key, ``build_package``, then ``MarketClient.submit`` or the
    package left at ``out``.
@@ -24,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from client.federation.client_app import base_model, home_of
+from client.federation.client_app import History, base_model, home_of
 from client.federation.config import FederationConfig
 from shared.errors import LwmError
 from shared.privacy import DPReport
@@ -108,14 +112,15 @@ def save_adapter(config: FederationConfig, state: dict[str, Any], out: Path) -> 
 
 
 def adapter_report(
-    config: FederationConfig, total_n: int, histories: Sequence[list[tuple[float, float, int]]]
+    config: FederationConfig, total_n: int, histories: Sequence[History]
 ) -> DPReport:
-    """The adapter's privacy part from the holders' accountants.
+    """The adapter's privacy part from the accountants of the holders that trained.
 
-    Each person's text is in one holder only, so the adapter costs them what their holder's
-    DP-SGD cost: the largest holder epsilon (parallel composition over disjoint data). Its
-    RDP history (one entry: noise multiplier, sample rate, all steps) goes in the manifest.
-    Without DP: epsilon None (no guarantee).
+    ``histories`` has one entry per holder whose updates were averaged (empty lists
+    without DP). Each person's text is in one holder only, so the adapter costs them what
+    their holder's DP-SGD cost: the largest holder epsilon (parallel composition over
+    disjoint data). Its RDP history (one entry: noise multiplier, sample rate, all steps)
+    goes in the manifest. Without DP: epsilon None (no guarantee).
     """
     from shared.privacy import rdp_epsilon
 
@@ -128,7 +133,7 @@ def adapter_report(
         "target_modules": list(ft.target_modules),
         "n": total_n,
         "federated": "fedavg",
-        "holders": len(config.holders),
+        "holders": len(histories),
         "rounds": config.rounds,
         "local_steps": config.local_steps,
     }
@@ -167,9 +172,14 @@ def adapter_report(
 
 
 def collect_specs(
-    grid: Any, schema_json: str, timeout: float
-) -> tuple[list[Specification], list[list[tuple[float, float, int]]]]:
-    """Each holder's DP spec and its DP-SGD accountant history (a QUERY message each)."""
+    grid: Any, nodes: Sequence[int], schema_json: str, timeout: float, quorum: int
+) -> list[list[Specification]]:
+    """The DP specs (one per kind) of each holder in ``nodes`` (a QUERY each), at least
+    ``quorum`` of them.
+
+    A holder that replies with an error, or not within ``timeout``, is left out of the
+    merged spec; fewer than ``quorum`` specs is an ``LwmError``.
+    """
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
     messages = [
@@ -178,104 +188,138 @@ def collect_specs(
             message_type=MessageType.QUERY,
             dst_node_id=node,
         )
-        for node in sorted(grid.get_node_ids())
+        for node in nodes
     ]
-    specs, histories = [], []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            continue  # a holder that fails is left out of the merged spec
-        record: Any = reply.content["spec"]
-        specs.append(Specification.from_bytes(bytes(record["spec"])))
-        histories.append(
-            [
-                (float(s), float(q), int(k))
-                for s, q, k in zip(
-                    record["sigma"], record["sample_rate"], record["steps"], strict=True
-                )
-            ]
+    from client.federation.strategy import failures
+
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    failed = failures(replies)
+    specs = [
+        [Specification.from_bytes(bytes(b)) for b in r.content["spec"]["specs"]]
+        for r in replies
+        if not r.has_error()
+    ]
+    if len(specs) < quorum:
+        missing = len(nodes) - len(replies)
+        detail = "; ".join(failed + ([f"{missing} did not answer"] if missing else []))
+        raise LwmError(
+            f"only {len(specs)} holder(s) returned a spec, min_holders is {quorum} ({detail}); "
+            "no learnware was made"
         )
-    return specs, histories
+    return specs
 
 
-def make_server_app(config: FederationConfig, outcome: dict[str, Any]) -> Any:
-    from flwr.app import ArrayRecord, ConfigRecord, Context
+def make_server_app(
+    config: FederationConfig | None = None, outcome: dict[str, Any] | None = None
+) -> Any:
+    """The coordinator's ServerApp; ``config`` None reads it per run (deployment engine)."""
+    from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
 
     app = ServerApp()
+    result = outcome if outcome is not None else {}
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome.update(_run(grid, config))
+            fed = config if config is not None else _deployed_config(context)
+            result.update(federate(grid, fed))
         except Exception as err:  # reported to the caller of run_federation
-            outcome["error"] = err
+            result["error"] = err
             raise
-
-    def _run(grid: Grid, config: FederationConfig) -> dict[str, Any]:
-        from client.contribute import _local_schema, _status_name, accepted_base, build_manifest
-        from client.market import Connection, MarketClient
-        from shared import signing
-        from shared.learnware import build_package
-        from shared.spec.record import save_specs
-
-        home = home_of(config)
-        key = signing.load_private_key(config.key)
-        connection = None
-        accepted = None
-        if config.market_address is not None:
-            connection = Connection(
-                config.market_address,
-                key_path=config.key,
-                ca=config.ca,
-                insecure=config.insecure,
-            )
-            with MarketClient(connection) as client:
-                remote = client.schema()
-            schema, accepted = remote.schema, remote.base_models
-        else:
-            schema = _local_schema(home, config.spec_kind)
-        base_ref = accepted_base(config.base_model, home, accepted)
-        n_holders = len(config.holders)
-        strategy = FedAvg(
-            fraction_train=1.0,
-            fraction_evaluate=0.0,
-            min_train_nodes=n_holders,
-            min_available_nodes=n_holders,
-        )
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(initial_lora(config)),
-            num_rounds=config.rounds,
-            train_config=ConfigRecord({}),
-        )
-        specs, histories = collect_specs(grid, schema.to_json(), timeout=3600)
-        merged = merge_specs(specs)
-        merged.check_against(schema.for_kind(config.spec_kind))
-        manifest = build_manifest(
-            config.contribute_config,
-            base_ref,
-            adapter_report(config, merged.n, histories),
-            merged,
-            key,
-        )
-        with tempfile.TemporaryDirectory(prefix="lwm-federate-") as tmp:
-            work = Path(tmp)
-            adapter = save_adapter(config, result.arrays.to_torch_state_dict(), work / "adapter")
-            spec_file = save_specs(work / "spec.safetensors", [merged])
-            target = config.out if connection is None else work / config.name
-            assert target is not None
-            package = build_package(target, adapter, spec_file, manifest, key)
-            if connection is None:
-                return {"package": package, "manifest": manifest, "holders": len(specs)}
-            with MarketClient(connection) as client:
-                reply = client.submit(package)
-        return {
-            "learnware_id": reply.id,
-            "status": _status_name(reply.status),
-            "reason": reply.reason,
-            "manifest": manifest,
-            "holders": len(specs),
-        }
+        _log_outcome(result)
 
     return app
+
+
+def _deployed_config(context: Any) -> FederationConfig:
+    from client.federation.client_app import deployed_config
+    from client.federation.config import COORDINATOR
+
+    return deployed_config(context, COORDINATOR)
+
+
+def _log_outcome(outcome: dict[str, Any]) -> None:
+    """One line in Flower's log (``flwr log RUN_ID``) saying where the learnware went."""
+    from logging import INFO
+
+    from flwr.common.logger import log
+
+    holders = f"{outcome['holders']} holders' specs merged, {outcome['trained']} trained"
+    if "package" in outcome:
+        log(INFO, "lwm: wrote the signed package %s (%s)", outcome["package"], holders)
+    else:
+        log(
+            INFO,
+            "lwm: learnware %s is %s (%s)",
+            outcome["learnware_id"],
+            outcome["status"],
+            holders,
+        )
+
+
+def federate(grid: Any, config: FederationConfig) -> dict[str, Any]:
+    """FedAvg, merged spec, signed package, then submit it or leave it at ``out``."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from client.contribute import accepted_base, build_manifest, local_schema
+    from client.federation.strategy import QuorumFedAvg
+    from client.market import Connection, MarketClient, status_name
+    from shared import signing
+    from shared.learnware import build_package
+    from shared.spec.record import save_specs
+
+    home = home_of(config)
+    key = signing.load_private_key(config.key)
+    connection = None
+    accepted = None
+    if config.market_address is not None:
+        connection = Connection(
+            config.market_address,
+            key_path=config.key,
+            ca=config.ca,
+            insecure=config.insecure,
+        )
+        with MarketClient(connection) as client:
+            remote = client.schema()
+        schema, accepted = remote.schema, remote.base_models
+    else:
+        schema = local_schema(home, *config.spec_kinds)
+    base_ref = accepted_base(config.base_model, home, accepted)
+    strategy = QuorumFedAvg(config.quorum)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial_lora(config)),
+        num_rounds=config.rounds,
+        train_config=ConfigRecord({}),
+    )
+    specs = collect_specs(grid, strategy.trained, schema.to_json(), 3600, config.quorum)
+    merged = [merge_specs(of_kind) for of_kind in zip(*specs, strict=True)]
+    for spec in merged:
+        spec.check_against(schema.for_kind(spec.kind))
+    histories = [strategy.histories[node] for node in strategy.trained]
+    manifest = build_manifest(
+        config.contribute_config,
+        base_ref,
+        adapter_report(config, merged[0].n, histories),
+        merged,
+        key,
+    )
+    counts = {"manifest": manifest, "holders": len(specs), "trained": len(histories)}
+    with tempfile.TemporaryDirectory(prefix="lwm-federate-") as tmp:
+        work = Path(tmp)
+        adapter = save_adapter(config, result.arrays.to_torch_state_dict(), work / "adapter")
+        spec_file = save_specs(work / "spec.safetensors", merged)
+        target = config.out if connection is None else work / config.name
+        assert target is not None
+        package = build_package(target, adapter, spec_file, manifest, key)
+        if connection is None:
+            return {"package": package, **counts}
+        with MarketClient(connection) as client:
+            reply = client.submit(package)
+    return {
+        "learnware_id": reply.id,
+        "status": status_name(reply.status),
+        "reason": reply.reason,
+        **counts,
+    }
