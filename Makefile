@@ -27,8 +27,9 @@ test: venv lint
 test-all: venv lint
 	$(BIN)/pytest -q
 
+# The whole simulated market (default profile: SmolLM2, ~15 min on 2 cores); reruns resume.
 demo: venv
-	$(BIN)/lwm demo --out demo-out
+	$(BIN)/lwm simulate --profile default --out demo-out
 
 # Figures for README (minutes; prints tables, writes bench-out/*.json and plots).
 bench: venv

@@ -47,11 +47,12 @@ _attach_server_groups()
 
 def _attach_command_modules() -> None:
     """Commands of the contributor and user workflows, each module with ``register(app)``."""
-    from client import cli_contribute, cli_federate, cli_user
+    from client import cli_contribute, cli_federate, cli_simulate, cli_user
 
     cli_contribute.register(app)
     cli_user.register(app)
     cli_federate.register(app)
+    cli_simulate.register(app)
 
 
 _attach_command_modules()
@@ -243,32 +244,6 @@ def keys_new(
         f"made {out / (name + '.key')} (private, 0600) and {out / (name + '.pub')}; "
         f"key id {signing.key_id(public)}"
     )
-
-
-@app.command("demo")
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the report and plots.")] = Path(
-        "demo-out"
-    ),
-    epsilon: Annotated[float, typer.Option("--epsilon")] = 4.0,
-    kinds: Annotated[
-        str, typer.Option("--kinds", help="Comma-separated spec kinds.")
-    ] = "rkme,pave",
-    holder_texts: Annotated[int, typer.Option("--holder-texts")] = 300,
-    user_texts: Annotated[int, typer.Option("--user-texts")] = 150,
-    home: HomeOpt = None,
-) -> None:
-    """Specs of every demo domain, and held-out user data of each ranked against them."""
-    from client.demo import DemoConfig, run_demo
-
-    config = DemoConfig(
-        out=out,
-        epsilon=epsilon,
-        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
-        holder_texts=holder_texts,
-        user_texts=user_texts,
-    )
-    run_demo(config, _home(home), _console())
 
 
 def main() -> None:

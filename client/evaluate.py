@@ -75,12 +75,15 @@ def evaluate_model(
     *,
     batch_size: int = 16,
     max_length: int | None = None,
+    max_labels: int = MAX_LABELS,
     progress: bool = False,
 ) -> Evaluation:
     """Perplexity on text records; accuracy (+ response perplexity) on labelled ones.
 
     A file counts as labelled only when every record has a prompt and a response. Texts
     longer than the context are scored in windows; prompts too long are cut from the left.
+    ``max_labels`` caps the label set scored for accuracy (each label costs one pass per
+    record): above it only the responses' perplexity is measured.
     Raises ``DataError`` for no records or texts that give no tokens.
     """
     records = list(data.records if isinstance(data, Dataset) else data)
@@ -89,7 +92,7 @@ def evaluate_model(
     started = time.perf_counter()
     length = max_length or _context_length(model, tokenizer)
     if all(r.is_labelled for r in records):
-        result = _labelled(model, tokenizer, records, length, batch_size, progress)
+        result = _labelled(model, tokenizer, records, length, batch_size, progress, max_labels)
     else:
         result = _text(model, tokenizer, records, length, batch_size, progress)
     return replace(result, seconds=time.perf_counter() - started)
@@ -162,10 +165,16 @@ def _exp(x: float) -> float:
 
 
 def _labelled(
-    model: Any, tokenizer: Any, records: list[Record], length: int, batch: int, progress: bool
+    model: Any,
+    tokenizer: Any,
+    records: list[Record],
+    length: int,
+    batch: int,
+    progress: bool,
+    max_labels: int = MAX_LABELS,
 ) -> Evaluation:
     labels = sorted({str(r.response) for r in records})
-    closed = len(labels) <= MAX_LABELS
+    closed = len(labels) <= max_labels
     encode = _encoder(tokenizer)
     items: list[_Item] = []
     for record in records:

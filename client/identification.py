@@ -1,5 +1,5 @@
-"""Does a user's spec find the holder of its own domain? The experiment behind the demo,
-the identification benchmark and the real-data test.
+"""Does a user's spec find the holder of its own domain? The experiment behind the
+identification benchmark and the real-data test (the simulation queries a real market).
 
 For each domain, a holder spec is made of one set of texts and user specs of disjoint,
 held-out texts; each user spec ranks all holder specs and the top-1 is right when it is its

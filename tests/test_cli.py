@@ -34,7 +34,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 def test_help_lists_the_commands(lwm_home):
     out = lwm(lwm_home, "--help").stdout
-    for command in ("spec", "models", "data", "demo"):
+    for command in ("spec", "models", "data", "simulate"):
         assert command in out
 
 
