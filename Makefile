@@ -37,6 +37,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_spec_build.py
 	$(BIN)/python benchmarks/bench_identification.py
 	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_federation.py --quality
 
 proto: venv
 	$(BIN)/python -m shared.proto.generate
