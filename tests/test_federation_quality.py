@@ -97,7 +97,6 @@ def test_solo_learnware_beats_the_base_model_on_held_out_text_of_its_domain(
     assert _adapter_steps(folder) == SETTINGS.solo_steps
 
 
-@pytest.mark.slow
 def test_federated_learnware_beats_each_holders_solo_learnware(
     data: HolderData, fed: FederationConfig, solo, lwm_home: Home
 ):
