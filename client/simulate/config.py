@@ -54,12 +54,15 @@ class Federation:
 @dataclass(frozen=True)
 class Users:
     """Per user: ``texts`` held-out texts (or ``task_records`` records) make the DP spec;
-    the first ``eval_records`` of them are what every contender is scored on. Closed tasks
-    with at most ``max_labels`` labels are scored for accuracy too (one pass per label)."""
+    the first ``eval_records`` of them, cut to ``eval_words`` words (a text's first words, a
+    prompt's last), are what every contender is scored on: every model scores every user, so
+    this sets the cost of the whole evaluation. Closed tasks with at most ``max_labels``
+    labels are scored for accuracy too (one pass per label)."""
 
     texts: int = 100
     task_records: int = 100
     eval_records: int = 24
+    eval_words: int = 48
     max_labels: int = 8
 
 

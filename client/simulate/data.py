@@ -35,7 +35,9 @@ class UserData:
     """One user's private task: ``records`` make the spec, the first ``eval_n`` are scored.
 
     ``right`` names the contributors whose learnware is a correct pick for this user;
-    ``group`` is the domain row of the report's table.
+    ``group`` is the domain row of the report's table. Scored records are cut to
+    ``eval_words`` words: a text keeps its first words, a prompt its last (the question
+    sits at the end of a maths problem); answers are kept whole.
     """
 
     name: str
@@ -45,12 +47,20 @@ class UserData:
     right: tuple[str, ...]
     records: tuple[Record, ...]
     eval_n: int
+    eval_words: int = 48
 
     def spec_texts(self) -> list[str]:
         return [r.full_text for r in self.records]
 
     def eval_records(self) -> list[Record]:
-        return list(self.records[: self.eval_n])
+        return [_clip(r, self.eval_words) for r in self.records[: self.eval_n]]
+
+
+def _clip(record: Record, words: int) -> Record:
+    if record.is_labelled:
+        prompt = " ".join(str(record.prompt).split()[-words:])
+        return Record(prompt=prompt, response=record.response)
+    return Record(text=" ".join(str(record.text).split()[:words]))
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ def deal(config: SimulationConfig) -> Deal:
                 right=(c.name,),
                 records=tuple(Record(text=t) for t in texts),
                 eval_n=config.users.eval_records,
+                eval_words=config.users.eval_words,
             )
         )
     for t in config.tasks:
@@ -114,6 +125,7 @@ def deal(config: SimulationConfig) -> Deal:
                 right=t.right,
                 records=tuple(records),  # type: ignore[arg-type]
                 eval_n=config.users.eval_records,
+                eval_words=config.users.eval_words,
             )
         )
     return Deal(holders, tuple(users))
