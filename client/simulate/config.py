@@ -17,8 +17,6 @@ correct pick).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -176,15 +174,8 @@ class SimulationConfig:
         if self.users.eval_records > min(self.users.texts, self.users.task_records):
             raise InvalidInput("users.eval_records cannot exceed users.texts or task_records")
 
-    # ------------------------------------------------------------ identity
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def fingerprint(self, *parts: Any) -> str:
-        """A short hash of this config and ``parts``: the cache key of what they determine."""
-        blob = json.dumps([self.to_dict(), *parts], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------ reading
 

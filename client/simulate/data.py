@@ -9,12 +9,16 @@ machine with the same package versions.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from client.simulate.config import Contributor, SimulationConfig
 from shared.data import Record
 from shared.errors import DataError
+
+Loader = Callable[[str], Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,11 @@ class _Dealer:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.pools: dict[str, list[object]] = {}
+        self.pools: dict[str, list[Any]] = {}
 
-    def take(self, name: str, n: int, load: object, who: str) -> list[object]:
+    def take(self, name: str, n: int, load: Callable[[], Sequence[Any]], who: str) -> list[Any]:
         if name not in self.pools:
-            items = list(dict.fromkeys(load() if callable(load) else []))  # type: ignore[arg-type]
+            items = list(dict.fromkeys(load()))
             random.Random(f"{self.seed}:{name}").shuffle(items)
             self.pools[name] = items
         pool = self.pools[name]
@@ -114,7 +118,7 @@ def deal(config: SimulationConfig) -> Deal:
         )
     for t in config.tasks:
         records = dealer.take(
-            f"task:{t.name}", config.users.task_records, lambda t=t: load_task(t.name), t.name
+            f"task:{t.name}", config.users.task_records, partial(load_task, t.name), t.name
         )
         users.append(
             UserData(
@@ -123,7 +127,7 @@ def deal(config: SimulationConfig) -> Deal:
                 source=t.name,
                 group=t.name.split("/")[0],
                 right=t.right,
-                records=tuple(records),  # type: ignore[arg-type]
+                records=tuple(records),
                 eval_n=config.users.eval_records,
                 eval_words=config.users.eval_words,
             )
@@ -131,21 +135,25 @@ def deal(config: SimulationConfig) -> Deal:
     return Deal(holders, tuple(users))
 
 
-def _holder(dealer: _Dealer, c: Contributor, h: int, load_domain, load_task) -> HolderData:  # type: ignore[no-untyped-def]
+def _holder(
+    dealer: _Dealer, c: Contributor, h: int, load_domain: Loader, load_task: Loader
+) -> HolderData:
     name = c.name if c.holders == 1 else f"{c.name}-{h + 1}"
     texts = _spread(dealer, c.sources, c.texts, name, load_domain)
     records: list[Record] = []
     for task in c.tasks:
-        taken = dealer.take(f"task:{task}", c.task_records, lambda task=task: load_task(task), name)
-        records.extend(taken)  # type: ignore[arg-type]
+        taken = dealer.take(f"task:{task}", c.task_records, partial(load_task, task), name)
+        records.extend(taken)
     return HolderData(name, tuple(texts), tuple(records))
 
 
-def _spread(dealer: _Dealer, sources: Sequence[str], n: int, who: str, load_domain) -> list[str]:  # type: ignore[no-untyped-def]
+def _spread(
+    dealer: _Dealer, sources: Sequence[str], n: int, who: str, load_domain: Loader
+) -> list[str]:
     """``n`` texts drawn as evenly as possible from each source, interleaved."""
     share, extra = divmod(n, len(sources))
     parts = [
-        dealer.take(f"text:{s}", share + (i < extra), lambda s=s: load_domain(s), who)
+        dealer.take(f"text:{s}", share + (i < extra), partial(load_domain, s), who)
         for i, s in enumerate(sources)
     ]
     mixed = [text for group in _interleave(parts) for text in group]

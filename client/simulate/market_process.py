@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.market import Connection
 from shared import signing
 from shared.errors import AlreadyExists, LwmError
 
@@ -122,9 +123,7 @@ class MarketProcess:
 
     # ------------------------------------------------------------ clients
 
-    def connection(self, key: Path | None) -> object:
-        from client.market import Connection
-
+    def connection(self, key: Path | None) -> Connection:
         return Connection(self.address, key_path=key, ca=self.ca)
 
     def register(self, key_file: Path, role: str, name: str) -> None:

@@ -13,22 +13,26 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from client.simulate import learnwares as lw
 from client.simulate.config import SimulationConfig
 from client.simulate.contenders import BASE_NAME, contenders, group_rows
-from client.simulate.data import Deal, deal
+from client.simulate.data import Deal, UserData, deal
 from client.simulate.evaluation import AdapterBank, Score, ScoreCache, evaluate_all
 from client.simulate.market_process import MarketProcess
 from client.simulate.users import Searches, fetch_all, search
 from shared.home import Home
 
+if TYPE_CHECKING:
+    from client.market import RemoteSchema
+
 USERS_KEY = "users"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -98,16 +102,16 @@ def _with_market(
     for c in config.contributors:
         market.register(keys / f"{c.name}.key", "contributor", c.name)
     market.register(keys / f"{USERS_KEY}.key", "user", USERS_KEY)
-    with MarketClient(market.connection(keys / f"{USERS_KEY}.key")) as users_client:  # type: ignore[arg-type]
+    with MarketClient(market.connection(keys / f"{USERS_KEY}.key")) as users_client:
         remote = users_client.schema()
     with phases.phase("learnwares", f"Contributors make {len(config.contributors)} learnwares"):
         built = _build_all(config, out, home, dealt, market, remote, console)
     with phases.phase("submit", "Submitting to the market (signature, checks, smoke run)"):
-        listed = _submit_all(config, built, market, keys)
+        listed = _submit_all(built, market, keys)
         lw.require_usable(listed)
     contributor_of = {x.id: x.contributor for x in listed}
     users = dealt.users
-    with MarketClient(market.connection(keys / f"{USERS_KEY}.key")) as client:  # type: ignore[arg-type]
+    with MarketClient(market.connection(keys / f"{USERS_KEY}.key")) as client:
         maker = SpecMaker(remote.schema, home)
         searches = Searches()
         with phases.phase("search", f"{len(users)} users search with DP specs"):
@@ -145,7 +149,15 @@ def _with_market(
     return _results(config, dealt, built, listed, searches, scores, remote)
 
 
-def _build_all(config, out, home, dealt, market, remote, console) -> list[lw.BuiltLearnware]:  # type: ignore[no-untyped-def]
+def _build_all(
+    config: SimulationConfig,
+    out: Path,
+    home: Home,
+    dealt: Deal,
+    market: MarketProcess,
+    remote: RemoteSchema,
+    console: Any,
+) -> list[lw.BuiltLearnware]:
     from client.market import MarketClient
 
     schema_blob = json.dumps(remote.schema.to_dict(), sort_keys=True)
@@ -175,7 +187,9 @@ def _build_all(config, out, home, dealt, market, remote, console) -> list[lw.Bui
     return built
 
 
-def _submit_all(config, built, market, keys) -> list[lw.Listed]:  # type: ignore[no-untyped-def]
+def _submit_all(
+    built: list[lw.BuiltLearnware], market: MarketProcess, keys: Path
+) -> list[lw.Listed]:
     from client.market import MarketClient
 
     with MarketClient(market.connection(keys / f"{USERS_KEY}.key")) as reader:
@@ -187,7 +201,14 @@ def _submit_all(config, built, market, keys) -> list[lw.Listed]:  # type: ignore
     return out
 
 
-def _evaluate(config, users, adapters, models, home, out) -> list[Score]:  # type: ignore[no-untyped-def]
+def _evaluate(
+    config: SimulationConfig,
+    users: Sequence[UserData],
+    adapters: dict[str, Path],
+    models: dict[str, str],
+    home: Home,
+    out: Path,
+) -> list[Score]:
     from tqdm.auto import tqdm
 
     cache = ScoreCache(out / "cache" / "evaluations.jsonl")
@@ -205,7 +226,7 @@ def _evaluate(config, users, adapters, models, home, out) -> list[Score]:  # typ
         bar.close()
 
 
-def _bar(items, desc: str):  # type: ignore[no-untyped-def]
+def _bar(items: Iterable[_T], desc: str) -> Iterable[_T]:
     from tqdm.auto import tqdm
 
     return tqdm(list(items), desc=desc, unit="it", leave=False)
@@ -221,7 +242,15 @@ def _print_deal(console: Any, dealt: Deal) -> None:
 # ---------------------------------------------------------------- results
 
 
-def _results(config, dealt, built, listed, searches, scores, remote) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _results(
+    config: SimulationConfig,
+    dealt: Deal,
+    built: list[lw.BuiltLearnware],
+    listed: list[lw.Listed],
+    searches: Searches,
+    scores: list[Score],
+    remote: RemoteSchema,
+) -> dict[str, Any]:
     nll: dict[str, dict[str, float]] = {}
     accuracy: dict[str, dict[str, float | None]] = {}
     for s in scores:
