@@ -24,7 +24,13 @@ from client.simulate.config import SimulationConfig
 QUICK_TIMEOUT_S = 900
 
 
-def _run(out: Path, home: Path, **popen: object) -> subprocess.Popen[str]:
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default disposition: a CI job started in the background inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _run(out: Path, home: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "LWM_HOME": str(home), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "client.cli", "simulate", "--profile", "quick", "--out", str(out)],
@@ -32,7 +38,7 @@ def _run(out: Path, home: Path, **popen: object) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        **popen,  # type: ignore[call-overload]
+        preexec_fn=_as_in_a_terminal,
     )
 
 
