@@ -6,6 +6,7 @@ stops the market server and leaves the run folder's cache consistent for a rerun
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -42,6 +43,7 @@ def simulate_command(
         settings = SimulationConfig.from_toml(config, profile)
     else:
         settings = SimulationConfig.profile_named(profile or "default")
+    signal.signal(signal.SIGTERM, _stop)
     try:
         simulate(settings, out, Console(soft_wrap=True), Home.resolve(home))
     except KeyboardInterrupt:
@@ -52,3 +54,8 @@ def simulate_command(
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM (e.g. ``kill``, a job scheduler) unwinds like Ctrl-C: the server is stopped."""
+    raise KeyboardInterrupt
