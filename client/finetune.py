@@ -357,6 +357,40 @@ def _train_dp(
     noise_seed: int | None,
 ) -> DPReport:
     """opacus DP-SGD: Poisson batches, per-sample clipping, noise for the whole run."""
+    n = ids.shape[0]
+    accountant, sigma, sample_rate = private_steps(
+        peft_model, ids, mask, config, trace, noise_seed=noise_seed
+    )
+    return DPReport(
+        mechanism=DP_MECHANISM,
+        epsilon=float(accountant.get_epsilon(config.delta)),
+        delta=config.delta,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=config.steps,
+        details=_details(config, n, expected_batch=n * sample_rate),
+    )
+
+
+def private_steps(
+    peft_model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    config: FinetuneConfig,
+    trace: TrainTrace,
+    *,
+    calibration_steps: int | None = None,
+    history: Sequence[tuple[float, float, int]] = (),
+    noise_seed: int | None = None,
+) -> tuple[Any, float, float]:
+    """``config.steps`` opacus DP-SGD steps on ``(ids, mask)``: the one place opacus is set
+    up over peft, for a contributor's whole run and for a federated holder's round.
+
+    The noise multiplier spends ``config.budget`` over ``calibration_steps`` steps (default
+    ``config.steps``; a federation passes rounds x local steps), and the RDP accountant
+    starts from ``history`` (a holder's earlier rounds: carried, never reset). Returns the
+    accountant, the noise multiplier and the sample rate.
+    """
     import torch
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
@@ -364,13 +398,16 @@ def _train_dp(
     n = ids.shape[0]
     loader = DataLoader(TensorDataset(ids, mask), batch_size=min(config.batch_size, n))
     sample_rate = 1.0 / len(loader)  # what opacus' Poisson sampler uses
-    sigma = dpsgd_noise_multiplier(config.budget, sample_rate=sample_rate, steps=config.steps)
+    sigma = dpsgd_noise_multiplier(
+        config.budget, sample_rate=sample_rate, steps=calibration_steps or config.steps
+    )
     params = trainable_params(peft_model)
     device = params[0].device
     generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure_mode off: noise from torch's generator
         engine = PrivacyEngine(accountant="rdp")
+        engine.accountant.history = list(history)
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=peft_model,
             optimizer=make_optimizer(params, config),
@@ -384,21 +421,13 @@ def _train_dp(
         with warnings.catch_warnings():
             # Expected: the inputs are token ids, so hooks fire on output grads only.
             warnings.filterwarnings("ignore", message="Full backward hook")
-            dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
+            _dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
     finally:
         dp_model.remove_hooks()
-    return DPReport(
-        mechanism=DP_MECHANISM,
-        epsilon=float(engine.get_epsilon(config.delta)),
-        delta=config.delta,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=config.steps,
-        details=_details(config, n, expected_batch=n * sample_rate),
-    )
+    return engine.accountant, sigma, sample_rate
 
 
-def dp_loop(
+def _dp_loop(
     dp_model: Any,
     dp_optimizer: Any,
     dp_loader: Any,
@@ -406,11 +435,7 @@ def dp_loop(
     steps: int,
     trace: TrainTrace,
 ) -> None:
-    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step.
-
-    The caller owns the ``PrivacyEngine`` (and so the accountant): a federated holder
-    loads its earlier rounds' history into it before calling this each round.
-    """
+    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step."""
     from shared.dpsgd import per_sample_loss
 
     while len(trace.losses) < steps:

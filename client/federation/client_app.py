@@ -158,42 +158,20 @@ def _train_dp_round(
     trace: Any,
     history: History,
 ) -> History:
-    """One round of opacus DP-SGD whose accountant starts from the earlier rounds' history."""
-    import warnings
+    """One round of opacus DP-SGD whose accountant starts from the earlier rounds' history;
+    the noise is calibrated for all rounds, so the budget covers the whole federation."""
+    from client.finetune import private_steps
 
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from client.finetune import dp_loop, make_optimizer, trainable_params
-    from shared.privacy import dpsgd_noise_multiplier
-
-    finetune = config.finetune
-    n = int(ids.shape[0])
-    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(finetune.batch_size, n))
-    sample_rate = 1.0 / len(loader)
-    sigma = dpsgd_noise_multiplier(
-        finetune.budget, sample_rate=sample_rate, steps=config.rounds * config.local_steps
+    accountant, _, _ = private_steps(
+        model,
+        ids,
+        mask,
+        config.finetune,
+        trace,
+        calibration_steps=config.rounds * config.local_steps,
+        history=history,
     )
-    params = trainable_params(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        engine = PrivacyEngine(accountant="rdp")
-        engine.accountant.history = list(history)  # carried across rounds, never reset
-        dp_model, dp_optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=make_optimizer(params, finetune),
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=finetune.clip_norm,
-            poisson_sampling=True,
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Full backward hook")
-            dp_loop(dp_model, dp_optimizer, dp_loader, params, finetune.steps, trace)
-    finally:
-        dp_model.remove_hooks()
-    return [(float(s), float(q), int(k)) for s, q, k in engine.accountant.history]
+    return [(float(s), float(q), int(k)) for s, q, k in accountant.history]
 
 
 def history_record(history: History) -> Any:
@@ -301,7 +279,5 @@ def spec_reply(msg: Any, config: FederationConfig, index: int) -> Any:
     maker = spec_maker(schema, home_of(config), *config.spec_kinds)
     budget = config.contribute_config.spec_budget
     specs = [maker.make(texts, kind, budget) for kind in config.spec_kinds]
-    reply = ConfigRecord(
-        {"specs": [s.to_bytes() for s in specs], "n": specs[0].n, "holder": index}
-    )
+    reply = ConfigRecord({"specs": [s.to_bytes() for s in specs], "n": specs[0].n, "holder": index})
     return Message(content=RecordDict({"spec": reply}), reply_to=msg)
