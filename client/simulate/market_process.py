@@ -23,7 +23,8 @@ from client.market import Connection
 from shared import signing
 from shared.errors import AlreadyExists, LwmError
 
-READY_TIMEOUT_S = 120.0
+# A first start on a fresh machine converts SmolLM2 and builds the tiny model before "ready".
+READY_TIMEOUT_S = 600.0
 
 
 def free_port() -> int:
