@@ -10,11 +10,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.records import KeyRecord, LearnwareFilter, LearnwareRecord, Role, Status
 from server.settings import Limits
+from shared.canonical import canonical_json
 from shared.errors import InvalidInput, SpecError
 from shared.learnware import Manifest
 from shared.proto import market_pb2 as pb
 from shared.spec.record import Specification
-from shared.spec.schema import MarketSchema, canonical_json
+from shared.spec.schema import MarketSchema
 
 PROTOCOL_VERSION = "1"
 
@@ -59,7 +60,7 @@ def schema_to_pb(
             pb.SpecKindSchema(
                 kind=kind,
                 schema_id=schema.for_kind(kind).schema_id,
-                params_json=canonical_json(schema.for_kind(kind).params()),
+                params_json=canonical_json(schema.for_kind(kind).params()).decode(),
             )
             for kind in schema.kinds
         ],
@@ -113,7 +114,7 @@ def learnware_to_pb(record: LearnwareRecord) -> pb.LearnwareInfo:
         info.dp.total_epsilon = dp.total.epsilon
     info.dp.total_delta = dp.total.delta
     info.dp.accountant = dp.total.accountant
-    info.dp.details_json = canonical_json(_jsonable(manifest.to_dict()["dp"]))
+    info.dp.details_json = canonical_json(_jsonable(manifest.to_dict()["dp"])).decode()
     return info
 
 

@@ -12,23 +12,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from shared.canonical import canonical_json
 from shared.errors import InvalidInput
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SPDX_ID = r"[A-Za-z0-9][A-Za-z0-9.+-]*"
 _SPDX = re.compile(rf"{_SPDX_ID}(?: (?:AND|OR|WITH) {_SPDX_ID})*")
 _MAX_JSON_DEPTH = 16
-
-
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no spaces, UTF-8 (not ``\\u`` escapes), NaN and Infinity refused."""
-    try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as err:
-        raise InvalidInput(f"not canonical-JSON serialisable: {err}") from err
-    return text.encode("utf-8")
 
 
 def parse_json(data: bytes | str, where: str) -> Any:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.canonical import canonical_json
 from shared.errors import InvalidInput
 from shared.learnware import _check as check
-from shared.learnware._check import canonical_json
 from shared.learnware.layout import FORMAT_VERSION, PAYLOAD_FILES
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "SpecEntry",
-    "canonical_json",
     "utc_now_iso",
 ]
 

@@ -14,20 +14,16 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+from shared.canonical import canonical_json
 from shared.errors import InvalidInput, SchemaMismatch
 
 SPEC_FORMAT_VERSION = 1
 KINDS = ("rkme", "pave")
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, no NaN: the same parameters always give the same bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def _schema_id(kind: str, params: dict[str, Any]) -> str:
     payload = canonical_json({"kind": kind, "format": SPEC_FORMAT_VERSION, "params": params})
-    return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+    return f"{kind}-{hashlib.sha256(payload).hexdigest()[:16]}"
 
 
 def _require(condition: bool, message: str) -> None:
@@ -202,7 +198,7 @@ class MarketSchema:
         }
 
     def to_json(self) -> str:
-        return canonical_json(self.to_dict())
+        return canonical_json(self.to_dict()).decode("utf-8")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> MarketSchema:
