@@ -32,7 +32,6 @@ from shared import signing
 from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
 from shared.home import Home
 from shared.learnware import (
-    BaseModelRef,
     Contributor,
     DpPart,
     DpReport,
@@ -264,7 +263,7 @@ def build_manifest(
         task=config.task,
         description=config.description,
         license=config.license,
-        base_model=BaseModelRef(model_id=base.model_id, sha256=base.sha256),
+        base_model=base,
         specs=tuple(_spec_entry(s) for s in specs),
         dp=DpReport(
             parts=(

@@ -22,7 +22,7 @@ from shared.errors import (
 )
 from shared.home import Home
 from shared.learnware import Manifest, verify_package
-from shared.models import ModelRef
+from shared.models import LocalModel
 
 # ---------------------------------------------------------------- run
 
@@ -35,7 +35,7 @@ class LoadedLearnware:
     tokenizer: Any
     manifest: Manifest
     path: Path
-    base_model: ModelRef
+    base_model: LocalModel
 
 
 def load_learnware(

@@ -55,7 +55,7 @@ from shared.errors import (
 )
 from shared.home import Home
 from shared.learnware import Manifest, VerifiedPackage, unpack_tar, verify_package
-from shared.models import ModelRef
+from shared.models import LocalModel
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
 from shared.proto import market_pb2 as pb
 
@@ -205,17 +205,17 @@ def _client(conn: Connection | MarketClient) -> Iterator[MarketClient]:
 
 def resolve_base_model(
     model_id: str, sha256: str, home: Home, base_model: str | Path | None = None
-) -> ModelRef:
+) -> LocalModel:
     """The user's model with exactly these weights, or ``ModelUnavailable`` saying why.
 
     ``base_model`` (a built-in name or a local Hugging Face folder) is the user's own copy;
     otherwise the built-in model with ``model_id`` is used (``tiny`` is built here on first
     use). Weights are matched by sha256: a same-named model with other weights is refused.
     """
-    from shared.models import model_ref, smollm2, tiny
+    from shared.models import local_model, smollm2, tiny
 
     if base_model is not None:
-        ref = model_ref(str(base_model), home)
+        local = local_model(str(base_model), home)
     else:
         builtin = {tiny.MODEL_ID: tiny.NAME, smollm2.MODEL_ID: smollm2.NAME}.get(model_id)
         if builtin is None:
@@ -224,15 +224,16 @@ def resolve_base_model(
                 "not a built-in model here: pass --base-model PATH to your local copy"
             )
         try:
-            ref = model_ref(builtin, home)
+            local = local_model(builtin, home)
         except ModelUnavailable as err:
             raise ModelUnavailable(f"the learnware needs base model {builtin}: {err}") from err
-    if ref.sha256 != sha256:
+    if local.ref.sha256 != sha256:
         raise ModelUnavailable(
             f"the learnware needs base model {model_id} with weights {sha256[:12]}, but "
-            f"{ref.name} has weights {ref.sha256[:12]}: pass --base-model PATH to that model"
+            f"{local.name} has weights {local.ref.sha256[:12]}: "
+            "pass --base-model PATH to that model"
         )
-    return ref
+    return local
 
 
 # ---------------------------------------------------------------- fetch and verify
@@ -246,7 +247,7 @@ class FetchedLearnware:
     path: Path
     manifest: Manifest
     contributor_key_id: str
-    base_model: ModelRef
+    base_model: LocalModel
     package_sha256: str
     package_size: int
 
@@ -329,7 +330,7 @@ def _verify(
     header: pb.FetchHeader,
     staging: Path,
     learnware_id: str,
-    base: ModelRef,
+    base: LocalModel,
     revoked_keys: Collection[str],
 ) -> VerifiedPackage:
     if header.id != learnware_id:
@@ -349,7 +350,7 @@ def _verify(
     if manifest.to_json() != header.manifest_json or package.signature != header.signature:
         raise IntegrityError("the package is not the one the market's header describes")
     wanted = manifest.base_model
-    if wanted.model_id != header.info.base_model.model_id or wanted.sha256 != base.sha256:
+    if wanted.model_id != header.info.base_model.model_id or wanted.sha256 != base.ref.sha256:
         raise ModelUnavailable(
             f"the signed manifest names base model {wanted.model_id} ({wanted.sha256[:12]}), "
             f"not the {header.info.base_model.model_id} the market listed and you have"

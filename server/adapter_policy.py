@@ -20,6 +20,7 @@ from typing import Any
 from shared.errors import InvalidInput
 from shared.learnware import TensorInfo, read_safetensors_header
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from shared.models.refs import ModelRef
 
 #: peft saves adapter tensors of a causal LM as ``base_model.model.<module path>.<part>``.
 PEFT_PREFIX = "base_model.model."
@@ -41,11 +42,11 @@ MAX_RANK = 4096
 
 
 @dataclass(frozen=True)
-class BaseModelInfo:
+class AcceptedBase:
     """A base model the market accepts, and the module shapes adapters are checked against.
 
     ``name`` is what ``load_causal_lm`` takes (``tiny``, ``smollm2-135m`` or a folder);
-    ``model_id`` and ``sha256`` are what manifests must name. ``module_shapes`` maps each
+    ``ref`` is what manifests must name. ``module_shapes`` maps each
     ``nn.Linear``'s path in the base model (``model.layers.3.self_attn.v_proj``, without
     peft's ``base_model.model.`` prefix) to its weight's ``(out_features, in_features)``;
     ``embedding_shapes`` maps each ``nn.Embedding`` to ``(embedding_dim, num_embeddings)``,
@@ -53,8 +54,7 @@ class BaseModelInfo:
     """
 
     name: str
-    model_id: str
-    sha256: str
+    ref: ModelRef
     module_shapes: dict[str, tuple[int, int]]
     embedding_shapes: dict[str, tuple[int, int]]
 
@@ -207,7 +207,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- adapter tensors
 
 
-def check_adapter(path: Path, config: LoraSettings, base: BaseModelInfo) -> tuple[str, ...]:
+def check_adapter(path: Path, config: LoraSettings, base: AcceptedBase) -> tuple[str, ...]:
     """Header only: every tensor a LoRA part of a real module, with the right shape."""
     tensors = read_safetensors_header(path)
     if not tensors:
@@ -243,7 +243,7 @@ def _lora_part(name: str, config: LoraSettings) -> tuple[str, str]:
 
 
 def _check_tensor(
-    name: str, info: TensorInfo, module: str, part: str, config: LoraSettings, base: BaseModelInfo
+    name: str, info: TensorInfo, module: str, part: str, config: LoraSettings, base: AcceptedBase
 ) -> None:
     if info.dtype not in FLOAT_DTYPES:
         raise InvalidInput(
@@ -256,7 +256,7 @@ def _check_tensor(
         kind = "nn.Embedding" if embedding else "nn.Linear"
         raise InvalidInput(
             f"{ADAPTER_WEIGHTS}: tensor {name!r} targets {module!r}, "
-            f"which is not an {kind} of base model {base.model_id}"
+            f"which is not an {kind} of base model {base.ref.model_id}"
         )
     out_features, in_features = shapes[module]
     r = config.r

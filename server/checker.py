@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.adapter_policy import BaseModelInfo, check_adapter, check_config
+from server.adapter_policy import AcceptedBase, check_adapter, check_config
 from server.records import Status
 from server.smoke import SmokeResult, one_line, run_smoke
 from shared import signing
@@ -47,7 +47,7 @@ from shared.spec.record import Specification, specs_from_bytes
 from shared.spec.schema import MarketSchema
 
 __all__ = [
-    "BaseModelInfo",
+    "AcceptedBase",
     "Checker",
     "SmokeResult",
     "StaticResult",
@@ -68,7 +68,7 @@ class StaticResult:
 
     manifest: Manifest
     specs: tuple[Specification, ...]
-    base: BaseModelInfo
+    base: AcceptedBase
     signer_key_id: str
     rank: int
     lora_modules: tuple[str, ...]
@@ -95,7 +95,7 @@ class Verdict:
 # ---------------------------------------------------------------- base models
 
 
-def describe_base_model(name: str, home: Home) -> BaseModelInfo:
+def describe_base_model(name: str, home: Home) -> AcceptedBase:
     """Load base model ``name`` once and record its identity and module shapes (seconds)."""
     import torch
 
@@ -109,14 +109,13 @@ def describe_base_model(name: str, home: Home) -> BaseModelInfo:
             linear[path] = (module.out_features, module.in_features)
         elif isinstance(module, torch.nn.Embedding):
             embedding[path] = (module.embedding_dim, module.num_embeddings)
-    ref = loaded.ref
-    return BaseModelInfo(name, ref.model_id, ref.sha256, linear, embedding)
+    return AcceptedBase(name, loaded.ref, linear, embedding)
 
 
-def describe_base_models(names: list[str], home: Home) -> dict[str, BaseModelInfo]:
+def describe_base_models(names: list[str], home: Home) -> dict[str, AcceptedBase]:
     """``describe_base_model`` for each name, keyed by ``model_id`` as ``Checker`` wants."""
     infos = (describe_base_model(name, home) for name in names)
-    return {info.model_id: info for info in infos}
+    return {info.ref.model_id: info for info in infos}
 
 
 # ---------------------------------------------------------------- static checks
@@ -125,7 +124,7 @@ def describe_base_models(names: list[str], home: Home) -> dict[str, BaseModelInf
 def check_static(
     package_dir: Path,
     market: MarketSchema,
-    base_models: Mapping[str, BaseModelInfo],
+    base_models: Mapping[str, AcceptedBase],
     limits: PackageLimits,
     trusted_public_key: signing.Ed25519PublicKey | bytes,
 ) -> StaticResult:
@@ -146,7 +145,7 @@ def _verify(
 
 
 def _check_contents(
-    verified: VerifiedPackage, market: MarketSchema, base_models: Mapping[str, BaseModelInfo]
+    verified: VerifiedPackage, market: MarketSchema, base_models: Mapping[str, AcceptedBase]
 ) -> StaticResult:
     manifest = verified.manifest
     base = _accepted_base(manifest, base_models)
@@ -157,7 +156,7 @@ def _check_contents(
     return StaticResult(manifest, specs, base, signer, config.r, modules)
 
 
-def _accepted_base(manifest: Manifest, base_models: Mapping[str, BaseModelInfo]) -> BaseModelInfo:
+def _accepted_base(manifest: Manifest, base_models: Mapping[str, AcceptedBase]) -> AcceptedBase:
     ref = manifest.base_model
     base = base_models.get(ref.model_id)
     if base is None:
@@ -165,10 +164,10 @@ def _accepted_base(manifest: Manifest, base_models: Mapping[str, BaseModelInfo])
             f"base model {ref.model_id!r} is not accepted by this market "
             f"(it accepts: {', '.join(sorted(base_models)) or 'none'})"
         )
-    if base.sha256 != ref.sha256:
+    if base.ref.sha256 != ref.sha256:
         raise SchemaMismatch(
             f"base model {ref.model_id!r}: the manifest names weights sha256 {ref.sha256[:16]}..., "
-            f"this market serves {base.sha256[:16]}... (adapter made for other weights)"
+            f"this market serves {base.ref.sha256[:16]}... (adapter made for other weights)"
         )
     return base
 
@@ -227,7 +226,7 @@ class Checker:
     def __init__(
         self,
         market: MarketSchema,
-        base_models: Mapping[str, BaseModelInfo],
+        base_models: Mapping[str, AcceptedBase],
         home: Home,
         limits: PackageLimits | None = None,
         smoke_timeout_s: float = 120.0,

@@ -21,7 +21,7 @@ from typing import Any
 
 from server.auth import Caller
 from server.blobs import BlobStore
-from server.checker import BaseModelInfo, run_smoke
+from server.checker import AcceptedBase, run_smoke
 from server.index import SpecIndex
 from server.records import (
     KeyRecord,
@@ -62,7 +62,7 @@ class Market:
         store: Store,
         blobs: BlobStore,
         schema: MarketSchema,
-        base_models: dict[str, BaseModelInfo],
+        base_models: dict[str, AcceptedBase],
         home: Home,
         limits: Limits,
         run_smoke: bool = True,

@@ -40,7 +40,7 @@ from shared.home import Home
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
-    from server.checker import BaseModelInfo
+    from server.checker import AcceptedBase
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -67,7 +67,7 @@ class SmokeResult:
 
 def run_smoke(
     package_dir: Path,
-    base: BaseModelInfo,
+    base: AcceptedBase,
     home: Home,
     timeout_s: float = 120.0,
     *,
@@ -77,13 +77,13 @@ def run_smoke(
 
     Returns a failed ``SmokeResult`` for anything the adapter causes (error, crash, NaN,
     timeout); raises ``ModelUnavailable`` when the base model could not be loaded or is not
-    the weights ``base.sha256`` names, which is the market's fault, not the contributor's.
+    the weights ``base.ref.sha256`` names, which is the market's fault, not the contributor's.
     """
     command = [
         sys.executable, "-m", "server.smoke",
         "--package", str(Path(package_dir).resolve()),
         "--base", base.name,
-        "--sha256", base.sha256,
+        "--sha256", base.ref.sha256,
         "--home", str(home.root),
         "--tokens", str(max_new_tokens),
     ]  # fmt: skip

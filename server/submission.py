@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.blobs import BlobRef, BlobStore
-from server.checker import BaseModelInfo, StaticResult, check_static
+from server.checker import AcceptedBase, StaticResult, check_static
 from server.settings import Limits
 from shared.errors import IntegrityError, InvalidInput, PermissionDenied, ResourceExhausted
 from shared.learnware import Manifest, unpack_tar, write_tar
@@ -114,7 +114,7 @@ def unpack_and_check(
     blob: BlobRef,
     header: Header,
     market: MarketSchema,
-    base_models: dict[str, BaseModelInfo],
+    base_models: dict[str, AcceptedBase],
     limits: Limits,
     contributor_key: bytes,
     scratch: Path,

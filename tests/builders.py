@@ -25,14 +25,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from shared import signing
 from shared.home import Home
 from shared.learnware import (
-    BaseModelRef,
     Contributor,
     DpPart,
     DpReport,
@@ -42,6 +41,7 @@ from shared.learnware import (
     build_package,
 )
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, SPEC
+from shared.models.refs import ModelRef
 from shared.privacy import PrivacyBudget
 from shared.spec.record import Specification, save_specs
 from shared.spec.rkme import make_rkme_spec
@@ -70,16 +70,6 @@ TRAINING_TEXTS = (
 )
 #: Pass as a value to ``edit_adapter_config`` to remove a key.
 DELETE = object()
-
-
-class ModelIdentity(Protocol):
-    """Anything naming a base model: ``ModelRef``, ``BaseModelRef``, ``BaseModelInfo``."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def sha256(self) -> str: ...
 
 
 # ---------------------------------------------------------------- parts
@@ -185,7 +175,7 @@ def write_raw_spec(path: Path, kind: str, vector: np.ndarray, metadata: dict[str
 
 def manifest_for(
     specs: Sequence[Specification],
-    base: ModelIdentity,
+    base: ModelRef,
     public_key: signing.Ed25519PublicKey,
     **changes: Any,
 ) -> Manifest:
@@ -205,7 +195,7 @@ def manifest_for(
         task="text-generation",
         description="A tiny LoRA adapter built by tests/builders.py.",
         license="Apache-2.0",
-        base_model=BaseModelRef(model_id=base.model_id, sha256=base.sha256),
+        base_model=base,
         specs=entries,
         dp=DpReport(
             parts=(*parts, DpPart("adapter", None, 0.0, "none")),
@@ -235,7 +225,7 @@ def build_learnware(
     *,
     adapter: Path | tuple[Path, Path],
     spec_file: Path,
-    base: ModelIdentity,
+    base: ModelRef,
     private_key: signing.Ed25519PrivateKey,
     **manifest_changes: Any,
 ) -> Path:

@@ -31,7 +31,7 @@ from builders import (
     write_specs,
 )
 
-from server.checker import BaseModelInfo, Checker, Verdict, check_static, describe_base_models
+from server.checker import AcceptedBase, Checker, Verdict, check_static, describe_base_models
 from server.records import Status
 from server.smoke import run_smoke
 from shared import signing
@@ -45,9 +45,9 @@ from shared.errors import (
     SpecError,
 )
 from shared.home import Home
-from shared.learnware import BaseModelRef, Manifest, PackageLimits
+from shared.learnware import Manifest, PackageLimits
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, SIGNATURE, SPEC
-from shared.models import model_ref
+from shared.models import ModelRef, model_ref
 from shared.spec.schema import MarketSchema
 
 V_PROJ = "base_model.model.model.layers.0.self_attn.v_proj"
@@ -59,7 +59,7 @@ class Kit:
 
     home: Home
     market: MarketSchema
-    bases: dict[str, BaseModelInfo]
+    bases: dict[str, AcceptedBase]
     private: signing.Ed25519PrivateKey
     public: signing.Ed25519PublicKey
     adapter: Path
@@ -126,7 +126,7 @@ def test_static_result_names_the_lora_modules_and_rank(kit: Kit) -> None:
     assert result.signer_key_id == signing.key_id(kit.public)
     assert len(result.lora_modules) == 8  # q_proj and v_proj of 4 layers
     assert "model.layers.3.self_attn.v_proj" in result.lora_modules
-    assert result.base.model_id == kit.manifest.base_model.model_id
+    assert result.base.ref == kit.manifest.base_model
 
 
 def test_static_checks_alone_are_fast(kit: Kit) -> None:
@@ -251,8 +251,8 @@ def short_spec(kit: Kit, path: Path) -> Path:
     return write_raw_spec(path, "rkme", good.vector[:256].copy(), {**good.metadata(), "dim": 256})
 
 
-def other_weights_base(kit: Kit) -> BaseModelRef:
-    return BaseModelRef(model_id=kit.manifest.base_model.model_id, sha256="ab" * 32)
+def other_weights_base(kit: Kit) -> ModelRef:
+    return ModelRef(model_id=kit.manifest.base_model.model_id, sha256="ab" * 32)
 
 
 def manifest_n_999(kit: Kit, tmp: Path) -> Path:
@@ -265,7 +265,7 @@ def base_other_weights(kit: Kit, tmp: Path) -> Path:
 
 
 def base_unknown(kit: Kit, tmp: Path) -> Path:
-    unknown = BaseModelRef(model_id="qwen2.5-7b", sha256="cd" * 32)
+    unknown = ModelRef(model_id="qwen2.5-7b", sha256="cd" * 32)
     return with_manifest(base_model=unknown)(kit, tmp)
 
 

@@ -45,7 +45,7 @@ def _one_line_error(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
 def test_tiny_builds_and_loads(lwm_home: Home) -> None:
     loaded = load_causal_lm("tiny", lwm_home)
 
-    assert loaded.ref.name == "tiny"
+    assert loaded.name == "tiny"
     assert loaded.ref.model_id == "tiny-llama-v1"
     assert len(loaded.ref.sha256) == 64
     assert loaded.path == lwm_home.root / "models" / "tiny-v1"
@@ -155,9 +155,8 @@ def test_local_folder_loads_by_path(lwm_home: Home, tmp_path: Path) -> None:
     loaded = load_causal_lm(str(copy), lwm_home)
 
     assert loaded.path == copy.resolve()
-    assert loaded.ref == ModelRef(
-        name=str(copy.resolve()), model_id="tiny-llama-v1", sha256=tiny.ref.sha256
-    )
+    assert loaded.name == str(copy.resolve())
+    assert loaded.ref == ModelRef(model_id="tiny-llama-v1", sha256=tiny.ref.sha256)
     assert model_ref(str(copy), lwm_home) == loaded.ref
     assert list((lwm_home.root / "cache" / "model-refs").glob("*.json"))
 

@@ -17,7 +17,6 @@ from shared import signing
 from shared.errors import AlreadyExists, IntegrityError, InvalidInput, ResourceExhausted
 from shared.learnware import (
     PACKAGE_FILES,
-    BaseModelRef,
     Contributor,
     DpPart,
     DpReport,
@@ -32,6 +31,7 @@ from shared.learnware import (
     unpack_tar,
     verify_package,
 )
+from shared.models import ModelRef
 
 LORA_A = "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight"
 LORA_B = "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"
@@ -47,7 +47,7 @@ def make_manifest(kid: str, **changes: object) -> Manifest:
         task="text-generation",
         description="LoRA for ICD-10 circulatory chapter.\nTiny test adapter.",
         license="Apache-2.0",
-        base_model=BaseModelRef(model_id="tiny", sha256="ab" * 32),
+        base_model=ModelRef(model_id="tiny", sha256="ab" * 32),
         specs=(
             SpecEntry(
                 kind="rkme",
@@ -170,7 +170,7 @@ def test_manifest_from_json_rejects_duplicate_keys_and_nan() -> None:
         ({"name": "Bad Name!"}, "'Bad Name!'"),
         ({"license": "not a license"}, "SPDX"),
         ({"created_at": "2026-11-27T09:46:00"}, "UTC offset"),
-        ({"base_model": "tiny"}, "base_model must be a BaseModelRef"),
+        ({"base_model": "tiny"}, "base_model must be a ModelRef"),
         ({"specs": ()}, "at least one"),
         ({"description": " padded"}, "leading or trailing"),
     ],

@@ -7,7 +7,6 @@ Public surface::
 
 from shared.learnware.layout import PACKAGE_FILES, PAYLOAD_FILES, PackageLimits
 from shared.learnware.manifest import (
-    BaseModelRef,
     Contributor,
     DpPart,
     DpReport,
@@ -28,7 +27,6 @@ from shared.learnware.tarball import TarDigest, pack_tar, unpack_tar, write_tar
 __all__ = [
     "PACKAGE_FILES",
     "PAYLOAD_FILES",
-    "BaseModelRef",
     "Contributor",
     "DpPart",
     "DpReport",

@@ -21,9 +21,9 @@ from shared.canonical import canonical_json
 from shared.errors import InvalidInput
 from shared.learnware import _check as check
 from shared.learnware.layout import FORMAT_VERSION, PAYLOAD_FILES
+from shared.models.refs import ModelRef
 
 __all__ = [
-    "BaseModelRef",
     "Contributor",
     "DpPart",
     "DpReport",
@@ -44,18 +44,6 @@ def utc_now_iso() -> str:
 
 
 # ---------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class BaseModelRef:
-    """The public base model the adapter was trained for, pinned by its weights' sha256."""
-
-    model_id: str
-    sha256: str
-
-    def __post_init__(self) -> None:
-        check.text("base_model.model_id", self.model_id, max_len=256)
-        check.sha256("base_model.sha256", self.sha256)
 
 
 @dataclass(frozen=True)
@@ -182,7 +170,7 @@ class Manifest:
     task: str
     description: str
     license: str
-    base_model: BaseModelRef
+    base_model: ModelRef  # the public base model the adapter was trained for
     specs: tuple[SpecEntry, ...]
     dp: DpReport
     contributor: Contributor
@@ -201,7 +189,7 @@ class Manifest:
         check.slug("task", self.task)
         check.text("description", self.description, max_len=4000, multiline=True, empty=True)
         check.spdx("license", self.license)
-        check.instance("base_model", self.base_model, BaseModelRef)
+        _check_base_model(self.base_model)
         check.instance("dp", self.dp, DpReport)
         check.instance("contributor", self.contributor, Contributor)
         check.timestamp("created_at", self.created_at)
@@ -246,7 +234,7 @@ class Manifest:
                 task=raw["task"],
                 description=raw["description"],
                 license=raw["license"],
-                base_model=_record(raw["base_model"], BaseModelRef, "manifest.base_model"),
+                base_model=_record(raw["base_model"], ModelRef, "manifest.base_model"),
                 specs=tuple(
                     _record(item, SpecEntry, f"manifest.specs[{i}]")
                     for i, item in enumerate(_list(raw["specs"], "manifest.specs"))
@@ -264,6 +252,13 @@ class Manifest:
 
 
 # ---------------------------------------------------------------- cross-field checks
+
+
+def _check_base_model(ref: ModelRef) -> None:
+    """The base model pinned by its weights' sha256 (``ModelRef`` trusts its maker; we don't)."""
+    check.instance("base_model", ref, ModelRef)
+    check.text("base_model.model_id", ref.model_id, max_len=256)
+    check.sha256("base_model.sha256", ref.sha256)
 
 
 def _check_files(files: object) -> dict[str, FileEntry]:

@@ -21,6 +21,7 @@ from shared.home import Home
 from shared.models import smollm2, tiny
 from shared.models.atomic import building
 from shared.models.refs import (
+    LocalModel,
     ModelInfo,
     ModelRef,
     fingerprint,
@@ -40,6 +41,7 @@ class LoadedModel:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerFast  # pad_token set, padding_side "right"
+    name: str  # as ``LocalModel.name``: the built-in name or the resolved folder
     ref: ModelRef
     path: Path
 
@@ -172,12 +174,12 @@ def _local_ref(folder: Path, home: Home, model: Any | None) -> ModelRef:
     stamp = fingerprint(folder)
     cached = read_json(cache)
     if cached is not None and cached.get("fingerprint") == stamp:
-        return ModelRef(name=str(folder), model_id=cached["model_id"], sha256=cached["sha256"])
+        return ModelRef(model_id=cached["model_id"], sha256=cached["sha256"])
     if model is None:
         model, _ = load_folder(folder)
     own = read_sidecar(folder)
     model_id = own.model_id if own is not None else f"local/{folder.name}"
-    ref = ModelRef(name=str(folder), model_id=model_id, sha256=weights_sha256(model))
+    ref = ModelRef(model_id=model_id, sha256=weights_sha256(model))
     write_json_atomic(cache, {"fingerprint": stamp, "model_id": ref.model_id, "sha256": ref.sha256})
     return ref
 
@@ -194,20 +196,26 @@ def load_causal_lm(name: str, home: Home) -> LoadedModel:
         if ref is None:  # pragma: no cover - builtin_folder just wrote it
             raise ModelUnavailable(f"{folder}: model sidecar missing; delete the folder")
         model, tokenizer = load_folder(folder)
-        return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, path=folder)
+        return LoadedModel(model=model, tokenizer=tokenizer, name=name, ref=ref, path=folder)
     folder = local_folder(name)
     model, tokenizer = load_folder(folder)
-    return LoadedModel(model, tokenizer, _local_ref(folder, home, model), folder)
+    return LoadedModel(model, tokenizer, str(folder), _local_ref(folder, home, model), folder)
 
 
-def model_ref(name: str, home: Home) -> ModelRef:
-    """The model's public identity; reads cached hashes, loads weights only on a cache miss."""
+def local_model(name: str, home: Home) -> LocalModel:
+    """The model ``name`` names here and its identity; loads weights only on a cache miss."""
     if name in BUILTIN:
         ref = read_sidecar(builtin_folder(name, home))
         if ref is None:  # pragma: no cover - builtin_folder just wrote it
             raise ModelUnavailable(f"{name}: model sidecar missing under {home.root}")
-        return ref
-    return _local_ref(local_folder(name), home, None)
+        return LocalModel(name, ref)
+    folder = local_folder(name)
+    return LocalModel(str(folder), _local_ref(folder, home, None))
+
+
+def model_ref(name: str, home: Home) -> ModelRef:
+    """The model's public identity (``local_model(name, home).ref``)."""
+    return local_model(name, home).ref
 
 
 def list_models(home: Home) -> list[ModelInfo]:

@@ -103,7 +103,7 @@ class SentenceEncoder:
                 sha = weights_sha256(self._loaded())
                 payload = {"fingerprint": fingerprint(self._folder), "sha256": sha}
                 write_json_atomic(_ref_file(self._home), {"model_id": MODEL_ID, **payload})
-            self._ref = ModelRef(name=NAME, model_id=MODEL_ID, sha256=sha)
+            self._ref = ModelRef(model_id=MODEL_ID, sha256=sha)
         return self._ref
 
     def encode(

@@ -25,11 +25,25 @@ SIDECAR_VERSION = 1
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a spec or learnware records about the model it was made with."""
+    """A model's public identity: its id and the sha256 of its weights (``weights_sha256``).
 
-    name: str
+    The one record for "which model": a manifest's base model, a schema's spec model or
+    encoder, the market's accepted base models. It says nothing about where the model lies
+    on a machine (see ``LocalModel``). Records that cross a trust boundary validate it there
+    (``Manifest`` checks its ``base_model``), since most refs are computed here from weights.
+    """
+
     model_id: str
     sha256: str
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model present on this machine: ``name`` is what ``load_causal_lm`` takes here
+    (``tiny``, ``smollm2-135m`` or a resolved folder path), ``ref`` what it is everywhere."""
+
+    name: str
+    ref: ModelRef
 
 
 @dataclass(frozen=True)
@@ -88,8 +102,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def write_sidecar(folder: Path, ref: ModelRef, **extra: Any) -> None:
-    write_json_atomic(folder / SIDECAR, {"version": SIDECAR_VERSION, **asdict(ref), **extra})
+def write_sidecar(folder: Path, name: str, ref: ModelRef, **extra: Any) -> None:
+    """Record a built-in model's identity (and ``name``, for a reader) beside its weights."""
+    payload = {"version": SIDECAR_VERSION, "name": name, **asdict(ref), **extra}
+    write_json_atomic(folder / SIDECAR, payload)
 
 
 def read_sidecar(folder: Path) -> ModelRef | None:
@@ -97,7 +113,7 @@ def read_sidecar(folder: Path) -> ModelRef | None:
     if data is None or data.get("version") != SIDECAR_VERSION:
         return None
     try:
-        return ModelRef(name=data["name"], model_id=data["model_id"], sha256=data["sha256"])
+        return ModelRef(model_id=data["model_id"], sha256=data["sha256"])
     except KeyError:
         return None
 

@@ -74,6 +74,6 @@ def build(folder: Path) -> ModelRef:
         tokenizer.save_pretrained(folder)
         del model
         reloaded, _ = load_folder(folder)
-        ref = ModelRef(name=NAME, model_id=MODEL_ID, sha256=weights_sha256(reloaded))
-        write_sidecar(folder, ref, source=gguf.name)
+        ref = ModelRef(model_id=MODEL_ID, sha256=weights_sha256(reloaded))
+        write_sidecar(folder, NAME, ref, source=gguf.name)
     return ref

@@ -90,7 +90,7 @@ def build(folder: Path) -> ModelRef:
     init_model().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     model, _ = load_folder(folder)
-    ref = ModelRef(name=NAME, model_id=MODEL_ID, sha256=weights_sha256(model))
+    ref = ModelRef(model_id=MODEL_ID, sha256=weights_sha256(model))
     tokenizer_hash = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
-    write_sidecar(folder, ref, tokenizer_sha256=tokenizer_hash)
+    write_sidecar(folder, NAME, ref, tokenizer_sha256=tokenizer_hash)
     return ref

@@ -84,7 +84,7 @@ def pave_schema_for(model: LoadedModel, **recipe: Any) -> PaveSchema:
     rank = int(recipe.get("rank", PaveSchema.rank))
     raw = raw_dim_for(model.model, target, top, rank)
     return PaveSchema(
-        model_name=model.ref.name,
+        model_name=model.name,
         model_id=model.ref.model_id,
         model_sha256=model.ref.sha256,
         raw_dim=raw,
