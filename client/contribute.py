@@ -145,14 +145,14 @@ def make_learnware(
     *,
     home: Home | None = None,
     schema: MarketSchema | None = None,
-    accepted_base_models: Sequence[tuple[str, str]] | None = None,
+    accepted_base_models: Sequence[ModelRef] | None = None,
     progress: bool = False,
     noise_seed: int | None = None,
 ) -> Path:
     """Fine-tune, make the DP spec, write the manifest, sign: a learnware folder at ``out_dir``.
 
     ``schema`` is the market's (``MarketClient.schema()``); None uses the local default.
-    ``accepted_base_models`` lists the market's (model_id, sha256) pairs; None accepts any.
+    ``accepted_base_models`` lists the market's base models; None accepts any.
     ``noise_seed`` fixes the DP noise of both releases (tests only). Raises, before any
     training: ``AlreadyExists`` (``out_dir`` exists), ``DataError``, ``InvalidInput``/
     ``NotFound`` (key), ``SchemaMismatch`` (kind or base model not accepted, other spec
@@ -230,13 +230,13 @@ def contribute(
 # ---------------------------------------------------------------- steps
 
 
-def accepted_base(name: str, home: Home, accepted: Sequence[tuple[str, str]] | None) -> ModelRef:
+def accepted_base(name: str, home: Home, accepted: Sequence[ModelRef] | None) -> ModelRef:
     """The base model's identity, refused (``SchemaMismatch``) unless the market accepts it."""
     from shared.models import model_ref
 
     ref = model_ref(name, home)
-    if accepted is not None and (ref.model_id, ref.sha256) not in set(accepted):
-        listed = ", ".join(f"{mid} ({sha[:12]})" for mid, sha in accepted) or "none"
+    if accepted is not None and ref not in set(accepted):
+        listed = ", ".join(f"{a.model_id} ({a.sha256[:12]})" for a in accepted) or "none"
         raise SchemaMismatch(
             f"the market does not accept base model {ref.model_id} with weights "
             f"{ref.sha256[:12]}; it accepts: {listed}"

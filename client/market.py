@@ -21,6 +21,7 @@ import grpc
 from shared import signing, transport
 from shared.errors import IntegrityError
 from shared.learnware import Manifest, write_tar
+from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
 from shared.proto import market_pb2_grpc
 from shared.spec.record import Specification
@@ -46,7 +47,7 @@ class Connection:
 @dataclass(frozen=True)
 class RemoteSchema:
     schema: MarketSchema
-    base_models: tuple[tuple[str, str], ...]
+    base_models: tuple[ModelRef, ...]
     max_chunk_bytes: int
     raw: pb.Schema
 
@@ -102,7 +103,7 @@ class MarketClient:
             )
             self._schema = RemoteSchema(
                 schema,
-                tuple((b.model_id, b.sha256) for b in raw.base_models),
+                tuple(ModelRef(b.model_id, b.sha256) for b in raw.base_models),
                 int(raw.limits.max_chunk_bytes),
                 raw,
             )

@@ -86,7 +86,7 @@ def build_server(settings: ServerSettings) -> RunningServer:
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=transport.message_size_options(),
     )
-    refs = [(b.ref.model_id, b.ref.sha256) for b in base_models.values()]
+    refs = [b.ref for b in base_models.values()]
     market_pb2_grpc.add_MarketServicer_to_server(MarketService(market, refs), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -13,6 +13,7 @@ from server.settings import Limits
 from shared.canonical import canonical_json
 from shared.errors import InvalidInput, SpecError
 from shared.learnware import Manifest
+from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
 from shared.spec.record import Specification
 from shared.spec.schema import MarketSchema
@@ -53,7 +54,7 @@ def role_from_pb(value: int) -> Role:
 
 
 def schema_to_pb(
-    schema: MarketSchema, base_models: list[tuple[str, str]], limits: Limits
+    schema: MarketSchema, base_models: list[ModelRef], limits: Limits
 ) -> pb.Schema:
     return pb.Schema(
         spec_kinds=[
@@ -64,7 +65,7 @@ def schema_to_pb(
             )
             for kind in schema.kinds
         ],
-        base_models=[pb.BaseModel(model_id=m, sha256=s) for m, s in base_models],
+        base_models=[pb.BaseModel(model_id=b.model_id, sha256=b.sha256) for b in base_models],
         limits=pb.Limits(
             max_chunk_bytes=limits.max_chunk_bytes,
             max_adapter_bytes=limits.package.max_adapter_bytes,

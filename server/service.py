@@ -19,6 +19,7 @@ from server.market import Market
 from server.records import LearnwareRecord, Role
 from server.submission import Header
 from shared.errors import InvalidInput, LwmError
+from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
 from shared.proto import market_pb2_grpc
 
@@ -26,7 +27,7 @@ log = logging.getLogger("lwm.service")
 
 
 class MarketService(market_pb2_grpc.MarketServicer):
-    def __init__(self, market: Market, base_models: list[tuple[str, str]]) -> None:
+    def __init__(self, market: Market, base_models: list[ModelRef]) -> None:
         self.market = market
         self.auth = Authenticator(market.key_of)
         self._schema = convert.schema_to_pb(market.schema, base_models, market.limits)

@@ -142,7 +142,7 @@ def _with_market(
     with phases.phase("evaluate", "Scoring base and every learnware on every user's records"):
         adapters = {contributor_of[i]: path for i, path in folders.items()}
         models = {
-            BASE_NAME: f"base:{remote.base_models[0][1]}",
+            BASE_NAME: f"base:{remote.base_models[0].sha256}",
             **{x.contributor: x.package_sha256 for x in listed},
         }
         scores = _evaluate(config, users, adapters, models, home, out)
@@ -161,7 +161,7 @@ def _build_all(
     from client.market import MarketClient
 
     schema_blob = json.dumps(remote.schema.to_dict(), sort_keys=True)
-    base_sha = remote.base_models[0][1]
+    base_sha = remote.base_models[0].sha256
     built = []
     for i, c in enumerate(config.contributors, 1):
         fp = lw.fingerprint(config, c, base_sha, schema_blob)
@@ -263,7 +263,7 @@ def _results(
     return {
         "config": config.to_dict(),
         "machine": _machine(),
-        "base_model": {"name": config.base_model, "sha256": remote.base_models[0][1]},
+        "base_model": {"name": config.base_model, "sha256": remote.base_models[0].sha256},
         "learnwares": [_learnware(b, x) for b, x in zip(built, listed, strict=True)],
         "users": [_user(u) for u in dealt.users],
         "searches": [asdict(q) for q in searches.main],
