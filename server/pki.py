@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared import signing
+from shared.atomic import write_atomically
 from shared.errors import AlreadyExists, InvalidInput, NotFound
 
 __all__ = [
@@ -176,7 +177,7 @@ def issue_client_cert(
 
 def save_cert(path: Path, cert: x509.Certificate, *, overwrite: bool = False) -> Path:
     """Write ``cert`` as PEM, mode 0644 (certificates are public)."""
-    signing.write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite)
+    write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), overwrite=overwrite)
     return path
 
 
@@ -187,7 +188,7 @@ def save_tls_key(path: Path, key: TlsKey, *, overwrite: bool = False) -> Path:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    signing.write_atomically(path, pem, 0o600, overwrite)
+    write_atomically(path, pem, mode=0o600, overwrite=overwrite)
     return path
 
 

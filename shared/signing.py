@@ -19,10 +19,7 @@ replayed inside the window, as in Flower's node authentication.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound, Unauthenticated
+from shared.atomic import write_atomically
+from shared.errors import IntegrityError, InvalidInput, NotFound, Unauthenticated
 
 __all__ = [
     "AUTH_KEY_ID",
@@ -83,35 +81,6 @@ def key_id(public_key: Ed25519PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def write_atomically(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    """Write to a temp file beside ``path`` with ``mode`` from the start, then move it in.
-
-    Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile,
-    so an existing key is never clobbered even by a racing writer.
-    """
-    if path.exists() and not overwrite:
-        raise AlreadyExists(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError as err:
-                raise AlreadyExists(f"{path} exists; refusing to overwrite it") from err
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def save_private_key(
     path: str | Path,
     key: Ed25519PrivateKey,
@@ -132,7 +101,7 @@ def save_private_key(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
     target = Path(path)
-    write_atomically(target, pem, 0o600, overwrite)
+    write_atomically(target, pem, mode=0o600, overwrite=overwrite)
     return target
 
 
@@ -144,7 +113,7 @@ def save_public_key(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     target = Path(path)
-    write_atomically(target, pem, 0o644, overwrite)
+    write_atomically(target, pem, mode=0o644, overwrite=overwrite)
     return target
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.atomic import building
 from shared.data import load_domain
 from shared.errors import DataError, ModelUnavailable
 from shared.home import Home
@@ -23,7 +24,6 @@ from shared.models import (
     model_ref,
     weights_sha256,
 )
-from shared.models.atomic import building
 from shared.models.refs import SIDECAR
 
 TEXTS = [

@@ -20,15 +20,14 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from shared import signing
+from shared.atomic import building
 from shared.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound, ResourceExhausted
 from shared.learnware.layout import (
     ADAPTER_CONFIG,
@@ -139,9 +138,7 @@ def build_package(
             f"key is {signer!r}"
         )
     sources = {**_adapter_sources(adapter), SPEC: _existing(Path(spec_file), "spec file")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with building(out) as tmp:
         entries = {
             name: _copy_hashed(src, tmp / name, limits.max_bytes(name))
             for name, src in sorted(sources.items())
@@ -151,10 +148,6 @@ def build_package(
         _write_file(tmp / MANIFEST, _checked_size(final.to_json(), MANIFEST, limits))
         _write_file(tmp / SIGNATURE, signing.sign(private_key, signing_payload(final)))
         _fsync_dir(tmp)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _fsync_dir(out.parent)
     return out
 

@@ -20,15 +20,14 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
 import stat
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from shared.atomic import building
 from shared.errors import AlreadyExists, IntegrityError, ResourceExhausted
 from shared.learnware.layout import PACKAGE_FILES, PackageLimits, refusal
 
@@ -131,15 +130,8 @@ def unpack_tar(
     target = Path(dest)
     if target.exists() or target.is_symlink():
         raise AlreadyExists(f"{target} exists; unpack into a new folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        with _open_source(source) as handle:
-            _extract_all(handle, tmp, limits)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with building(target) as tmp, _open_source(source) as handle:
+        _extract_all(handle, tmp, limits)
     return target
 
 

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.atomic import building
 from shared.errors import ModelUnavailable
 from shared.home import Home
 from shared.models import smollm2, tiny
-from shared.models.atomic import building
 from shared.models.refs import (
     LocalModel,
     ModelInfo,
     ModelRef,
     fingerprint,
+    is_complete,
     read_json,
     read_sidecar,
     weights_sha256,
@@ -129,9 +130,9 @@ def builtin_folder(name: str, home: Home) -> Path:
     builtin = BUILTIN[name]
     builtin.require()
     folder = home.root / "models" / builtin.folder
-    if read_sidecar(folder) is None:
+    if not is_complete(folder):
         try:
-            with building(home.models / builtin.folder) as tmp:
+            with building(folder, is_complete=is_complete, private=False) as tmp:
                 builtin.build(tmp)
         except OSError as error:
             raise ModelUnavailable(

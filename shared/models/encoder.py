@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import uuid
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.atomic import write_atomically
 from shared.errors import DataError, ModelUnavailable
 from shared.home import Home
 from shared.models.refs import ModelInfo, ModelRef, fingerprint, read_json, write_json_atomic
@@ -141,10 +141,9 @@ class SentenceEncoder:
         vectors = self.encode(items, batch_size=batch_size, progress=progress)
         import numpy as np
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npy")
-        np.save(tmp, vectors, allow_pickle=False)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        write_atomically(path, buffer.getvalue())
         return vectors
 
     def _cache_key(self, texts: list[str]) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from shared.atomic import write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -86,11 +86,9 @@ def file_sha256(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write a cache's JSON so that readers never see half a file."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, text.encode("utf-8"))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -106,6 +104,11 @@ def write_sidecar(folder: Path, name: str, ref: ModelRef, **extra: Any) -> None:
     """Record a built-in model's identity (and ``name``, for a reader) beside its weights."""
     payload = {"version": SIDECAR_VERSION, "name": name, **asdict(ref), **extra}
     write_json_atomic(folder / SIDECAR, payload)
+
+
+def is_complete(folder: Path) -> bool:
+    """A cached model folder is complete once its sidecar (written last) reads back."""
+    return read_sidecar(folder) is not None
 
 
 def read_sidecar(folder: Path) -> ModelRef | None:

@@ -1,0 +1,89 @@
+"""Atomic writes: readers see the old state or the whole new one, never half a file or folder.
+
+Keys, certificates, cache files, model folders, learnware packages and unpacked tars are all
+written somewhere private beside their final path, then moved into place in one step (a
+rename, or a hard link when an existing file must never be clobbered). Renames are atomic
+within one file system, which is why the temporary path is always a sibling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shared.errors import AlreadyExists
+
+__all__ = ["building", "write_atomically"]
+
+
+def write_atomically(
+    path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True
+) -> None:
+    """Write ``data`` to a temp file beside ``path`` with ``mode`` from the start, then move it in.
+
+    Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile,
+    so an existing file (a private key) is never clobbered even by a racing writer; then
+    ``AlreadyExists`` is raised. The data is fsynced before the move.
+    """
+    if path.exists() and not overwrite:
+        raise AlreadyExists(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError as err:
+                raise AlreadyExists(f"{path} exists; refusing to overwrite it") from err
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextmanager
+def building(
+    final: Path, *, is_complete: Callable[[Path], bool] | None = None, private: bool = True
+) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; on success rename it to ``final``.
+
+    On any exception (Ctrl-C included) the temporary folder is removed and ``final`` is
+    untouched. Without ``is_complete`` the rename fails (``OSError``) if a non-empty
+    ``final`` appeared meanwhile. With it, ``final`` is a cache built deterministically: a
+    leftover that is not complete (an edited or half-copied folder) is replaced, and if
+    another process completed it first, its result is kept and ours discarded.
+    ``private`` folders (packages, unpacked tars) are the owner's alone (mode 0700, as
+    ``mkdtemp`` makes them); otherwise the folder gets the umask's usual mode.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}.partial-"
+    if private:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    else:
+        tmp = final.parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    try:
+        yield tmp
+        if is_complete is not None and final.exists() and not is_complete(final):
+            shutil.rmtree(final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if is_complete is None or not is_complete(final):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
