@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared import signing
-from shared.atomic import write_atomically
+from shared.files import write_atomically
 from shared.errors import AlreadyExists, InvalidInput, NotFound
 
 __all__ = [

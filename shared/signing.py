@@ -28,8 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.atomic import write_atomically
 from shared.errors import IntegrityError, InvalidInput, NotFound, Unauthenticated
+from shared.files import read_file, write_atomically
 
 __all__ = [
     "AUTH_KEY_ID",
@@ -117,18 +117,9 @@ def save_public_key(
     return target
 
 
-def _read(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError as err:
-        raise NotFound(f"{what} file not found: {path}") from err
-    except OSError as err:
-        raise InvalidInput(f"cannot read {what} file {path}: {err.strerror}") from err
-
-
 def load_private_key(path: str | Path, *, password: bytes | None = None) -> Ed25519PrivateKey:
     """Read a PEM (PKCS8) Ed25519 private key; ``InvalidInput`` for anything else."""
-    data = _read(path, "private key")
+    data = read_file(path, "private key file")
     try:
         key = serialization.load_pem_private_key(data, password=password)
     except (ValueError, TypeError) as err:
@@ -143,7 +134,7 @@ def load_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
 
     The bytes (or file content) are either the raw 32-byte key or a PEM SubjectPublicKeyInfo.
     """
-    data = source if isinstance(source, bytes) else _read(source, "public key")
+    data = source if isinstance(source, bytes) else read_file(source, "public key file")
     if len(data) == RAW_KEY_BYTES:
         return Ed25519PublicKey.from_public_bytes(data)
     where = "the given bytes" if isinstance(source, bytes) else str(source)

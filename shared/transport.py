@@ -23,7 +23,8 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 
 from shared import signing
-from shared.errors import InvalidInput, LwmError, NotFound, Unavailable, error_for_status
+from shared.errors import InvalidInput, LwmError, Unavailable, error_for_status
+from shared.files import read_file
 from shared.signing import Ed25519PrivateKey
 
 __all__ = [
@@ -136,21 +137,14 @@ class ServerTlsPaths:
     server_key: Path
 
 
-def _read(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError as err:
-        raise NotFound(f"{what} not found: {path}") from err
-    except OSError as err:
-        raise InvalidInput(f"cannot read {what} {path}: {err.strerror}") from err
-
-
 def server_credentials(files: ServerTlsFiles, require_client_auth: bool) -> grpc.ServerCredentials:
     """TLS for the server; with ``require_client_auth`` only clients holding a certificate
     signed by ``files.ca_cert`` can even open a connection (mutual TLS)."""
+    key = read_file(files.server_key, "server key")
+    certificate = read_file(files.server_cert, "server certificate")
     return grpc.ssl_server_credentials(
-        [(_read(files.server_key, "server key"), _read(files.server_cert, "server certificate"))],
-        root_certificates=_read(files.ca_cert, "CA certificate"),
+        [(key, certificate)],
+        root_certificates=read_file(files.ca_cert, "CA certificate"),
         require_client_auth=require_client_auth,
     )
 
@@ -165,9 +159,11 @@ def channel_credentials(
     if (client_cert is None) != (client_key is None):
         raise InvalidInput("a client certificate needs its key, and a key its certificate")
     return grpc.ssl_channel_credentials(
-        root_certificates=None if ca_pem_path is None else _read(ca_pem_path, "CA certificate"),
-        private_key=None if client_key is None else _read(client_key, "client key"),
-        certificate_chain=None if client_cert is None else _read(client_cert, "client certificate"),
+        root_certificates=None if ca_pem_path is None else read_file(ca_pem_path, "CA certificate"),
+        private_key=None if client_key is None else read_file(client_key, "client key"),
+        certificate_chain=(
+            None if client_cert is None else read_file(client_cert, "client certificate")
+        ),
     )
 
 

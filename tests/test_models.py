@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.atomic import building
+from shared.files import building
 from shared.data import load_domain
 from shared.errors import DataError, ModelUnavailable
 from shared.home import Home

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared import signing
-from shared.atomic import building
 from shared.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound, ResourceExhausted
+from shared.files import building
 from shared.learnware.layout import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from shared.atomic import building
 from shared.errors import AlreadyExists, IntegrityError, ResourceExhausted
+from shared.files import building
 from shared.learnware.layout import PACKAGE_FILES, PackageLimits, refusal
 
 __all__ = ["TarDigest", "pack_tar", "unpack_tar", "write_tar"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.atomic import building
 from shared.errors import ModelUnavailable
+from shared.files import building
 from shared.home import Home
 from shared.models import smollm2, tiny
 from shared.models.refs import (

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.atomic import write_atomically
 from shared.errors import DataError, ModelUnavailable
+from shared.files import write_atomically
 from shared.home import Home
 from shared.models.refs import ModelInfo, ModelRef, fingerprint, read_json, write_json_atomic
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.atomic import write_atomically
+from shared.files import write_atomically
 
 if TYPE_CHECKING:
     import torch

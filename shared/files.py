@@ -1,6 +1,7 @@
-"""Atomic writes: readers see the old state or the whole new one, never half a file or folder.
+"""Files with the project's errors: atomic writes, and reads that say what is missing.
 
-Keys, certificates, cache files, model folders, learnware packages and unpacked tars are all
+Atomic: readers see the old state or the whole new one, never half a file or folder. Keys,
+certificates, cache files, model folders, learnware packages and unpacked tars are all
 written somewhere private beside their final path, then moved into place in one step (a
 rename, or a hard link when an existing file must never be clobbered). Renames are atomic
 within one file system, which is why the temporary path is always a sibling.
@@ -17,9 +18,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.errors import AlreadyExists
+from shared.errors import AlreadyExists, InvalidInput, NotFound
 
-__all__ = ["building", "write_atomically"]
+__all__ = ["building", "read_file", "write_atomically"]
+
+
+def read_file(path: str | Path, what: str) -> bytes:
+    """The bytes at ``path``; ``NotFound`` or ``InvalidInput`` naming ``what`` it should hold."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise NotFound(f"{what} not found: {path}") from err
+    except OSError as err:
+        raise InvalidInput(f"cannot read {what} {path}: {err.strerror}") from err
 
 
 def write_atomically(
