@@ -91,8 +91,7 @@ class SpecMaker:
         progress: bool,
         noise_seed: int | None,
     ) -> Specification:
-        from shared.spec.pave import make_pave_spec
+        from shared.spec.pave import run_pave
 
-        return make_pave_spec(
-            texts, self.model(schema), schema, budget, progress=progress, noise_seed=noise_seed
-        )
+        model = self.model(schema)
+        return run_pave(texts, model, schema, budget, progress=progress, noise_seed=noise_seed).spec

@@ -14,10 +14,11 @@ import json
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 
 from shared.errors import DataError
 
@@ -73,11 +74,15 @@ class IcdEntry:
 
 
 @lru_cache(maxsize=1)
-def icd_chapters() -> dict[str, str]:
-    """Chapter number -> title without code range (22 chapters of ICD-10-CM)."""
+def icd_chapters() -> Mapping[str, str]:
+    """Chapter number -> title without code range (22 chapters of ICD-10-CM).
+
+    Read-only: the one cached mapping is shared by every caller.
+    """
     cm = _icd_module()
     codes = cm.get_all_codes(True)
-    return {c: strip_range(cm.get_description(c)) for c in codes if cm.is_chapter(c)}
+    titles = {c: strip_range(cm.get_description(c)) for c in codes if cm.is_chapter(c)}
+    return MappingProxyType(titles)
 
 
 @lru_cache(maxsize=1)

@@ -23,17 +23,6 @@ from shared.learnware import _check as check
 from shared.learnware.layout import FORMAT_VERSION, PAYLOAD_FILES
 from shared.models.refs import ModelRef
 
-__all__ = [
-    "Contributor",
-    "DpPart",
-    "DpReport",
-    "DpTotal",
-    "FileEntry",
-    "Manifest",
-    "SpecEntry",
-    "utc_now_iso",
-]
-
 ADAPTER_PART = "adapter"
 SPEC_PART_PREFIX = "spec:"
 

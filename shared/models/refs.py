@@ -9,6 +9,7 @@ next to the weights in ``lwm-model.json`` and read back instead of recomputed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,22 @@ class ModelInfo:
     path: Path | None
     sha256: str | None
     how_to_get: str
+
+
+def installed_file(package: str, relative: str) -> Path | None:
+    """The existing file ``relative`` inside installed ``package`` (not imported), or None.
+
+    Models ship as data inside PyPI packages (the GGUF, the encoder's folder); finding them
+    must not import the package, so that listing models stays instant.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

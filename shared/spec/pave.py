@@ -92,18 +92,6 @@ def pave_schema_for(model: LoadedModel, **recipe: Any) -> PaveSchema:
     )
 
 
-def make_pave_spec(
-    texts: Sequence[str],
-    model: LoadedModel,
-    schema: PaveSchema,
-    budget: PrivacyBudget,
-    progress: bool = False,
-    noise_seed: int | None = None,
-) -> Specification:
-    """Train the schema's recipe on ``texts`` and release the DP ``lora_B`` vector."""
-    return run_pave(texts, model, schema, budget, progress=progress, noise_seed=noise_seed).spec
-
-
 def run_pave(
     texts: Sequence[str],
     model: LoadedModel,
@@ -112,7 +100,8 @@ def run_pave(
     progress: bool = False,
     noise_seed: int | None = None,
 ) -> PaveRun:
-    """Like ``make_pave_spec`` but also returns losses, gradient norms and the change check.
+    """Train the schema's recipe on ``texts`` and release the DP ``lora_B`` vector
+    (``.spec``), with the losses, gradient norms and the change check beside it.
 
     ``noise_seed`` makes the DP noise reproducible (tests, benchmarks); leave it None for
     real releases so the noise comes from a fresh generator.
