@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared import signing
-from shared.files import write_atomically
 from shared.errors import AlreadyExists, InvalidInput, NotFound
+from shared.files import write_atomically
 
 __all__ = [
     "DEFAULT_HOSTS",

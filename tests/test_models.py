@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.files import building
 from shared.data import load_domain
 from shared.errors import DataError, ModelUnavailable
+from shared.files import building
 from shared.home import Home
 from shared.models import (
     ModelRef,
