@@ -77,12 +77,13 @@ def start(
     """Serve the market until SIGTERM (graceful: NOT_SERVING, drain, exit 0)."""
     import sys
 
-    from server.app import serve_forever, setup_logging
+    from server.app import limit_blas_threads, serve_forever, setup_logging
     from server.pki import open_server_dir
     from server.settings import ServerSettings
     from shared.home import Home
 
     setup_logging(log_level)
+    limit_blas_threads()
     layout = open_server_dir(dir)
     if insecure:
         from rich.console import Console
