@@ -186,7 +186,7 @@ def search_hit_to_pb(hit: SearchHit, info: pb.LearnwareInfo) -> pb.SearchResult:
     return pb.SearchResult(learnware=info, score=hit.score, distance=hit.distance, why=why)
 
 
-def fetch_header_to_pb(download: Download) -> pb.FetchHeader:
+def fetch_header_to_pb(download: Download, info: pb.LearnwareInfo) -> pb.FetchHeader:
     """What a user needs to check the bytes that follow: sizes, hashes, signature, key."""
     record = download.record
     return pb.FetchHeader(
@@ -197,7 +197,7 @@ def fetch_header_to_pb(download: Download) -> pb.FetchHeader:
         signature=record.signature,
         contributor_key_id=record.contributor_key_id,
         contributor_public_key=download.contributor.public_key,
-        info=learnware_to_pb(record),
+        info=info,
     )
 
 

@@ -34,8 +34,9 @@ class MarketService(market_pb2_grpc.MarketServicer):
         self._infos: dict[str, tuple[object, pb.LearnwareInfo]] = {}
 
     def _info(self, record: LearnwareRecord) -> pb.LearnwareInfo:
-        """LearnwareInfo of a record, cached by (id, updated_at): parsing and validating
-        the manifest for every search hit would dominate Search latency."""
+        """LearnwareInfo of a record, cached by (id, updated_at): each stored manifest is
+        parsed once per version in this process (for every search hit it would dominate
+        Search latency)."""
         cached = self._infos.get(record.id)
         if cached is not None and cached[0] == record.updated_at:
             return cached[1]
@@ -86,7 +87,7 @@ class MarketService(market_pb2_grpc.MarketServicer):
         return self._answer(
             context,
             "Get",
-            lambda caller: convert.learnware_to_pb(self.market.get(caller, request.id)),
+            lambda caller: self._info(self.market.get(caller, request.id)),
         )
 
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
@@ -94,7 +95,7 @@ class MarketService(market_pb2_grpc.MarketServicer):
             flt = convert.filter_from_pb(request)
             page = self.market.list_page(caller, flt, request.page_size, request.page_token)
             return pb.ListResponse(
-                learnwares=[convert.learnware_to_pb(r) for r in page.items],
+                learnwares=[self._info(r) for r in page.items],
                 next_page_token=page.next_page_token,
             )
 
@@ -116,7 +117,8 @@ class MarketService(market_pb2_grpc.MarketServicer):
         with self._guard(context):
             caller = self._caller(context, "Fetch")
             download = self.market.fetch(caller, request.id, request.offset)
-            yield pb.FetchChunk(header=convert.fetch_header_to_pb(download))
+            info = self._info(download.record)
+            yield pb.FetchChunk(header=convert.fetch_header_to_pb(download, info))
             for offset, data in download.chunks:
                 if not context.is_active():
                     return
@@ -126,7 +128,7 @@ class MarketService(market_pb2_grpc.MarketServicer):
         self, request: pb.WithdrawRequest, context: grpc.ServicerContext
     ) -> pb.LearnwareInfo:
         def handle(caller: Caller) -> pb.LearnwareInfo:
-            return convert.learnware_to_pb(self.market.withdraw(caller, request.id, request.reason))
+            return self._info(self.market.withdraw(caller, request.id, request.reason))
 
         return self._answer(context, "Withdraw", handle)
 

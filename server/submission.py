@@ -1,6 +1,9 @@
 """The steps of receiving one upload, in the order ``Market.submit`` runs them.
 
-1. ``check_header``: cheap checks before any byte is stored; parses the manifest, once.
+1. ``check_header``: cheap checks before any byte is stored; parses the manifest, and the
+   later steps use that parse (``Upload``). Only ``verify_package``, inside the static
+   checks, reads the package's own copy again (byte-identical, ``unpack`` made sure), as
+   every verifier of a package does.
 2. ``receive``: the chunks into a blob; contiguous offsets, size and sha256 must all match.
 3. ``unpack``: the blob into a private folder; it must be the canonical tar of the header's
    manifest and signature. Then the ``Checker``'s static checks (``server/checker.py``).
