@@ -44,6 +44,7 @@ from market_fixtures import market_server  # noqa: E402
 from client.identification import DEMO_DOMAINS  # noqa: E402
 from client.market import Connection, MarketClient  # noqa: E402
 from client.specs import SpecMaker  # noqa: E402
+from server.app import limit_blas_threads  # noqa: E402
 from server.records import Role  # noqa: E402
 from shared import signing  # noqa: E402
 from shared.data import load_domain, split  # noqa: E402
@@ -136,6 +137,7 @@ def main() -> None:
         tmp = Path(scratch)
         home = Home(tmp / "home")  # fresh: nothing of the user's texts is cached
         print("starting the market and filling it …", flush=True)
+        limit_blas_threads()  # as `lwm server start` does
         with market_server(tmp, home, run_smoke=False) as market:
             market.new_key("contributor", Role.CONTRIBUTOR)
             market.new_key("user", Role.USER)

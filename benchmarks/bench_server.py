@@ -43,6 +43,7 @@ from builders import (  # noqa: E402
 from market_fixtures import MarketUnderTest, market_server  # noqa: E402
 
 from client.market import Connection, MarketClient  # noqa: E402
+from server.app import limit_blas_threads  # noqa: E402
 from server.pki import init_server_dir  # noqa: E402
 from server.records import LearnwareRecord, Role, SpecRecord, Status  # noqa: E402
 from server.store import Store  # noqa: E402
@@ -318,6 +319,7 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=100, help="per client")
     parser.add_argument("--out", default="bench-out/server.json")
     args = parser.parse_args()
+    limit_blas_threads()  # as `lwm server start` does: the searches below run in parallel
     home = Home.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         report = {

@@ -35,11 +35,13 @@ app.add_typer(keys_app, name="keys")
 
 
 def _attach_server_groups() -> None:
-    """``lwm server`` and ``lwm admin`` live in server/cli.py (typer only at import)."""
-    from server.cli import admin_app, server_app
+    """``lwm server init/start`` live in server/cli.py (typer only at import); ``lwm admin``
+    and ``lwm server stats``, clients of a running market, in client/cli_admin.py."""
+    from client import cli_admin
+    from server.cli import server_app
 
     app.add_typer(server_app, name="server")
-    app.add_typer(admin_app, name="admin")
+    cli_admin.register(app, server_app)
 
 
 _attach_server_groups()

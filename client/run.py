@@ -69,7 +69,7 @@ def load_learnware(
             )
     package = verify_package(folder, None)
     manifest = package.manifest
-    refuse_revoked(manifest.contributor.key_id, None, revoked_keys)
+    refuse_revoked(manifest.contributor.key_id, revoked_keys)
     wanted = manifest.base_model
     base = resolve_base_model(wanted.model_id, wanted.sha256, home, base_model)
     from peft import PeftModel

@@ -22,12 +22,11 @@ connection (or Ctrl-C) keeps the partial ``.part`` file so the same call resumes
 
 Revocation policy: a learnware signed by a revoked contributor key is refused. A revoked
 key may have been stolen, and nothing dates a signature, so its old signatures prove
-nothing either. Today's market keeps serving such learnwares and its ``FetchHeader`` does
-not say the key was revoked (a user cannot call ``ListKeys``), so the user passes the
-revoked key ids (``revoked_keys``, ``lwm fetch --revoked-keys FILE``, e.g. published by an
-admin from ``lwm admin list-keys --all | grep revoked``). When the header gains the contributor's
-``KeyInfo`` (a ``contributor_key`` field), ``market_key_info`` picks it up and a revoked
-key is refused with no list needed.
+nothing either. The market drops such learnwares from search and refuses to serve them
+(``Fetch`` answers FAILED_PRECONDITION, naming the revoked key). A user may also refuse keys
+of their own (``revoked_keys``, ``lwm fetch --revoked-keys FILE``, e.g. published by an admin
+from ``lwm admin list-keys --all``): checked before anything is downloaded and again on the
+signed manifest, so it holds even against a market that was never told.
 """
 
 from __future__ import annotations
@@ -276,7 +275,7 @@ def fetch_learnware(
     with _client(conn) as client:
         info = client.get(learnware_id)
         with _refusing(learnware_id, "nothing was downloaded"):
-            refuse_revoked(info.contributor_key_id, None, revoked_keys)
+            refuse_revoked(info.contributor_key_id, revoked_keys)
             wanted = info.base_model
             base = resolve_base_model(wanted.model_id, wanted.sha256, home, base_model)
         staging = out.parent / f".{out.name}.fetch-{learnware_id}"
@@ -335,7 +334,7 @@ def _verify(
 ) -> VerifiedPackage:
     if header.id != learnware_id:
         raise IntegrityError(f"the market answered with learnware {header.id!r}")
-    refuse_revoked(header.contributor_key_id, market_key_info(header), revoked_keys)
+    refuse_revoked(header.contributor_key_id, revoked_keys)
     public_key = signing.load_public_key(header.contributor_public_key)
     if signing.key_id(public_key) != header.contributor_key_id:
         raise IntegrityError(
@@ -358,21 +357,8 @@ def _verify(
     return package
 
 
-def market_key_info(header: pb.FetchHeader) -> pb.KeyInfo | None:
-    """The contributor's ``KeyInfo`` if the market's header carries one (proposed field)."""
-    if "contributor_key" not in header.DESCRIPTOR.fields_by_name:
-        return None
-    if not header.HasField("contributor_key"):
-        return None
-    info: pb.KeyInfo = header.contributor_key  # type: ignore[attr-defined]
-    return info
-
-
-def refuse_revoked(key_id: str, key_info: pb.KeyInfo | None, revoked_keys: Collection[str]) -> None:
-    """``IntegrityError`` when the market's key info or the user's list says revoked."""
-    if key_info is not None and key_info.revoked:
-        why = f": {key_info.revoke_reason}" if key_info.revoke_reason else ""
-        raise IntegrityError(f"contributor key {key_id} was revoked by the market{why}")
+def refuse_revoked(key_id: str, revoked_keys: Collection[str]) -> None:
+    """``IntegrityError`` when ``key_id`` is on the user's list of revoked keys."""
     if key_id in revoked_keys:
         raise IntegrityError(f"contributor key {key_id} is on your revoked-keys list")
 

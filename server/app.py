@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from server.blobs import BlobStore
-from server.checker import describe_base_models
+from server.checker import Checker, describe_base_models
 from server.market import Market
 from server.records import Role
 from server.service import MarketService
@@ -48,14 +48,22 @@ class RunningServer:
         self.market.store.close()
 
 
-def build_server(settings: ServerSettings) -> RunningServer:
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+def limit_blas_threads() -> None:
+    """One BLAS thread per search, for the whole process: call once at process start-up
+    (``lwm server start``), before serving.
+
+    Requests run in parallel on the worker pool, and multi-threaded BLAS inside each of 16
+    concurrent searches oversubscribes the cores (measured at 10k specs, 16 threads: p99 2 s
+    with BLAS threads, 40 ms without). It changes process-wide state, so ``build_server``
+    (which tests run in their own process) leaves it alone.
+    """
     from threadpoolctl import threadpool_limits
 
-    # One BLAS thread per search: requests run in parallel on the worker pool, and
-    # multi-threaded BLAS inside each of 16 concurrent searches oversubscribes the cores
-    # (measured at 10k specs, 16 threads: p99 2 s with BLAS threads, 40 ms without).
     threadpool_limits(1)
+
+
+def build_server(settings: ServerSettings) -> RunningServer:
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from shared.spec.defaults import default_schema
 
@@ -67,17 +75,16 @@ def build_server(settings: ServerSettings) -> RunningServer:
         default_kind=settings.default_kind,
     )
     base_models = describe_base_models(list(settings.base_models), home)
-    store = Store.open(settings.db_url)
-    market = Market(
-        store,
-        BlobStore(settings.blobs_dir),
+    checker = Checker(
         schema,
         base_models,
         home,
-        settings.limits,
-        run_smoke=settings.run_smoke,
+        settings.limits.package,
         smoke_timeout_s=settings.smoke_timeout_s,
+        run_smoke=settings.run_smoke,
     )
+    store = Store.open(settings.db_url)
+    market = Market(store, BlobStore(settings.blobs_dir), checker, settings.limits)
     if settings.admin_pub is not None:
         _ensure_admin(market, settings.admin_pub.read_bytes())
     market.start()
@@ -121,7 +128,7 @@ def _ensure_admin(market: Market, public_key: bytes) -> None:
     from shared import signing
 
     key_id = signing.key_id(signing.load_public_key(public_key))
-    existing = market.store.get_key(key_id)
+    existing = market.key_of(key_id)
     if existing is None or existing.revoked:
         market.register_key(public_key, Role.ADMIN, "admin")
 

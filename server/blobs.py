@@ -23,8 +23,10 @@ import hashlib
 import os
 import re
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -142,6 +144,34 @@ class BlobWriter:
         self.abort()  # no-op after a successful commit
 
 
+class _KeyedLocks:
+    """One lock per key, kept only while a thread holds or waits for it (never a registry
+    that grows with every key ever seen)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # key -> (lock, users)
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users = self._locks[key][1] - 1
+                if users:
+                    self._locks[key] = (lock, users)
+                else:
+                    del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class BlobStore:
     """Blobs named by sha256 under ``root``. Safe for many threads and processes: every
     write goes to its own temp file and lands with one atomic rename."""
@@ -150,6 +180,25 @@ class BlobStore:
         self.root = Path(root)
         self.temp_dir = self.root / "tmp"
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._uploads = _KeyedLocks()
+
+    @contextmanager
+    def provisional(self, sha256: str, owned: Callable[[str], bool]) -> Iterator[None]:
+        """Own blob ``sha256`` while an upload of it is stored, checked and recorded.
+
+        Uploads of the same bytes run one at a time, and if the block raises, the blob is
+        deleted unless ``owned(sha256)`` says a recorded learnware references it (an earlier
+        upload of the same bytes), so a failing upload never takes another's blob. In one
+        process only: servers sharing a blob folder rely on ``gc`` at start instead.
+        """
+        check_sha256(sha256)
+        with self._uploads.hold(sha256):
+            try:
+                yield
+            except BaseException:
+                if not owned(sha256):
+                    self.delete(sha256)
+                raise
 
     def path_of(self, sha256: str) -> Path:
         check_sha256(sha256)

@@ -9,8 +9,12 @@
 2. ``run_smoke`` (``server/smoke.py``): base model + adapter with plain
    ``PeftModel.from_pretrained`` in a *subprocess* with a timeout, a few greedy tokens,
    finite logits. The subprocess isolates crashes, hangs and memory blow-ups from the server.
-3. ``Checker.check`` ties both together and returns a ``Verdict`` (USABLE or REJECTED with a
-   one-line reason); it raises only for the market's own faults (a base model it cannot load).
+3. ``Checker`` ties both together. ``Market.submit`` runs its two stages apart, so that a
+   package is stored (as PENDING) between them: ``check_static`` raises for a bad package
+   (the upload is refused, nothing is kept), ``judge`` runs the smoke stage and returns a
+   ``Judgment`` (USABLE or REJECTED with a one-line reason). ``check`` runs both and never
+   raises for a bad package; every stage raises for the market's own faults (a base model
+   it cannot load).
 
 Failures raise the project's errors: ``IntegrityError`` (hashes, signature, file set, pickle),
 ``ResourceExhausted`` (sizes), ``SchemaMismatch`` (spec schema or base model not accepted),
@@ -50,8 +54,8 @@ __all__ = [
     "AcceptedBase",
     "Checker",
     "SmokeResult",
+    "Judgment",
     "StaticResult",
-    "Verdict",
     "check_static",
     "describe_base_model",
     "describe_base_models",
@@ -64,10 +68,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StaticResult:
-    """What the static checks proved; ``lora_modules`` are base-model paths, sorted."""
+    """What the static checks proved; ``lora_modules`` are base-model paths, sorted.
+
+    ``specs`` are parsed once, here, from ``spec_bytes``: the package's spec file as
+    received, which the market stores as is (it never re-encodes a spec)."""
 
     manifest: Manifest
     specs: tuple[Specification, ...]
+    spec_bytes: bytes
     base: AcceptedBase
     signer_key_id: str
     rank: int
@@ -75,8 +83,8 @@ class StaticResult:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """The checker's answer. ``reason`` is one line ("" when USABLE).
+class Judgment:
+    """The checker's judgment of one package. ``reason`` is one line ("" when USABLE).
 
     ``error`` is the exception behind a rejection, so the service can answer with its gRPC
     status (``error.status``); ``manifest`` is set whenever the package verified (even if a
@@ -149,11 +157,12 @@ def _check_contents(
 ) -> StaticResult:
     manifest = verified.manifest
     base = _accepted_base(manifest, base_models)
-    specs = _check_specs(verified.file(SPEC), manifest, market)
+    spec_bytes = verified.file(SPEC).read_bytes()
+    specs = _check_specs(spec_bytes, manifest, market)
     config = check_config(verified.file(ADAPTER_CONFIG))
     modules = check_adapter(verified.file(ADAPTER_WEIGHTS), config, base)
     signer = verified.signer_key_id or ""  # never empty: _verify always passes a key
-    return StaticResult(manifest, specs, base, signer, config.r, modules)
+    return StaticResult(manifest, specs, spec_bytes, base, signer, config.r, modules)
 
 
 def _accepted_base(manifest: Manifest, base_models: Mapping[str, AcceptedBase]) -> AcceptedBase:
@@ -172,9 +181,11 @@ def _accepted_base(manifest: Manifest, base_models: Mapping[str, AcceptedBase]) 
     return base
 
 
-def _check_specs(path: Path, manifest: Manifest, market: MarketSchema) -> tuple[Specification, ...]:
+def _check_specs(
+    spec_bytes: bytes, manifest: Manifest, market: MarketSchema
+) -> tuple[Specification, ...]:
     try:
-        specs = specs_from_bytes(path.read_bytes())
+        specs = specs_from_bytes(spec_bytes)
     except LwmError as err:
         raise type(err)(f"{SPEC}: {err}") from err
     except Exception as err:  # untrusted bytes: any parser failure is the package's fault
@@ -225,23 +236,35 @@ class Checker:
 
     def __init__(
         self,
-        market: MarketSchema,
+        schema: MarketSchema,
         base_models: Mapping[str, AcceptedBase],
         home: Home,
         limits: PackageLimits | None = None,
         smoke_timeout_s: float = 120.0,
         run_smoke: bool = True,
     ) -> None:
-        self.market = market
+        self.schema = schema
         self.base_models = dict(base_models)
         self.home = home
         self.limits = limits or PackageLimits()
         self.smoke_timeout_s = smoke_timeout_s
         self.smoke_enabled = run_smoke
 
+    def check_static(
+        self, package_dir: Path, contributor_public_key: signing.Ed25519PublicKey | bytes
+    ) -> StaticResult:
+        """The first stage: raises an ``LwmError`` naming the first problem."""
+        return check_static(
+            Path(package_dir), self.schema, self.base_models, self.limits, contributor_public_key
+        )
+
+    def judge(self, package_dir: Path, static: StaticResult) -> Judgment:
+        """The second stage, on a package that passed ``check_static``: the smoke run."""
+        return self._judge(Path(package_dir), static, time.monotonic())
+
     def check(
         self, package_dir: Path, contributor_public_key: signing.Ed25519PublicKey | bytes
-    ) -> Verdict:
+    ) -> Judgment:
         """USABLE or REJECTED (never raises for a bad package; raises for the market's faults).
 
         ``package_dir`` is an unpacked learnware directory (``unpack_tar``) the market owns.
@@ -256,18 +279,21 @@ class Checker:
         try:
             verified = _verify(Path(package_dir), self.limits, key)
             manifest = verified.manifest
-            static = _check_contents(verified, self.market, self.base_models)
+            static = _check_contents(verified, self.schema, self.base_models)
         except LwmError as err:
             return _rejected(err, one_line(str(err)), manifest, [], start)
-        specs = list(static.specs)
+        return self._judge(Path(package_dir), static, start)
+
+    def _judge(self, package_dir: Path, static: StaticResult, start: float) -> Judgment:
+        manifest, specs = static.manifest, list(static.specs)
         if not self.smoke_enabled:
-            return Verdict(Status.USABLE, "", manifest, specs, time.monotonic() - start)
-        smoke = run_smoke(Path(package_dir), static.base, self.home, self.smoke_timeout_s)
+            return Judgment(Status.USABLE, "", manifest, specs, time.monotonic() - start)
+        smoke = run_smoke(package_dir, static.base, self.home, self.smoke_timeout_s)
         if not smoke.ok:
             reason = f"smoke run: {smoke.reason}"
             error = ResourceExhausted(reason) if smoke.timed_out else InvalidInput(reason)
             return _rejected(error, reason, manifest, specs, start, smoke)
-        return Verdict(Status.USABLE, "", manifest, specs, time.monotonic() - start, None, smoke)
+        return Judgment(Status.USABLE, "", manifest, specs, time.monotonic() - start, None, smoke)
 
 
 def _rejected(
@@ -277,6 +303,6 @@ def _rejected(
     specs: list[Specification],
     start: float,
     smoke: SmokeResult | None = None,
-) -> Verdict:
+) -> Judgment:
     seconds = time.monotonic() - start
-    return Verdict(Status.REJECTED, reason, manifest, specs, seconds, error, smoke)
+    return Judgment(Status.REJECTED, reason, manifest, specs, seconds, error, smoke)

@@ -1,22 +1,20 @@
-"""``lwm server …`` and ``lwm admin …``: run and operate a market.
+"""``lwm server init`` and ``lwm server start``: set up and run a market.
 
 Attached to the ``lwm`` app by ``client.cli``; heavy imports happen inside commands. The
-admin commands speak gRPC through ``shared.transport`` and the generated stub only, so
-``server/`` never imports ``client/``.
+commands that operate a running market over gRPC (``lwm admin …``, ``lwm server stats``)
+are a client's: ``client/cli_admin.py``, through the one market client.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from shared.cli_options import CaOpt, CertKeyOpt, CertOpt, InsecureOpt, KeyOpt, ServerOpt
+from shared.cli_options import InsecureOpt
 
 server_app = typer.Typer(help="Run a market server.", no_args_is_help=True)
-admin_app = typer.Typer(help="Administer a market (admin key needed).", no_args_is_help=True)
 
 
 def _say(text: str) -> None:
@@ -77,12 +75,13 @@ def start(
     """Serve the market until SIGTERM (graceful: NOT_SERVING, drain, exit 0)."""
     import sys
 
-    from server.app import serve_forever, setup_logging
+    from server.app import limit_blas_threads, serve_forever, setup_logging
     from server.pki import open_server_dir
     from server.settings import ServerSettings
     from shared.home import Home
 
     setup_logging(log_level)
+    limit_blas_threads()
     layout = open_server_dir(dir)
     if insecure:
         from rich.console import Console
@@ -106,140 +105,3 @@ def start(
         admin_pub=layout.admin_pub,
     )
     sys.exit(serve_forever(settings))
-
-
-def _stub(
-    server: str,
-    key: Path,
-    ca: Path | None,
-    insecure: bool,
-    cert: Path | None,
-    cert_key: Path | None,
-) -> Any:
-    from shared import signing, transport
-    from shared.proto import market_pb2_grpc
-
-    channel = transport.channel(
-        server,
-        ca=ca,
-        client_cert=cert,
-        client_key=cert_key,
-        insecure=insecure,
-        signing_key=signing.load_private_key(key),
-    )
-    return market_pb2_grpc.MarketStub(channel)
-
-
-def _rpc(fn: Any, request: Any, server: str) -> Any:
-    import grpc
-
-    from shared.transport import as_lwm_error
-
-    try:
-        return fn(request, timeout=30)
-    except grpc.RpcError as err:
-        raise as_lwm_error(err, server) from None
-
-
-@server_app.command("stats")
-def stats(
-    server: ServerOpt,
-    key: KeyOpt,
-    ca: CaOpt = None,
-    insecure: InsecureOpt = False,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Counts by status, kind and domain, blob bytes, keys and uptime (admin)."""
-    from google.protobuf.json_format import MessageToDict
-
-    from shared.proto import market_pb2 as pb
-
-    reply = _rpc(
-        _stub(server, key, ca, insecure, cert, cert_key).GetStats, pb.GetStatsRequest(), server
-    )
-    data = MessageToDict(reply, preserving_proto_field_name=True)
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    for name, value in data.items():
-        _say(f"[bold]{name}[/]: {value}")
-
-
-@admin_app.command("register-key")
-def register_key(
-    pub: Annotated[Path, typer.Argument(help="The public key file (PEM) to register.")],
-    role: Annotated[str, typer.Option("--role", help="contributor, user or admin.")],
-    server: ServerOpt,
-    key: KeyOpt,
-    ca: CaOpt = None,
-    insecure: InsecureOpt = False,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="Who holds it (default: file stem).")
-    ] = None,
-) -> None:
-    """Register a contributor's or user's key with the market."""
-    from shared.errors import InvalidInput
-    from shared.proto import market_pb2 as pb
-
-    roles = {"contributor": pb.ROLE_CONTRIBUTOR, "user": pb.ROLE_USER, "admin": pb.ROLE_ADMIN}
-    if role.lower() not in roles:
-        raise InvalidInput(f"--role must be contributor, user or admin, got {role!r}")
-    if not pub.is_file():
-        raise InvalidInput(f"public key file not found: {pub}")
-    request = pb.RegisterKeyRequest(
-        public_key=pub.read_bytes(), role=roles[role.lower()], name=name or pub.stem
-    )
-    info = _rpc(_stub(server, key, ca, insecure, cert, cert_key).RegisterKey, request, server)
-    _say(f"registered {info.key_id} ({info.name}) as {role.lower()}")
-
-
-@admin_app.command("revoke-key")
-def revoke_key(
-    pub: Annotated[str, typer.Argument(help="The public key file (PEM) or its key id.")],
-    server: ServerOpt,
-    key: KeyOpt,
-    ca: CaOpt = None,
-    insecure: InsecureOpt = False,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    reason: Annotated[str, typer.Option("--reason")] = "",
-) -> None:
-    """Revoke a key: its holder can no longer call the market, its learnwares stay."""
-    from shared import signing
-    from shared.proto import market_pb2 as pb
-
-    path = Path(pub)
-    key_id = signing.key_id(signing.load_public_key(path)) if path.is_file() else pub
-    info = _rpc(
-        _stub(server, key, ca, insecure, cert, cert_key).RevokeKey,
-        pb.RevokeKeyRequest(key_id=key_id, reason=reason),
-        server,
-    )
-    _say(f"revoked {info.key_id} ({info.name})")
-
-
-@admin_app.command("list-keys")
-def list_keys(
-    server: ServerOpt,
-    key: KeyOpt,
-    ca: CaOpt = None,
-    insecure: InsecureOpt = False,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    include_revoked: Annotated[bool, typer.Option("--all")] = False,
-) -> None:
-    """The registered keys and their roles."""
-    from shared.proto import market_pb2 as pb
-
-    reply = _rpc(
-        _stub(server, key, ca, insecure, cert, cert_key).ListKeys,
-        pb.ListKeysRequest(include_revoked=include_revoked),
-        server,
-    )
-    for info in reply.keys:
-        role = pb.Role.Name(info.role).removeprefix("ROLE_").lower()
-        _say(f"{info.key_id}  {role:12} {info.name}{'  (revoked)' if info.revoked else ''}")

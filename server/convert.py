@@ -8,8 +8,10 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.records import KeyRecord, LearnwareFilter, LearnwareRecord, Role, Status
+from server.market import Download, SearchHit
+from server.records import KeyRecord, LearnwareFilter, LearnwareRecord, MarketStats, Role, Status
 from server.settings import Limits
+from server.submission import Header
 from shared.canonical import canonical_json
 from shared.errors import InvalidInput, SpecError
 from shared.learnware import Manifest
@@ -19,6 +21,7 @@ from shared.spec.record import Specification
 from shared.spec.schema import MarketSchema
 
 PROTOCOL_VERSION = "1"
+SERVER_VERSION = "0.1.0"
 
 _STATUS_TO_PB = {
     Status.PENDING: pb.LEARNWARE_STATUS_PENDING,
@@ -33,6 +36,11 @@ _ROLE_TO_PB = {
     Role.ADMIN: pb.ROLE_ADMIN,
 }
 _PB_TO_ROLE: dict[int, Role] = {int(v): k for k, v in _ROLE_TO_PB.items()}
+_INFO_FIELDS = (
+    *("id", "name", "domain", "task", "description", "license"),
+    *("contributor_key_id", "contributor_name", "reason", "package_size", "package_sha256"),
+)
+"""``LearnwareRecord`` fields that ``LearnwareInfo`` carries as they are, under the same name."""
 
 
 def timestamp(when: datetime | None) -> Timestamp:
@@ -44,6 +52,10 @@ def timestamp(when: datetime | None) -> Timestamp:
 
 def status_from_pb(value: int) -> Status | None:
     return _PB_TO_STATUS.get(value)
+
+
+def status_to_pb(status: Status) -> pb.LearnwareStatus:
+    return _STATUS_TO_PB[status]
 
 
 def role_from_pb(value: int) -> Role:
@@ -86,21 +98,11 @@ def learnware_to_pb(record: LearnwareRecord) -> pb.LearnwareInfo:
     manifest = Manifest.from_json(record.manifest_json)
     dp = manifest.dp
     info = pb.LearnwareInfo(
-        id=record.id,
-        name=record.name,
-        domain=record.domain,
-        task=record.task,
-        description=record.description,
-        license=record.license,
+        **{name: getattr(record, name) for name in _INFO_FIELDS},
         base_model=pb.BaseModel(model_id=record.base_model_id, sha256=record.base_model_sha256),
-        contributor_key_id=record.contributor_key_id,
-        contributor_name=record.contributor_name,
-        status=_STATUS_TO_PB[record.status],
-        reason=record.reason,
+        status=status_to_pb(record.status),
         created_at=timestamp(record.created_at),
         updated_at=timestamp(record.updated_at),
-        package_size=record.package_size,
-        package_sha256=record.package_sha256,
     )
     for entry in manifest.specs:
         spec = info.specs.add(kind=entry.kind, schema_id=entry.schema_id, dim=entry.dim, n=entry.n)
@@ -166,3 +168,52 @@ def query_spec_from_pb(query: pb.QuerySpec) -> Specification:
     if metadata["kind"] != query.kind or metadata["schema_id"] != query.schema_id:
         raise SpecError("query metadata disagrees with the query's kind or schema id")
     return Specification.from_metadata(metadata, vector)
+
+
+def header_from_pb(first: pb.SubmitRequest | None) -> Header:
+    """The first message of a Submit stream, which must be its header."""
+    if first is None or first.WhichOneof("msg") != "header":
+        raise InvalidInput("a Submit stream must start with a header")
+    h = first.header
+    return Header(h.manifest_json, h.signature, h.contributor_key_id, h.total_size, h.sha256)
+
+
+def search_hit_to_pb(hit: SearchHit, info: pb.LearnwareInfo) -> pb.SearchResult:
+    why = pb.Why(
+        kind=hit.kind,
+        schema_id=hit.schema_id,
+        rank=hit.rank,
+        text=f"{hit.kind} distance {hit.distance:.5f} to the query's spec",
+    )
+    return pb.SearchResult(learnware=info, score=hit.score, distance=hit.distance, why=why)
+
+
+def fetch_header_to_pb(download: Download, info: pb.LearnwareInfo) -> pb.FetchHeader:
+    """What a user needs to check the bytes that follow: sizes, hashes, signature, key."""
+    record = download.record
+    return pb.FetchHeader(
+        id=record.id,
+        total_size=record.package_size,
+        sha256=record.package_sha256,
+        manifest_json=record.manifest_json,
+        signature=record.signature,
+        contributor_key_id=record.contributor_key_id,
+        contributor_public_key=download.contributor.public_key,
+        info=info,
+    )
+
+
+def stats_to_pb(stats: MarketStats) -> pb.Stats:
+    counts = stats.store
+    return pb.Stats(
+        learnwares_by_status=dict(counts.by_status),
+        learnwares_by_kind=dict(counts.specs_by_kind),
+        learnwares_by_domain=dict(counts.by_domain),
+        learnwares_total=counts.learnwares,
+        blob_bytes=stats.blob_bytes,
+        blob_count=stats.blob_count,
+        keys_total=sum(counts.keys_by_role.values()),
+        uptime_s=stats.uptime_s,
+        started_at=timestamp(stats.started_at),
+        server_version=SERVER_VERSION,
+    )

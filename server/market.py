@@ -9,37 +9,49 @@ updated on every change, so a crash can never leave the index ahead of the datab
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from server.auth import Caller
 from server.blobs import BlobStore
-from server.checker import AcceptedBase, run_smoke
+from server.checker import Checker, Judgment
 from server.index import SpecIndex
 from server.records import (
     KeyRecord,
     LearnwareFilter,
     LearnwareRecord,
+    MarketStats,
     Page,
     Role,
-    SpecRecord,
     Status,
 )
 from server.settings import Limits
 from server.store import Store
-from server.submission import Header, check_header, sha_lock, store_stream, unpack_and_check
+from server.submission import (
+    Header,
+    Upload,
+    check_header,
+    pending_record,
+    receive,
+    scratch_dir,
+    unpack,
+)
 from shared import signing
-from shared.errors import NotFound, PermissionDenied, Revoked, SpecError, Unauthenticated
-from shared.home import Home
-from shared.spec.record import Specification, specs_to_bytes
-from shared.spec.schema import MarketSchema
+from shared.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Revoked,
+    SpecError,
+    Unauthenticated,
+)
+from shared.learnware import unpack_tar
+from shared.spec.ranking import to_index_point
+from shared.spec.record import Specification
 
 log = logging.getLogger("lwm.market")
 
@@ -56,28 +68,31 @@ class SearchHit:
     schema_id: str
 
 
+@dataclass(frozen=True)
+class Download:
+    """What ``fetch`` serves: the learnware, its contributor's key, then its bytes."""
+
+    record: LearnwareRecord
+    contributor: KeyRecord
+    chunks: Iterator[tuple[int, bytes]]
+
+
 class Market:
-    def __init__(
-        self,
-        store: Store,
-        blobs: BlobStore,
-        schema: MarketSchema,
-        base_models: dict[str, AcceptedBase],
-        home: Home,
-        limits: Limits,
-        run_smoke: bool = True,
-        smoke_timeout_s: float = 120.0,
-    ) -> None:
-        self.store, self.blobs, self.schema = store, blobs, schema
-        self.base_models, self.home, self.limits = base_models, home, limits
-        self.run_smoke, self.smoke_timeout_s = run_smoke, smoke_timeout_s
+    """One market: ``checker`` judges uploads (and knows the schema and base models),
+    ``limits`` bound every request."""
+
+    def __init__(self, store: Store, blobs: BlobStore, checker: Checker, limits: Limits) -> None:
+        self.store, self.blobs, self.checker, self.limits = store, blobs, checker, limits
+        self.schema = checker.schema
         self.started_at = datetime.now(UTC)
         self._lock = threading.RLock()
         self._usable: dict[str, LearnwareRecord] = {}
         self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self.indexes = {
-            kind: SpecIndex(kind, schema.for_kind(kind).schema_id, schema.for_kind(kind).spec_dim)
-            for kind in schema.kinds
+            kind: SpecIndex(
+                kind, self.schema.for_kind(kind).schema_id, self.schema.for_kind(kind).spec_dim
+            )
+            for kind in self.schema.kinds
         }
 
     # ------------------------------------------------------------------ start-up
@@ -86,8 +101,8 @@ class Market:
         removed = self.blobs.cleanup_temp()
         orphans = self.blobs.gc(self.store.referenced_blobs())
         pending = list(self._all(LearnwareFilter(status=Status.PENDING)))
-        for record in pending:  # a crash between insert and verdict: judge again now
-            self._judge(record)
+        for record in pending:  # a crash between insert and judgment: judge again now
+            self._recheck(record)
         self._load_usable()
         log.info(
             "market ready: %d usable learnwares, %d temp files and %d orphan blobs removed, "
@@ -107,7 +122,7 @@ class Market:
             for record in self._all(LearnwareFilter(status=Status.USABLE)):
                 contributor = self.store.get_key(record.contributor_key_id)
                 if contributor is not None and not contributor.revoked:
-                    self._publish(record)
+                    self._publish(record, [spec.spec() for spec in record.specs])
 
     def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
         """Every record matching ``flt``, page by page (the store caps page sizes)."""
@@ -119,8 +134,7 @@ class Market:
             if not token:
                 return
 
-    def _publish(self, record: LearnwareRecord) -> None:
-        specs = [Specification.from_bytes(s.spec_bytes) for s in record.specs]
+    def _publish(self, record: LearnwareRecord, specs: Iterable[Specification]) -> None:
         with self._lock:
             self._usable[record.id] = replace(record, specs=())
             for spec in specs:
@@ -159,114 +173,76 @@ class Market:
         self._key_cache.pop(record.key_id, None)
         return self.store.register_key(record)
 
-    def revoke_key(self, key_id: str) -> KeyRecord:
+    def revoke_key(self, caller: Caller, key_id: str, reason: str) -> KeyRecord:
         """Revoke a key and stop serving what it signed (a stolen key makes its past
-        signatures worthless too); the learnwares stay in the store for the record."""
-        revoked = self.store.revoke_key(key_id)
+        signatures worthless too); the learnwares stay in the store for the record, and the
+        reason goes to the audit trail. An admin may not revoke its own key (lock-out)."""
+        if key_id == caller.key_id and caller.role is Role.ADMIN:
+            raise InvalidInput("an admin cannot revoke its own key (lock-out); use another admin")
+        revoked = self.store.revoke_key(key_id, reason, by=caller.key_id)
         self._key_cache.pop(key_id, None)
         for learnware_id, record in list(self._usable.items()):
             if record.contributor_key_id == key_id:
                 self._unpublish(learnware_id)
         return revoked
 
+    def list_keys(self, include_revoked: bool) -> tuple[KeyRecord, ...]:
+        return self.store.list_keys(include_revoked=include_revoked)
+
     # ------------------------------------------------------------------ submit
     def submit(
         self, caller: Caller, header: Header, chunks: Iterable[tuple[int, bytes]]
     ) -> LearnwareRecord:
-        """Store, check and publish one upload; raises an LwmError and leaves nothing on refusal."""
+        """Store, check and publish one upload (the steps of ``server.submission``).
+
+        Raises an LwmError and leaves nothing behind when the upload is refused; once it
+        is stored (PENDING), the judgment makes it USABLE or REJECTED with a reason."""
+        upload = self._admit(caller, header)
+        with scratch_dir(self.blobs.root / "work") as workdir:
+            with self.blobs.provisional(header.sha256, self._owned):
+                blob = receive(self.blobs, header, chunks, self.limits)
+                package = unpack(blob, header, workdir, self.limits.package)
+                static = self.checker.check_static(package, upload.contributor.public_key)
+                stored = self.store.add_learnware(pending_record(upload, blob, static))
+            return self._conclude(stored, self.checker.judge(package, static))
+
+    def _admit(self, caller: Caller, header: Header) -> Upload:
+        """The checks before any byte is received: header, registered key, duplicate."""
         manifest = check_header(header, caller.key_id, self.limits)
         key = self.store.get_key(caller.key_id)
         if key is None or key.revoked:
             raise Unauthenticated(f"key {caller.key_id} is not registered or was revoked")
         existing = self.store.find_by_package(header.sha256)
         if existing is not None:
-            from shared.errors import AlreadyExists
-
             raise AlreadyExists(f"this package is already in the market as {existing.id}")
-        with sha_lock(header.sha256):
-            blob = store_stream(self.blobs, header, chunks, self.limits)
-            try:
-                received = unpack_and_check(
-                    blob,
-                    header,
-                    self.schema,
-                    self.base_models,
-                    self.limits,
-                    key.public_key,
-                    self.blobs.root / "work",
-                )
-            except BaseException:
-                if self.store.find_by_package(blob.sha256) is None:
-                    self.blobs.delete(blob.sha256)
-                raise
-        try:
-            now = datetime.now(UTC)
-            record = LearnwareRecord(
-                id=uuid.uuid4().hex,
-                name=manifest.name,
-                domain=manifest.domain,
-                task=manifest.task,
-                description=manifest.description,
-                license=manifest.license,
-                base_model_id=manifest.base_model.model_id,
-                base_model_sha256=manifest.base_model.sha256,
-                contributor_key_id=caller.key_id,
-                contributor_name=key.name,
-                status=Status.PENDING,
-                reason="",
-                package_sha256=blob.sha256,
-                package_size=blob.size,
-                manifest_json=header.manifest_json,
-                signature=header.signature,
-                created_at=now,
-                updated_at=now,
-                specs=tuple(
-                    SpecRecord(s.kind, s.schema_id, s.dim, specs_to_bytes([s]))
-                    for s in received.static.specs
-                ),
-            )
-            try:
-                stored = self.store.add_learnware(record)
-            except BaseException:
-                with sha_lock(blob.sha256):
-                    if self.store.find_by_package(blob.sha256) is None:
-                        self.blobs.delete(blob.sha256)
-                raise
-            return self._judge(stored, received.package_dir)
-        finally:
-            shutil.rmtree(received.workdir, ignore_errors=True)
+        return Upload(header, manifest, key)
 
-    def _judge(self, record: LearnwareRecord, package_dir: Path | None = None) -> LearnwareRecord:
-        """PENDING -> USABLE or REJECTED by the smoke run; publish when USABLE."""
-        ok, reason = True, ""
-        if self.run_smoke:
-            ok, reason = self._smoke(record, package_dir)
-        status = Status.USABLE if ok else Status.REJECTED
-        updated = self.store.set_status(record.id, status, reason)
-        if status is Status.USABLE:
-            self._publish(self.store.get(record.id))
-        log.info("learnware %s (%s) is %s %s", record.id, record.name, status.value, reason)
+    def _owned(self, sha256: str) -> bool:
+        return self.store.find_by_package(sha256) is not None
+
+    def _recheck(self, record: LearnwareRecord) -> LearnwareRecord:
+        """Judge a PENDING learnware again from its stored package, as an upload is."""
+        key = self.store.get_key(record.contributor_key_id)
+        if key is None:
+            return self.store.set_status(record.id, Status.REJECTED, "contributor key unknown")
+        with scratch_dir(self.blobs.root / "work") as workdir:
+            source = self.blobs.path_of(record.package_sha256)
+            package = unpack_tar(source, workdir / "package", limits=self.limits.package)
+            return self._conclude(record, self.checker.check(package, key.public_key))
+
+    def _conclude(self, record: LearnwareRecord, judgment: Judgment) -> LearnwareRecord:
+        """PENDING -> the judgment's status; publish when USABLE."""
+        updated = self.store.set_status(record.id, judgment.status, judgment.reason)
+        if judgment.status is Status.USABLE:
+            self._publish(updated, judgment.specs)
+        log.info(
+            "learnware %s (%s) is %s %s",
+            record.id,
+            record.name,
+            updated.status.value,
+            judgment.reason,
+        )
         return updated
-
-    def _smoke(self, record: LearnwareRecord, package_dir: Path | None) -> tuple[bool, str]:
-        base = self.base_models.get(record.base_model_id)
-        if base is None:
-            return False, f"base model {record.base_model_id} is no longer accepted"
-        if package_dir is not None:
-            result = run_smoke(package_dir, base, self.home, timeout_s=self.smoke_timeout_s)
-            return result.ok, result.reason
-        from shared.learnware import unpack_tar
-
-        scratch = self.blobs.root / "work" / f"recheck-{record.id}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            unpack_tar(
-                self.blobs.path_of(record.package_sha256), scratch, limits=self.limits.package
-            )
-            result = run_smoke(scratch, base, self.home, timeout_s=self.smoke_timeout_s)
-            return result.ok, result.reason
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     # ------------------------------------------------------------------ read side
     def get(self, caller: Caller, learnware_id: str) -> LearnwareRecord:
@@ -286,12 +262,13 @@ class Market:
         self, caller: Caller, query: Specification, top_k: int, flt: LearnwareFilter
     ) -> list[SearchHit]:
         schema = self.schema.for_kind(query.kind)
-        query.check_against(schema)
+        query.check_against(schema)  # the one check of the query: the index trusts it
         k = min(top_k or self.limits.default_top_k, self.limits.max_top_k)
         # No market lock here: the index has its own readers-writer lock, so searches run
         # in parallel. A learnware withdrawn between the index answer and this lookup is
         # simply dropped from the answer.
-        hits = self.indexes[query.kind].search(query, k, self._allowed(flt))
+        point = to_index_point(query)
+        hits = self.indexes[query.kind].search_point(point, k, self._allowed(flt))
         found = [(self._usable.get(h.key), h) for h in hits]
         kept = [(r, h) for r, h in found if r is not None]
         return [
@@ -316,9 +293,7 @@ class Market:
             if all(getattr(r, name) == value for name, value in active)
         }
 
-    def fetch(
-        self, caller: Caller, learnware_id: str, offset: int
-    ) -> tuple[LearnwareRecord, KeyRecord, Iterator[tuple[int, bytes]]]:
+    def fetch(self, caller: Caller, learnware_id: str, offset: int) -> Download:
         record = self.store.get(learnware_id)
         self._check_visible(caller, record)
         if offset < 0 or offset > record.package_size:
@@ -333,7 +308,7 @@ class Market:
                 f"the contributor key {key.key_id} ({key.name}) of learnware {learnware_id} "
                 "was revoked: its signature can no longer be trusted"
             )
-        return record, key, self._chunks(record, offset)
+        return Download(record, key, self._chunks(record, offset))
 
     def _chunks(self, record: LearnwareRecord, offset: int) -> Iterator[tuple[int, bytes]]:
         step = self.limits.max_chunk_bytes
@@ -365,12 +340,13 @@ class Market:
         )
         return updated
 
-    def stats(self) -> dict[str, Any]:
-        stats = dict(self.store.stats())
+    def stats(self) -> MarketStats:
         shas = list(self.blobs.iter_shas())
-        stats["blob_count"] = len(shas)
-        stats["blob_bytes"] = sum(self.blobs.size(s) for s in shas)
-        stats["uptime_s"] = (datetime.now(UTC) - self.started_at).total_seconds()
-        stats["started_at"] = self.started_at
-        stats["indexed"] = {kind: len(index) for kind, index in self.indexes.items()}
-        return stats
+        return MarketStats(
+            store=self.store.stats(),
+            blob_count=len(shas),
+            blob_bytes=sum(self.blobs.size(s) for s in shas),
+            indexed={kind: len(index) for kind, index in self.indexes.items()},
+            started_at=self.started_at,
+            uptime_s=(datetime.now(UTC) - self.started_at).total_seconds(),
+        )

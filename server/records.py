@@ -7,8 +7,12 @@ them to rows, the handlers to protobuf messages.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from shared.errors import SpecError
+from shared.spec.record import Specification, specs_from_bytes
 
 
 class Status(enum.StrEnum):
@@ -40,16 +44,31 @@ class KeyRecord:
 
 @dataclass(frozen=True)
 class SpecRecord:
-    """One spec of a learnware as stored: the spec file's bytes for one kind."""
+    """One spec of a learnware as stored, by kind.
+
+    ``spec_bytes`` is the package's spec file as the contributor sent it (the
+    ``shared.spec.record`` format, never re-encoded): it may also hold the learnware's specs
+    of other kinds, so readers take the one of ``kind`` (``spec``).
+    """
 
     kind: str
     schema_id: str
     dim: int
-    spec_bytes: bytes  # a single-spec safetensors file (shared.spec.record format)
+    spec_bytes: bytes
+
+    def spec(self) -> Specification:
+        """The spec of ``kind`` in ``spec_bytes``, parsed (SpecError if it is not there)."""
+        for spec in specs_from_bytes(self.spec_bytes):
+            if spec.kind == self.kind:
+                return spec
+        raise SpecError(f"the stored spec file holds no {self.kind} spec")
 
 
 @dataclass(frozen=True)
 class LearnwareRecord:
+    """A learnware as the market keeps it: the manifest's searchable fields, who signed it,
+    where it is in its life cycle, and its package's identity (the blob's sha256)."""
+
     id: str
     name: str
     domain: str
@@ -88,3 +107,30 @@ class LearnwareFilter:
 class Page:
     items: tuple[LearnwareRecord, ...]
     next_page_token: str  # "" when there is no further page
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What the database counts. ``by_status`` has every status (zeros included),
+    ``keys_by_role`` every role (active keys only); ``package_bytes`` sums stored packages."""
+
+    learnwares: int
+    by_status: Mapping[str, int]
+    by_domain: Mapping[str, int]
+    specs_by_kind: Mapping[str, int]
+    keys_by_role: Mapping[str, int]
+    keys_revoked: int
+    package_bytes: int
+    events: int
+
+
+@dataclass(frozen=True)
+class MarketStats:
+    """``lwm server stats``: the database's counts plus this server's blobs, index and uptime."""
+
+    store: StoreStats
+    blob_count: int
+    blob_bytes: int
+    indexed: Mapping[str, int]  # specs in the search index, by kind
+    started_at: datetime
+    uptime_s: float

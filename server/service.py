@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import grpc
 
 from server import convert
 from server.auth import MARKET_ROLES, Authenticator, Caller, abort_with, market_method
 from server.market import Market
-from server.records import LearnwareRecord, Role
-from server.submission import Header
+from server.records import LearnwareRecord
 from shared.errors import InvalidInput, LwmError
 from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
 from shared.proto import market_pb2_grpc
 
 log = logging.getLogger("lwm.service")
+T = TypeVar("T")
 
 
 class MarketService(market_pb2_grpc.MarketServicer):
@@ -34,8 +35,9 @@ class MarketService(market_pb2_grpc.MarketServicer):
         self._infos: dict[str, tuple[object, pb.LearnwareInfo]] = {}
 
     def _info(self, record: LearnwareRecord) -> pb.LearnwareInfo:
-        """LearnwareInfo of a record, cached by (id, updated_at): parsing and validating
-        the manifest for every search hit would dominate Search latency."""
+        """LearnwareInfo of a record, cached by (id, updated_at): each stored manifest is
+        parsed once per version in this process (for every search hit it would dominate
+        Search latency)."""
         cached = self._infos.get(record.id)
         if cached is not None and cached[0] == record.updated_at:
             return cached[1]
@@ -60,87 +62,65 @@ class MarketService(market_pb2_grpc.MarketServicer):
     def _caller(self, context: grpc.ServicerContext, name: str) -> Caller:
         return self.auth.require(context, market_method(name), MARKET_ROLES[name])
 
+    def _answer(self, context: grpc.ServicerContext, name: str, handle: Callable[[Caller], T]) -> T:
+        """Authenticate for method ``name``, then ``handle(caller)`` inside ``_guard``."""
+        with self._guard(context):
+            return handle(self._caller(context, name))
+        raise AssertionError("unreachable")  # _guard aborts, which raises
+
     def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.Schema:
         return self._schema
 
     def Submit(
         self, request_iterator: Iterable[pb.SubmitRequest], context: grpc.ServicerContext
     ) -> pb.SubmitResponse:
-        with self._guard(context):
-            caller = self._caller(context, "Submit")
+        def handle(caller: Caller) -> pb.SubmitResponse:
             messages = iter(request_iterator)
-            first = next(messages, None)
-            if first is None or first.WhichOneof("msg") != "header":
-                raise InvalidInput("a Submit stream must start with a header")
-            h = first.header
-            header = Header(
-                h.manifest_json, h.signature, h.contributor_key_id, h.total_size, h.sha256
-            )
+            header = convert.header_from_pb(next(messages, None))
             record = self.market.submit(caller, header, _chunks(messages))
             return pb.SubmitResponse(
-                id=record.id, status=convert.learnware_to_pb(record).status, reason=record.reason
+                id=record.id, status=convert.status_to_pb(record.status), reason=record.reason
             )
-        raise AssertionError("unreachable")
+
+        return self._answer(context, "Submit", handle)
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.LearnwareInfo:
-        with self._guard(context):
-            caller = self._caller(context, "Get")
-            return convert.learnware_to_pb(self.market.get(caller, request.id))
-        raise AssertionError("unreachable")
+        return self._answer(
+            context,
+            "Get",
+            lambda caller: self._info(self.market.get(caller, request.id)),
+        )
 
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
-        with self._guard(context):
-            caller = self._caller(context, "List")
+        def handle(caller: Caller) -> pb.ListResponse:
             flt = convert.filter_from_pb(request)
             page = self.market.list_page(caller, flt, request.page_size, request.page_token)
             return pb.ListResponse(
-                learnwares=[convert.learnware_to_pb(r) for r in page.items],
+                learnwares=[self._info(r) for r in page.items],
                 next_page_token=page.next_page_token,
             )
-        raise AssertionError("unreachable")
+
+        return self._answer(context, "List", handle)
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
-        with self._guard(context):
-            caller = self._caller(context, "Search")
+        def handle(caller: Caller) -> pb.SearchResponse:
             query = convert.query_spec_from_pb(request.spec)
             hits = self.market.search(caller, query, request.top_k, convert.filter_from_pb(request))
             return pb.SearchResponse(
-                results=[
-                    pb.SearchResult(
-                        learnware=self._info(h.record),
-                        score=h.score,
-                        distance=h.distance,
-                        why=pb.Why(
-                            kind=h.kind,
-                            schema_id=h.schema_id,
-                            rank=h.rank,
-                            text=f"{h.kind} distance {h.distance:.5f} to the query's spec",
-                        ),
-                    )
-                    for h in hits
-                ]
+                results=[convert.search_hit_to_pb(h, self._info(h.record)) for h in hits]
             )
-        raise AssertionError("unreachable")
+
+        return self._answer(context, "Search", handle)
 
     def Fetch(
         self, request: pb.FetchRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchChunk]:
         with self._guard(context):
             caller = self._caller(context, "Fetch")
-            record, key, chunks = self.market.fetch(caller, request.id, request.offset)
-            yield pb.FetchChunk(
-                header=pb.FetchHeader(
-                    id=record.id,
-                    total_size=record.package_size,
-                    sha256=record.package_sha256,
-                    manifest_json=record.manifest_json,
-                    signature=record.signature,
-                    contributor_key_id=record.contributor_key_id,
-                    contributor_public_key=key.public_key,
-                    info=convert.learnware_to_pb(record),
-                )
-            )
-            for offset, data in chunks:
+            download = self.market.fetch(caller, request.id, request.offset)
+            info = self._info(download.record)
+            yield pb.FetchChunk(header=convert.fetch_header_to_pb(download, info))
+            for offset, data in download.chunks:
                 if not context.is_active():
                     return
                 yield pb.FetchChunk(chunk=pb.Chunk(offset=offset, data=data))
@@ -148,58 +128,42 @@ class MarketService(market_pb2_grpc.MarketServicer):
     def Withdraw(
         self, request: pb.WithdrawRequest, context: grpc.ServicerContext
     ) -> pb.LearnwareInfo:
-        with self._guard(context):
-            caller = self._caller(context, "Withdraw")
-            return convert.learnware_to_pb(self.market.withdraw(caller, request.id, request.reason))
-        raise AssertionError("unreachable")
+        def handle(caller: Caller) -> pb.LearnwareInfo:
+            return self._info(self.market.withdraw(caller, request.id, request.reason))
+
+        return self._answer(context, "Withdraw", handle)
 
     def RegisterKey(
         self, request: pb.RegisterKeyRequest, context: grpc.ServicerContext
     ) -> pb.KeyInfo:
-        with self._guard(context):
-            self._caller(context, "RegisterKey")
+        def handle(_: Caller) -> pb.KeyInfo:
             role = convert.role_from_pb(request.role)
             return convert.key_to_pb(
                 self.market.register_key(request.public_key, role, request.name)
             )
-        raise AssertionError("unreachable")
+
+        return self._answer(context, "RegisterKey", handle)
 
     def RevokeKey(self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
-        with self._guard(context):
-            caller = self._caller(context, "RevokeKey")
-            if request.key_id == caller.key_id and caller.role is Role.ADMIN:
-                raise InvalidInput(
-                    "an admin cannot revoke its own key (lock-out); use another admin"
-                )
-            return convert.key_to_pb(self.market.revoke_key(request.key_id))
-        raise AssertionError("unreachable")
+        return self._answer(
+            context,
+            "RevokeKey",
+            lambda caller: convert.key_to_pb(
+                self.market.revoke_key(caller, request.key_id, request.reason)
+            ),
+        )
 
     def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.ServicerContext
     ) -> pb.ListKeysResponse:
-        with self._guard(context):
-            self._caller(context, "ListKeys")
-            keys = self.market.store.list_keys(include_revoked=request.include_revoked)
+        def handle(_: Caller) -> pb.ListKeysResponse:
+            keys = self.market.list_keys(include_revoked=request.include_revoked)
             return pb.ListKeysResponse(keys=[convert.key_to_pb(k) for k in keys])
-        raise AssertionError("unreachable")
+
+        return self._answer(context, "ListKeys", handle)
 
     def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.Stats:
-        with self._guard(context):
-            self._caller(context, "GetStats")
-            s = self.market.stats()
-            return pb.Stats(
-                learnwares_by_status={k: int(v) for k, v in s["by_status"].items()},
-                learnwares_by_kind={k: int(v) for k, v in s["specs_by_kind"].items()},
-                learnwares_by_domain={k: int(v) for k, v in s["by_domain"].items()},
-                learnwares_total=int(s["learnwares"]),
-                blob_bytes=int(s["blob_bytes"]),
-                blob_count=int(s["blob_count"]),
-                keys_total=int(sum(s["keys_by_role"].values())),
-                uptime_s=float(s["uptime_s"]),
-                started_at=convert.timestamp(s["started_at"]),
-                server_version="0.1.0",
-            )
-        raise AssertionError("unreachable")
+        return self._answer(context, "GetStats", lambda _: convert.stats_to_pb(self.market.stats()))
 
 
 def _chunks(messages: Iterator[pb.SubmitRequest]) -> Iterator[tuple[int, bytes]]:

@@ -47,6 +47,7 @@ from server.records import (
     Role,
     SpecRecord,
     Status,
+    StoreStats,
 )
 from shared.errors import AlreadyExists, InvalidInput, NotFound
 
@@ -287,15 +288,21 @@ class Store:
         except DbIntegrityError:
             raise AlreadyExists(f"key {record.key_id} is already registered") from None
 
-    def revoke_key(self, key_id: str) -> KeyRecord:
-        """Mark a key revoked (idempotent). NotFound if it was never registered."""
+    def revoke_key(self, key_id: str, reason: str = "", *, by: str | None = None) -> KeyRecord:
+        """Mark a key revoked (idempotent). NotFound if it was never registered.
+
+        The audit trail keeps the ``reason`` and who revoked it (``by``, a key id); the
+        keys table has no column for them."""
         with self._writing() as session:
             row = session.get(KeyRow, key_id)
             if row is None:
                 raise NotFound(f"no key {key_id!r} is registered")
             if not row.revoked:
                 row.revoked = True
-                _event(session, "key.revoke", None, key_id, f"role={row.role} name={row.name}")
+                detail = f"role={row.role} name={row.name}" + (f" by={by}" if by else "")
+                _event(
+                    session, "key.revoke", None, key_id, detail + (f": {reason}" if reason else "")
+                )
             return row.to_record()
 
     def get_key(self, key_id: str) -> KeyRecord | None:
@@ -337,11 +344,8 @@ class Store:
                 for r in session.scalars(query)
             )
 
-    def stats(self) -> dict[str, Any]:
-        """Counts for ``lwm server stats``, JSON-ready:
-        ``learnwares``, ``by_status`` (every status, zeros included), ``by_domain``,
-        ``specs_by_kind``, ``keys_by_role`` (active keys, every role), ``keys_revoked``,
-        ``package_bytes`` (sum over stored packages), ``events``."""
+    def stats(self) -> StoreStats:
+        """Counts for ``lwm server stats`` (see ``StoreStats``)."""
         with self._reading() as session:
             by_status = _counts(session, LearnwareRow.status)
             keys = session.execute(
@@ -349,21 +353,21 @@ class Store:
                     KeyRow.role, KeyRow.revoked
                 )
             ).all()
-            return {
-                "learnwares": sum(by_status.values()),
-                "by_status": {str(s): by_status.get(s, 0) for s in Status},
-                "by_domain": _counts(session, LearnwareRow.domain),
-                "specs_by_kind": _counts(session, SpecRow.kind),
-                "keys_by_role": {
+            return StoreStats(
+                learnwares=sum(by_status.values()),
+                by_status={str(s): by_status.get(s, 0) for s in Status},
+                by_domain=_counts(session, LearnwareRow.domain),
+                specs_by_kind=_counts(session, SpecRow.kind),
+                keys_by_role={
                     str(r): sum(n for role, rev, n in keys if role == r and not rev) for r in Role
                 },
-                "keys_revoked": sum(n for _, rev, n in keys if rev),
-                "package_bytes": int(
+                keys_revoked=sum(n for _, rev, n in keys if rev),
+                package_bytes=int(
                     session.scalar(select(func.coalesce(func.sum(LearnwareRow.package_size), 0)))
                     or 0
                 ),
-                "events": session.scalar(select(func.count()).select_from(EventRow)) or 0,
-            }
+                events=session.scalar(select(func.count()).select_from(EventRow)) or 0,
+            )
 
 
 # ---- helpers ------------------------------------------------------------------------

@@ -1,29 +1,44 @@
-"""Receiving one upload: header checks, streamed bytes to a blob, unpack, static checks.
+"""The steps of receiving one upload, in the order ``Market.submit`` runs them.
 
-The order is what makes a submission atomic. Bytes go to a temp file that becomes a blob
-only when size and sha256 match; the package is unpacked into a private temp folder and
-checked there; only a package that passed every static check is ever inserted in the
-database (as PENDING), and only then is it visible. A failure at any step removes the blob
-(unless another learnware already owns the same bytes) and the temp folder; a crash leaves
-at worst an orphan blob, which ``BlobStore.gc`` removes at the next start.
+1. ``check_header``: cheap checks before any byte is stored; parses the manifest, and the
+   later steps use that parse (``Upload``). Only ``verify_package``, inside the static
+   checks, reads the package's own copy again (byte-identical, ``unpack`` made sure), as
+   every verifier of a package does.
+2. ``receive``: the chunks into a blob; contiguous offsets, size and sha256 must all match.
+3. ``unpack``: the blob into a private folder; it must be the canonical tar of the header's
+   manifest and signature. Then the ``Checker``'s static checks (``server/checker.py``).
+4. ``pending_record``: what the store inserts, as PENDING, with the spec file as received.
+5. The ``Checker``'s judgment (the smoke run): PENDING -> USABLE or REJECTED.
+
+The order is what makes a submission atomic (DESIGN §6). Bytes go to a temp file that
+becomes a blob only when size and sha256 match; the package is unpacked into a private
+folder (``scratch_dir``) and checked there; only a package that passed every static check
+is ever inserted in the database, and only then is it visible. ``BlobStore.provisional``
+owns the blob from step 2 to step 4: a failure removes it (unless another learnware owns the
+same bytes); a crash leaves at worst an orphan blob, which ``BlobStore.gc`` removes at the
+next start.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from server.blobs import BlobRef, BlobStore
-from server.checker import AcceptedBase, StaticResult, check_static
+from server.checker import StaticResult
+from server.records import KeyRecord, LearnwareRecord, SpecRecord, Status
 from server.settings import Limits
 from shared.errors import IntegrityError, InvalidInput, PermissionDenied, ResourceExhausted
-from shared.learnware import Manifest, unpack_tar, write_tar
-from shared.spec.schema import MarketSchema
+from shared.learnware import Manifest, PackageLimits, unpack_tar, write_tar
+
+_DESCRIPTION = ("name", "domain", "task", "description", "license")
+"""Manifest fields a learnware's record keeps as they are (search filters and listings)."""
 
 
 @dataclass(frozen=True)
@@ -36,33 +51,17 @@ class Header:
 
 
 @dataclass(frozen=True)
-class Received:
-    """A stored, unpacked and statically checked upload (the caller owns ``workdir``)."""
+class Upload:
+    """A header that passed ``check_header``, with what it was checked against: the parsed
+    manifest (later steps use this one) and the uploader's registered key."""
 
-    blob: BlobRef
-    static: StaticResult
-    workdir: Path
-
-    @property
-    def package_dir(self) -> Path:
-        return self.workdir / "package"
-
-
-_sha_locks: dict[str, threading.Lock] = {}
-_sha_locks_guard = threading.Lock()
-
-
-@contextmanager
-def sha_lock(sha256: str) -> Iterator[None]:
-    """Serialise uploads of identical bytes so a failing one never deletes the other's blob."""
-    with _sha_locks_guard:
-        lock = _sha_locks.setdefault(sha256, threading.Lock())
-    with lock:
-        yield
+    header: Header
+    manifest: Manifest
+    contributor: KeyRecord
 
 
 def check_header(header: Header, caller_key_id: str, limits: Limits) -> Manifest:
-    """Cheap checks before any byte is stored."""
+    """Cheap checks before any byte is stored; returns the header's manifest, parsed."""
     if len(header.manifest_json) > limits.package.max_manifest_bytes:
         raise ResourceExhausted(
             f"manifest is {len(header.manifest_json)} bytes, the limit is "
@@ -88,7 +87,7 @@ def check_header(header: Header, caller_key_id: str, limits: Limits) -> Manifest
     return manifest
 
 
-def store_stream(
+def receive(
     blobs: BlobStore, header: Header, chunks: Iterable[tuple[int, bytes]], limits: Limits
 ) -> BlobRef:
     """Write the chunks to a blob; contiguous offsets, sizes and sha256 must all match."""
@@ -110,34 +109,54 @@ def store_stream(
         return writer.commit(expected_sha256=header.sha256, expected_size=header.total_size)
 
 
-def unpack_and_check(
-    blob: BlobRef,
-    header: Header,
-    market: MarketSchema,
-    base_models: dict[str, AcceptedBase],
-    limits: Limits,
-    contributor_key: bytes,
-    scratch: Path,
-) -> Received:
-    """Unpack the stored tar privately and run the static checks; cleans up on failure."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="submit-", dir=scratch))
+@contextmanager
+def scratch_dir(parent: Path) -> Iterator[Path]:
+    """A private folder under ``parent`` for one package, removed on the way out."""
+    parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="submit-", dir=parent))
     try:
-        package = unpack_tar(blob.path, workdir / "package", limits=limits.package)
-        if (package / "manifest.json").read_bytes() != header.manifest_json:
-            raise IntegrityError("manifest.json: the package's manifest differs from the header's")
-        if (package / "signature").read_bytes() != header.signature:
-            raise IntegrityError("signature: the package's signature differs from the header's")
-        if _canonical_sha256(package) != blob.sha256:
-            raise InvalidInput(
-                "the upload is not the canonical tar of its package (use pack_tar): "
-                "the same learnware must always have the same bytes"
-            )
-        static = check_static(package, market, base_models, limits.package, contributor_key)
-        return Received(blob, static, workdir)
-    except BaseException:
+        yield workdir
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise
+
+
+def unpack(blob: BlobRef, header: Header, workdir: Path, limits: PackageLimits) -> Path:
+    """Unpack the stored tar into ``workdir/package``; it must be what the header announced."""
+    package = unpack_tar(blob.path, workdir / "package", limits=limits)
+    if (package / "manifest.json").read_bytes() != header.manifest_json:
+        raise IntegrityError("manifest.json: the package's manifest differs from the header's")
+    if (package / "signature").read_bytes() != header.signature:
+        raise IntegrityError("signature: the package's signature differs from the header's")
+    if _canonical_sha256(package) != blob.sha256:
+        raise InvalidInput(
+            "the upload is not the canonical tar of its package (use pack_tar): "
+            "the same learnware must always have the same bytes"
+        )
+    return package
+
+
+def pending_record(upload: Upload, blob: BlobRef, static: StaticResult) -> LearnwareRecord:
+    """The learnware as the store inserts it: PENDING, its spec file stored as received."""
+    manifest, now = upload.manifest, datetime.now(UTC)
+    return LearnwareRecord(
+        id=uuid.uuid4().hex,
+        **{name: getattr(manifest, name) for name in _DESCRIPTION},
+        base_model_id=manifest.base_model.model_id,
+        base_model_sha256=manifest.base_model.sha256,
+        contributor_key_id=upload.contributor.key_id,
+        contributor_name=upload.contributor.name,
+        status=Status.PENDING,
+        reason="",
+        package_sha256=blob.sha256,
+        package_size=blob.size,
+        manifest_json=upload.header.manifest_json,
+        signature=upload.header.signature,
+        created_at=now,
+        updated_at=now,
+        specs=tuple(
+            SpecRecord(s.kind, s.schema_id, s.dim, static.spec_bytes) for s in static.specs
+        ),
+    )
 
 
 class _Discard:

@@ -39,7 +39,7 @@ class MarketUnderTest:
         return len(list(self.running.market.blobs.iter_shas()))
 
     def learnware_count(self) -> int:
-        return int(self.running.market.store.stats()["learnwares"])
+        return self.running.market.store.stats().learnwares
 
 
 @contextmanager

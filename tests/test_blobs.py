@@ -228,3 +228,36 @@ def test_cleanup_temp_after_a_killed_upload(blobs: BlobStore) -> None:
     assert removed == 1
     assert list(blobs.temp_dir.iterdir()) == []
     assert list(blobs.iter_shas()) == [kept.sha256]
+
+
+def test_a_failed_provisional_upload_removes_its_blob_unless_owned(blobs: BlobStore) -> None:
+    kept, dropped = blobs.put_bytes(b"owned elsewhere"), blobs.put_bytes(b"nobody's")
+    owners = {kept.sha256}
+
+    for ref in (kept, dropped):
+        with pytest.raises(RuntimeError), blobs.provisional(ref.sha256, owners.__contains__):
+            raise RuntimeError("a later check failed")
+
+    assert blobs.exists(kept.sha256) and not blobs.exists(dropped.sha256)
+    with blobs.provisional(dropped.sha256, owners.__contains__):
+        pass  # success keeps whatever the block stored
+    assert len(blobs._uploads) == 0  # no lock outlives its uploads
+
+
+def test_provisional_serialises_uploads_of_the_same_bytes(blobs: BlobStore) -> None:
+    sha256, inside, most = sha(b"same"), [0], [0]
+
+    def upload() -> None:
+        with blobs.provisional(sha256, lambda _: True):
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=upload) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert most[0] == 1 and len(blobs._uploads) == 0

@@ -31,7 +31,7 @@ from builders import (
     write_specs,
 )
 
-from server.checker import AcceptedBase, Checker, Verdict, check_static, describe_base_models
+from server.checker import AcceptedBase, Checker, Judgment, check_static, describe_base_models
 from server.records import Status
 from server.smoke import run_smoke
 from shared import signing
@@ -94,11 +94,11 @@ def copy_package(kit: Kit, tmp_path: Path) -> Path:
     return Path(shutil.copytree(kit.package, tmp_path / "copy"))
 
 
-def assert_rejected(verdict: Verdict, error: type[LwmError], pattern: str) -> None:
-    assert verdict.status is Status.REJECTED, verdict
-    assert isinstance(verdict.error, error), verdict.error
-    assert re.search(pattern, verdict.reason), verdict.reason
-    assert "\n" not in verdict.reason
+def assert_rejected(judgment: Judgment, error: type[LwmError], pattern: str) -> None:
+    assert judgment.status is Status.REJECTED, judgment
+    assert isinstance(judgment.error, error), judgment.error
+    assert re.search(pattern, judgment.reason), judgment.reason
+    assert "\n" not in judgment.reason
 
 
 # ---------------------------------------------------------------- accepted
@@ -108,15 +108,15 @@ def test_good_package_is_usable_after_a_real_smoke_run(kit: Kit) -> None:
     checker = kit.checker(smoke_timeout_s=120)
 
     start = time.monotonic()
-    verdict = checker.check(kit.package, signing.public_key_bytes(kit.public))
+    judgment = checker.check(kit.package, signing.public_key_bytes(kit.public))
     wall = time.monotonic() - start
 
-    assert verdict.status is Status.USABLE, verdict.reason
-    assert verdict.reason == "" and verdict.error is None
-    assert verdict.manifest == kit.manifest
-    assert [s.kind for s in verdict.specs] == ["rkme"]
-    assert verdict.smoke is not None and len(verdict.smoke.tokens) == 4
-    print(f"\ncheck with smoke run: {wall:.2f} s (subprocess {verdict.smoke.seconds:.2f} s)")
+    assert judgment.status is Status.USABLE, judgment.reason
+    assert judgment.reason == "" and judgment.error is None
+    assert judgment.manifest == kit.manifest
+    assert [s.kind for s in judgment.specs] == ["rkme"]
+    assert judgment.smoke is not None and len(judgment.smoke.tokens) == 4
+    print(f"\ncheck with smoke run: {wall:.2f} s (subprocess {judgment.smoke.seconds:.2f} s)")
 
 
 def test_static_result_names_the_lora_modules_and_rank(kit: Kit) -> None:
@@ -129,13 +129,24 @@ def test_static_result_names_the_lora_modules_and_rank(kit: Kit) -> None:
     assert result.base.ref == kit.manifest.base_model
 
 
+def test_the_two_stages_the_market_runs_apart_make_one_judgment(kit: Kit) -> None:
+    checker = kit.checker(run_smoke=False)
+
+    static = checker.check_static(kit.package, kit.public)
+    judgment = checker.judge(kit.package, static)
+
+    assert judgment.status is Status.USABLE and judgment.manifest == static.manifest
+    assert [s.kind for s in judgment.specs] == [s.kind for s in static.specs] == ["rkme"]
+    assert static.spec_bytes == (kit.package / SPEC).read_bytes()  # stored as received
+
+
 def test_static_checks_alone_are_fast(kit: Kit) -> None:
     checker = kit.checker(run_smoke=False)
 
-    verdict = checker.check(kit.package, kit.public)
+    judgment = checker.check(kit.package, kit.public)
 
-    assert verdict.status is Status.USABLE and verdict.smoke is None
-    assert verdict.seconds < 2.0
+    assert judgment.status is Status.USABLE and judgment.smoke is None
+    assert judgment.seconds < 2.0
 
 
 def test_dora_adapter_passes_the_static_checks(kit: Kit, tmp_path: Path) -> None:
@@ -148,9 +159,9 @@ def test_dora_adapter_passes_the_static_checks(kit: Kit, tmp_path: Path) -> None
         private_key=kit.private,
     )
 
-    verdict = kit.checker(run_smoke=False).check(package, kit.public)
+    judgment = kit.checker(run_smoke=False).check(package, kit.public)
 
-    assert verdict.status is Status.USABLE, verdict.reason
+    assert judgment.status is Status.USABLE, judgment.reason
 
 
 def test_an_unknown_config_option_passes_while_it_is_off(kit: Kit, tmp_path: Path) -> None:
@@ -159,9 +170,9 @@ def test_an_unknown_config_option_passes_while_it_is_off(kit: Kit, tmp_path: Pat
     )
     package = rebuild_learnware(kit.package, tmp_path / "lw", kit.private, config=config)
 
-    verdict = kit.checker(run_smoke=False).check(package, kit.public)
+    judgment = kit.checker(run_smoke=False).check(package, kit.public)
 
-    assert verdict.status is Status.USABLE, verdict.reason
+    assert judgment.status is Status.USABLE, judgment.reason
 
 
 def test_base_model_info_records_linear_and_embedding_shapes(kit: Kit) -> None:
@@ -363,10 +374,10 @@ def test_bad_but_signed_package_is_rejected_with_a_reason(
     make, error, pattern = STATIC_CASES[case]
     package = make(kit, tmp_path)
 
-    verdict = kit.checker(run_smoke=False).check(package, kit.public)
+    judgment = kit.checker(run_smoke=False).check(package, kit.public)
 
-    assert_rejected(verdict, error, pattern)
-    assert verdict.manifest is not None  # it verified: the server may show what was refused
+    assert_rejected(judgment, error, pattern)
+    assert judgment.manifest is not None  # it verified: the server may show what was refused
     with pytest.raises(error):
         check_static(package, kit.market, kit.bases, PackageLimits(), kit.public)
 
@@ -382,35 +393,35 @@ def test_one_flipped_byte_is_rejected(kit: Kit, tmp_path: Path, name: str, index
     package = copy_package(kit, tmp_path)
     flip_byte(package / name, index)
 
-    verdict = kit.checker().check(package, kit.public)
+    judgment = kit.checker().check(package, kit.public)
 
-    assert_rejected(verdict, IntegrityError, re.escape(name) if name != SIGNATURE else "signature")
-    assert verdict.manifest is None and verdict.smoke is None
+    assert_rejected(judgment, IntegrityError, re.escape(name) if name != SIGNATURE else "signature")
+    assert judgment.manifest is None and judgment.smoke is None
 
 
 def test_pickle_bearing_package_is_rejected(kit: Kit, tmp_path: Path) -> None:
     package = copy_package(kit, tmp_path)
     torch.save({"lora": torch.zeros(1)}, package / "adapter_model.bin")
 
-    verdict = kit.checker().check(package, kit.public)
+    judgment = kit.checker().check(package, kit.public)
 
-    assert_rejected(verdict, IntegrityError, r"'adapter_model\.bin': pickle-like file refused")
+    assert_rejected(judgment, IntegrityError, r"'adapter_model\.bin': pickle-like file refused")
 
 
 def test_adapter_over_the_size_limit_is_rejected(kit: Kit) -> None:
     checker = Checker(kit.market, kit.bases, kit.home, PackageLimits(max_adapter_bytes=1024))
 
-    verdict = checker.check(kit.package, kit.public)
+    judgment = checker.check(kit.package, kit.public)
 
-    assert_rejected(verdict, ResourceExhausted, r"adapter_model\.safetensors: \d+ bytes, over")
+    assert_rejected(judgment, ResourceExhausted, r"adapter_model\.safetensors: \d+ bytes, over")
 
 
 def test_package_signed_by_another_key_is_rejected(kit: Kit) -> None:
     _, stranger = signing.generate_keypair()
 
-    verdict = kit.checker().check(kit.package, stranger)
+    judgment = kit.checker().check(kit.package, stranger)
 
-    assert_rejected(verdict, IntegrityError, r"signature: does not verify")
+    assert_rejected(judgment, IntegrityError, r"signature: does not verify")
 
 
 # ---------------------------------------------------------------- smoke run
@@ -420,11 +431,11 @@ def test_adapter_with_nan_weights_fails_the_smoke_run(kit: Kit, tmp_path: Path) 
     nan_b = torch.full((32, 4), float("nan"))
     package = set_tensor(f"{V_PROJ}.lora_B.weight", nan_b)(kit, tmp_path)
 
-    verdict = kit.checker(smoke_timeout_s=120).check(package, kit.public)
+    judgment = kit.checker(smoke_timeout_s=120).check(package, kit.public)
 
-    assert_rejected(verdict, InvalidInput, r"^smoke run: logits are not finite")
-    assert verdict.smoke is not None and not verdict.smoke.timed_out
-    assert verdict.manifest is not None and verdict.specs
+    assert_rejected(judgment, InvalidInput, r"^smoke run: logits are not finite")
+    assert judgment.smoke is not None and not judgment.smoke.timed_out
+    assert judgment.manifest is not None and judgment.specs
 
 
 def test_tensors_peft_would_ignore_fail_the_smoke_run(kit: Kit, tmp_path: Path) -> None:
@@ -433,19 +444,19 @@ def test_tensors_peft_would_ignore_fail_the_smoke_run(kit: Kit, tmp_path: Path) 
     Here the regex leaves out the 8 v_proj tensors (A and B of 4 layers)."""
     package = with_config(target_modules=r".*\.q_proj")(kit, tmp_path)
 
-    verdict = kit.checker(smoke_timeout_s=120).check(package, kit.public)
+    judgment = kit.checker(smoke_timeout_s=120).check(package, kit.public)
 
-    assert_rejected(verdict, InvalidInput, r"^smoke run: peft ignored 8 adapter tensor\(s\)")
+    assert_rejected(judgment, InvalidInput, r"^smoke run: peft ignored 8 adapter tensor\(s\)")
 
 
 def test_smoke_run_that_times_out_is_rejected(kit: Kit) -> None:
     checker = kit.checker(smoke_timeout_s=0.5)
 
     start = time.monotonic()
-    verdict = checker.check(kit.package, kit.public)
+    judgment = checker.check(kit.package, kit.public)
 
-    assert_rejected(verdict, ResourceExhausted, r"^smoke run: timed out after 0\.5 s")
-    assert verdict.smoke is not None and verdict.smoke.timed_out
+    assert_rejected(judgment, ResourceExhausted, r"^smoke run: timed out after 0\.5 s")
+    assert judgment.smoke is not None and judgment.smoke.timed_out
     assert time.monotonic() - start < 5.0  # killed, not waited for
 
 

@@ -23,10 +23,20 @@ from builders import (
 )
 from market_fixtures import market_server
 
-from server.records import Role, Status
+from server.auth import Caller
+from server.blobs import BlobStore
+from server.checker import Checker, describe_base_models
+from server.market import Market
+from server.records import LearnwareFilter, Role, Status
+from server.settings import Limits
+from server.store import Store
+from server.submission import Header
+from shared import signing
 from shared.errors import (
+    AlreadyExists,
     InvalidInput,
     LwmError,
+    ModelUnavailable,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -36,6 +46,7 @@ from shared.errors import (
 from shared.learnware import pack_tar
 from shared.models import model_ref
 from shared.proto import market_pb2 as pb
+from shared.spec.schema import MarketSchema
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +363,69 @@ def test_revoking_a_contributor_withdraws_its_learnwares_from_users(world):
     with pytest.raises(LwmError, match="revoked") as excinfo:
         uma.fetch(reply.id, world["tmp"] / "revoked.tar")
     assert excinfo.value.status == "FAILED_PRECONDITION"
+
+
+# ---------------------------------------------------------------- the market without gRPC
+
+
+def direct_market(world, root: Path) -> Market:
+    """A ``Market`` over its own database and blobs (no server), the smoke run off."""
+    home = world["market"].running.market.checker.home
+    bases = describe_base_models(["tiny"], home)
+    checker = Checker(MarketSchema(rkme=world["schema"]), bases, home, run_smoke=False)
+    store = Store.open(f"sqlite:///{root / 'market.db'}")
+    return Market(store, BlobStore(root / "blobs"), checker, Limits())
+
+
+def upload_of(lw: Path, key_id: str) -> tuple[Header, list[tuple[int, bytes]]]:
+    data, step = pack_tar(lw), Limits().max_chunk_bytes
+    header = Header(
+        (lw / "manifest.json").read_bytes(),
+        (lw / "signature").read_bytes(),
+        key_id,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    return header, [(i, data[i : i + step]) for i in range(0, len(data), step)]
+
+
+def test_identical_uploads_at_once_store_one_learnware_and_keep_its_blob(world, tmp_path):
+    market = direct_market(world, tmp_path)
+    public = signing.public_key_bytes(world["alice"].public_key())
+    key = market.register_key(public, Role.CONTRIBUTOR, "alice")
+    caller = Caller(key.key_id, Role.CONTRIBUTOR, "alice")
+    header, chunks = upload_of(package(world), key.key_id)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(market.submit, caller, header, chunks) for _ in range(3)]
+    outcomes = [f.exception() or f.result() for f in futures]
+
+    stored = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(stored) == 1 and stored[0].status is Status.USABLE
+    assert all(isinstance(o, AlreadyExists) for o in outcomes if o not in stored)
+    assert market.blobs.exists(header.sha256) and len(market.blobs._uploads) == 0
+    assert not list((market.blobs.root / "work").iterdir())  # no scratch folder left
+
+
+def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch):
+    market = direct_market(world, tmp_path)
+    public = signing.public_key_bytes(world["alice"].public_key())
+    key = market.register_key(public, Role.CONTRIBUTOR, "alice")
+    header, chunks = upload_of(package(world, seed=777), key.key_id)
+
+    def crash(*_):
+        raise ModelUnavailable("the market lost its base model mid-judgment")
+
+    monkeypatch.setattr(market.checker, "judge", crash)
+    with pytest.raises(ModelUnavailable):
+        market.submit(Caller(key.key_id, Role.CONTRIBUTOR, "alice"), header, chunks)
+    (pending,) = market.store.list().items
+    assert pending.status is Status.PENDING
+
+    restarted = direct_market(world, tmp_path)
+    restarted.start()
+
+    assert restarted.store.get(pending.id).status is Status.USABLE
+    query = random_rkme_spec(world["schema"], seed=777)
+    hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
+    assert [h.record.id for h in hits] == [pending.id]

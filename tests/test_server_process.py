@@ -138,3 +138,53 @@ def test_sigkill_mid_upload_then_restart_is_consistent(tmp_path, lwm_home):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def lwm(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LWM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_admin_commands_and_stats_over_the_wire(tmp_path, lwm_home):
+    layout = init_server_dir(tmp_path / "srv")
+    port = free_port()
+    proc = start_server(layout.dir, port, lwm_home.root)
+    conn = ["--server", f"localhost:{port}", "--key", str(layout.admin_key)]
+    conn += ["--ca", str(layout.ca_cert)]
+    try:
+        _, public = signing.generate_keypair()
+        signing.save_public_key(tmp_path / "alice.pub", public)
+        alice_id = signing.key_id(public)
+
+        pub = str(tmp_path / "alice.pub")
+        bad = lwm(lwm_home.root, "admin", "register-key", pub, "--role", "chief", *conn)
+        registered = lwm(
+            lwm_home.root, "admin", "register-key", pub, "--role", "contributor", *conn
+        )
+        listed = lwm(lwm_home.root, "admin", "list-keys", *conn)
+        revoked = lwm(lwm_home.root, "admin", "revoke-key", pub, "--reason", "stolen", *conn)
+        active = lwm(lwm_home.root, "admin", "list-keys", *conn)
+        every = lwm(lwm_home.root, "admin", "list-keys", "--all", *conn)
+        stats = lwm(lwm_home.root, "server", "stats", "--json", *conn)
+        text = lwm(lwm_home.root, "server", "stats", *conn)
+
+        assert bad.returncode == 2 and "--role must be" in bad.stderr
+        assert registered.returncode == 0, registered.stderr
+        assert f"registered {alice_id} (alice) as contributor" in registered.stdout
+        assert alice_id in listed.stdout and "contributor" in listed.stdout
+        assert f"revoked {alice_id} (alice)" in revoked.stdout
+        assert alice_id not in active.stdout and "admin" in active.stdout
+        assert f"{alice_id}" in every.stdout and "(revoked)" in every.stdout
+        assert stats.returncode == 0, stats.stderr
+        data = json.loads(stats.stdout)
+        assert data["keys_total"] == "1" and data["server_version"] == "0.1.0"
+        assert "keys_total" in text.stdout and "uptime_s" in text.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

@@ -28,6 +28,7 @@ from server.records import (
     Role,
     SpecRecord,
     Status,
+    StoreStats,
 )
 from server.store import TRANSITIONS, Store
 from shared.errors import AlreadyExists, InvalidInput, NotFound
@@ -310,8 +311,11 @@ def test_keys_register_revoke_and_come_back(store: Store) -> None:
     with pytest.raises(AlreadyExists, match="already registered"):
         store.register_key(replace(alice, role=Role.ADMIN))
 
-    revoked = store.revoke_key(alice.key_id)
+    revoked = store.revoke_key(alice.key_id, "key stolen", by="id-root")
     assert revoked.revoked and store.revoke_key(alice.key_id) == revoked  # idempotent
+    assert [e.detail for e in store.events() if e.action == "key.revoke"] == [
+        "role=CONTRIBUTOR name=alice by=id-root: key stolen"
+    ]
     assert [k.name for k in store.list_keys()] == ["bob"]
     assert [k.name for k in store.list_keys(include_revoked=True)] == ["alice", "bob"]
     with pytest.raises(NotFound):
@@ -355,16 +359,16 @@ def test_stats_referenced_blobs_and_events(store: Store) -> None:
 
     stats = store.stats()
 
-    assert stats == {
-        "learnwares": 2,
-        "by_status": {"PENDING": 1, "USABLE": 1, "REJECTED": 0, "WITHDRAWN": 0},
-        "by_domain": {"finance": 1, "medical": 1},
-        "specs_by_kind": {"pave": 1, "rkme": 2},
-        "keys_by_role": {"CONTRIBUTOR": 1, "USER": 0, "ADMIN": 1},
-        "keys_revoked": 1,
-        "package_bytes": 1001 + 1002,
-        "events": 8,
-    }
+    assert stats == StoreStats(
+        learnwares=2,
+        by_status={"PENDING": 1, "USABLE": 1, "REJECTED": 0, "WITHDRAWN": 0},
+        by_domain={"finance": 1, "medical": 1},
+        specs_by_kind={"pave": 1, "rkme": 2},
+        keys_by_role={"CONTRIBUTOR": 1, "USER": 0, "ADMIN": 1},
+        keys_revoked=1,
+        package_bytes=1001 + 1002,
+        events=8,
+    )
     assert store.referenced_blobs() == {f"{1:064x}", f"{2:064x}"}
     newest = store.events(limit=1)[0]
     assert (newest.action, newest.key_id, newest.detail) == (
@@ -401,7 +405,7 @@ def test_threads_add_list_and_update_concurrently(store: Store) -> None:
         thread.join()
 
     assert errors == []
-    assert store.stats()["by_status"]["USABLE"] == 64
+    assert store.stats().by_status["USABLE"] == 64
     assert len(walk(store, LearnwareFilter(status=Status.USABLE), 10)) == 64
 
 
@@ -430,7 +434,7 @@ def test_servers_starting_together_migrate_once(db_url: str, tmp_path: Path) -> 
 
     assert errors == []
     with Store.open(db_url) as store:
-        assert store.stats()["learnwares"] == 0
+        assert store.stats().learnwares == 0
 
 
 def test_open_refuses_unusable_urls_and_makes_the_folder(tmp_path: Path) -> None:
@@ -439,5 +443,5 @@ def test_open_refuses_unusable_urls_and_makes_the_folder(tmp_path: Path) -> None
             Store.open(bad)
 
     with Store.open(f"sqlite:///{tmp_path / 'new' / 'dir' / 'market.db'}") as store:
-        assert store.stats()["learnwares"] == 0
+        assert store.stats().learnwares == 0
     assert (tmp_path / "new" / "dir" / "market.db").is_file()

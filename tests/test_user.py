@@ -27,7 +27,7 @@ from client.user import fetch_learnware, private_search, refuse_revoked, resolve
 from server.records import Role
 from shared import signing
 from shared.data import load_domain, split
-from shared.errors import AlreadyExists, IntegrityError, ModelUnavailable, NotFound
+from shared.errors import AlreadyExists, IntegrityError, LwmError, ModelUnavailable, NotFound
 from shared.learnware import pack_tar
 from shared.models import model_ref
 from shared.privacy import PrivacyBudget
@@ -251,15 +251,18 @@ def test_a_revoked_contributor_key_is_refused(world, lwm_home, tmp_path):
     learnware_id = market.client("carol").submit(lw).id
     carol_id = signing.key_id(carol.public_key())
     market.client("admin").revoke_key(carol_id, "key stolen")
-    # The admin publishes the revoked ids; the market itself still serves the learnware.
-    revoked = {k.key_id for k in market.client("admin").list_keys(True) if k.revoked}
+    # The market refuses to serve it; a user's own list refuses it before any download.
     out = tmp_path / "out"
+    with pytest.raises(LwmError, match=f"contributor key {carol_id} .* was revoked") as refused:
+        fetch_learnware(_uma(world), learnware_id, out, home=lwm_home)
+    assert refused.value.status == "FAILED_PRECONDITION"
+    _nothing_left(out)
+    revoked = {k.key_id for k in market.client("admin").list_keys(True) if k.revoked}
     with pytest.raises(IntegrityError, match=f"{carol_id} is on your revoked-keys list"):
         fetch_learnware(_uma(world), learnware_id, out, home=lwm_home, revoked_keys=revoked)
     _nothing_left(out)
-    info = pb.KeyInfo(key_id=carol_id, revoked=True, revoke_reason="key stolen")
-    with pytest.raises(IntegrityError, match="revoked by the market: key stolen"):
-        refuse_revoked(carol_id, info, ())
+    with pytest.raises(IntegrityError, match="on your revoked-keys list"):
+        refuse_revoked(carol_id, revoked)
 
 
 def test_a_base_model_the_user_lacks_is_refused_before_anything_loads(world, lwm_home, tmp_path):
