@@ -27,8 +27,8 @@ from shared.cli_options import (
 )
 
 if TYPE_CHECKING:
+    from client.evaluate import LearnwareEvaluation
     from client.market import Connection
-    from client.run import LearnwareEvaluation
     from client.user import SearchOutcome
 
 OptServerOpt = Annotated[
@@ -135,17 +135,11 @@ def search(
 
 
 def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
+    head = ("kind", "schema_id", "epsilon", "delta", "n_texts")
+    seconds = (outcome.spec_seconds, outcome.network_seconds, outcome.total_seconds)
     return {
-        "kind": outcome.kind,
-        "schema_id": outcome.schema_id,
-        "epsilon": outcome.epsilon,
-        "delta": outcome.delta,
-        "n_texts": outcome.n_texts,
-        "timing": {
-            "spec_s": outcome.spec_seconds,
-            "network_s": outcome.network_seconds,
-            "total_s": outcome.total_seconds,
-        },
+        **{name: getattr(outcome, name) for name in head},
+        "timing": dict(zip(("spec_s", "network_s", "total_s"), seconds, strict=True)),
         "results": [asdict(m) for m in outcome.matches],
     }
 
@@ -269,7 +263,7 @@ def evaluate(
     home: HomeOpt = None,
 ) -> None:
     """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
-    from client.run import evaluate as run
+    from client.evaluate import evaluate as run
     from shared.data import load_dataset
 
     dataset = load_dataset(data)  # bad data fails before any model loads

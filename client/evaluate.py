@@ -15,6 +15,11 @@ lm-evaluation-harness is not a dependency, so this is a small evaluator with its
   by the label's length in bytes first). The reference responses' token perplexity is
   reported too (it falls out of the same forward passes).
 
+``evaluate`` is the one entry point for a learnware (``lwm evaluate``, the Python API and
+``lwm simulate`` all call it); ``evaluate_model`` scores any causal LM. ``max_words`` is the
+simulation's speed option: each record is cut to its first words (a prompt to its last, the
+question sits at the end of a maths problem; answers stay whole) before scoring.
+
 Nothing here sends anything anywhere. Heavy imports happen inside functions.
 """
 
@@ -24,10 +29,14 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shared.data import Dataset, Record
-from shared.errors import DataError
+from shared.errors import DataError, InvalidInput
+
+if TYPE_CHECKING:
+    from client.run import LoadedLearnware
 
 #: Above this many distinct responses a file is not a closed-label task: accuracy is skipped
 #: and only the responses' perplexity is reported (scoring would cost n x labels passes).
@@ -61,6 +70,58 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class LearnwareEvaluation:
+    """The learnware's scores on the user's data and, when asked, the bare base model's."""
+
+    learnware: Evaluation
+    base: Evaluation | None = None
+
+
+def evaluate(
+    learnware: LoadedLearnware,
+    data: str | Path | Dataset | Sequence[Record],
+    *,
+    with_base: bool = False,
+    batch_size: int = 16,
+    max_labels: int = MAX_LABELS,
+    max_words: int | None = None,
+    progress: bool = False,
+) -> LearnwareEvaluation:
+    """Perplexity (text) or accuracy (labelled data) of the learnware on ``data``, locally.
+
+    ``with_base`` also scores the base model alone (the adapter switched off), the baseline
+    a user compares against. ``max_labels`` and ``max_words``: see ``evaluate_model``.
+    """
+    records = _records(data)
+    model, tokenizer = learnware.active_model(), learnware.tokenizer
+
+    def score() -> Evaluation:
+        return evaluate_model(
+            model,
+            tokenizer,
+            records,
+            batch_size=batch_size,
+            max_labels=max_labels,
+            max_words=max_words,
+            progress=progress,
+        )
+
+    result = score()
+    if not with_base:
+        return LearnwareEvaluation(result)
+    with model.disable_adapter():
+        return LearnwareEvaluation(result, score())
+
+
+def _records(data: str | Path | Dataset | Sequence[Record]) -> list[Record]:
+    if isinstance(data, str | Path):
+        from shared.data import load_dataset
+
+        data = load_dataset(data)
+    return list(data.records if isinstance(data, Dataset) else data)
+
+
+@dataclass(frozen=True)
 class _Item:
     """One scored sequence: ``ids`` in, log-likelihood of ``ids[start:]`` out."""
 
@@ -76,6 +137,7 @@ def evaluate_model(
     batch_size: int = 16,
     max_length: int | None = None,
     max_labels: int = MAX_LABELS,
+    max_words: int | None = None,
     progress: bool = False,
 ) -> Evaluation:
     """Perplexity on text records; accuracy (+ response perplexity) on labelled ones.
@@ -83,12 +145,16 @@ def evaluate_model(
     A file counts as labelled only when every record has a prompt and a response. Texts
     longer than the context are scored in windows; prompts too long are cut from the left.
     ``max_labels`` caps the label set scored for accuracy (each label costs one pass per
-    record): above it only the responses' perplexity is measured.
+    record): above it only the responses' perplexity is measured. ``max_words`` cuts each
+    record first (a text to its first words, a prompt to its last; responses stay whole),
+    which bounds the cost of scoring many models on the same records.
     Raises ``DataError`` for no records or texts that give no tokens.
     """
     records = list(data.records if isinstance(data, Dataset) else data)
     if not records:
         raise DataError("no records to evaluate")
+    if max_words is not None:
+        records = [_clip(r, max_words) for r in records]
     started = time.perf_counter()
     length = max_length or _context_length(model, tokenizer)
     if all(r.is_labelled for r in records):
@@ -96,6 +162,16 @@ def evaluate_model(
     else:
         result = _text(model, tokenizer, records, length, batch_size, progress)
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _clip(record: Record, words: int) -> Record:
+    """``record`` cut to ``words`` words: a text keeps its first, a prompt its last."""
+    if words < 1:
+        raise InvalidInput(f"max_words must be >= 1, got {words}")
+    if record.is_labelled:
+        prompt = " ".join(str(record.prompt).split()[-words:])
+        return Record(prompt=prompt, response=record.response)
+    return Record(text=" ".join(record.full_text.split()[:words]))
 
 
 def _context_length(model: Any, tokenizer: Any) -> int:

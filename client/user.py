@@ -115,13 +115,16 @@ def private_search(
     home: Home | None = None,
     maker: SpecMaker | None = None,
     progress: bool = False,
+    noise_seed: int | None = None,
     **filters: str | None,
 ) -> SearchOutcome:
     """Search the market with a DP spec of ``data`` (a data file, or the texts themselves).
 
     ``kind`` None uses the market's default kind. ``no_dp`` releases a non-private spec
     (callers must warn). ``maker`` reuses loaded models across calls when it holds the
-    market's schema. Filters: ``domain``, ``task``, ``base_model_id``, ``license``.
+    market's schema. ``noise_seed`` fixes the DP noise (reproducible experiments such as
+    ``lwm simulate``; a real user leaves it None, so the noise is fresh every search).
+    Filters: ``domain``, ``task``, ``base_model_id``, ``license``.
     Raises ``SchemaMismatch`` for a kind the market does not take, ``DataError`` for
     unreadable data, ``PrivacyError`` for a bad budget, network errors as ``LwmError``.
     """
@@ -144,7 +147,7 @@ def private_search(
         mark = time.perf_counter()
         if maker is None or maker.schema != schema:
             maker = SpecMaker(schema, home or Home.resolve())
-        spec = maker.make(texts, chosen, budget, progress=progress)
+        spec = maker.make(texts, chosen, budget, progress=progress, noise_seed=noise_seed)
         spec_seconds += time.perf_counter() - mark
         mark = time.perf_counter()
         active = {k: v for k, v in filters.items() if v}
@@ -239,14 +242,25 @@ def resolve_base_model(
 
 
 @dataclass(frozen=True)
-class FetchedLearnware:
-    """A verified learnware folder: signature, hashes and base model all checked."""
+class VerifiedLearnware:
+    """A learnware folder whose files matched its manifest and whose base model is here.
 
-    id: str
+    Only ``fetch_learnware`` (signature, market header) and ``check_folder`` (a folder that
+    was fetched before: hashes, revocation, base model) make one; ``client.run`` loads one
+    without checking it again.
+    """
+
     path: Path
     manifest: Manifest
-    contributor_key_id: str
     base_model: LocalModel
+
+
+@dataclass(frozen=True)
+class FetchedLearnware(VerifiedLearnware):
+    """A freshly fetched folder: signature, hashes and base model all checked."""
+
+    id: str
+    contributor_key_id: str
     package_sha256: str
     package_size: int
 
@@ -298,14 +312,35 @@ def fetch_learnware(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FetchedLearnware(
-        id=learnware_id,
         path=out,
         manifest=package.manifest,
-        contributor_key_id=header.contributor_key_id,
         base_model=base,
+        id=learnware_id,
+        contributor_key_id=header.contributor_key_id,
         package_sha256=header.sha256,
         package_size=header.total_size,
     )
+
+
+def check_folder(
+    folder: str | Path,
+    *,
+    home: Home | None = None,
+    base_model: str | Path | None = None,
+    revoked_keys: Collection[str] = (),
+) -> VerifiedLearnware:
+    """Re-check a folder ``fetch_learnware`` made earlier before anything loads it.
+
+    Its signature was checked at fetch time; here every file is hashed against the manifest
+    again, the contributor key is checked against ``revoked_keys`` and the base model matched
+    (``IntegrityError``, ``ModelUnavailable``).
+    """
+    path = Path(folder).expanduser()
+    manifest = verify_package(path, None).manifest
+    refuse_revoked(manifest.contributor.key_id, revoked_keys)
+    wanted = manifest.base_model
+    base = resolve_base_model(wanted.model_id, wanted.sha256, home or Home.resolve(), base_model)
+    return VerifiedLearnware(path, manifest, base)
 
 
 @contextmanager

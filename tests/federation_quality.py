@@ -4,7 +4,7 @@
 K holders get disjoint random samples of one domain's snippets (``shared.data.corpora``);
 the pooled held-out set is K more samples of the same domain, disjoint from all training
 text. Every model is scored by token perplexity on that pooled held-out set with its adapter
-on, and the base model with the adapter off (``client.run.evaluate(with_base=True)``).
+on, and the base model with the adapter off (``client.evaluate.evaluate(with_base=True)``).
 
 Fairness of the comparison: a solo holder trains with the federation's own
 ``FederationConfig.finetune`` (same rank, alpha, modules, optimizer, lr, batch and
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from client.contribute import ContributeConfig, make_learnware
+from client.evaluate import LearnwareEvaluation, evaluate
 from client.federation.config import FederationConfig, Holder
-from client.run import LearnwareEvaluation, evaluate, load_learnware
+from client.run import load_learnware
 from shared import signing
 from shared.data import Record, load_domain, split
 from shared.home import Home

@@ -105,3 +105,17 @@ def test_mixed_or_empty_data(tiny):
     assert evaluate_model(tiny.model, tiny.tokenizer, mixed).kind == "text"
     with pytest.raises(DataError, match="no records"):
         evaluate_model(tiny.model, tiny.tokenizer, [])
+
+
+def test_max_words_scores_a_texts_first_words_and_a_prompts_last(tiny):
+    """The simulation's speed option: the same maths on records cut before scoring."""
+    text = Record(text="one two three four five six")
+    pair = Record(prompt="alpha beta gamma delta epsilon", response="zeta eta")
+    for record, cut in (
+        (text, Record(text="one two three")),
+        (pair, Record(prompt="gamma delta epsilon", response="zeta eta")),
+    ):
+        clipped = evaluate_model(tiny.model, tiny.tokenizer, [record], max_words=3)
+        by_hand = evaluate_model(tiny.model, tiny.tokenizer, [cut])
+        assert clipped.perplexity == by_hand.perplexity
+        assert clipped.n_tokens == by_hand.n_tokens

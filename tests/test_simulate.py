@@ -148,7 +148,7 @@ def test_results_are_this_runs_measurements(runs, lwm_home):
 
 
 def _one_score_recomputes(out, results, config, home):  # type: ignore[no-untyped-def]
-    from client.evaluate import evaluate_model
+    from client.evaluate import evaluate
     from client.run import load_learnware
     from client.simulate.data import deal
 
@@ -160,9 +160,12 @@ def _one_score_recomputes(out, results, config, home):  # type: ignore[no-untype
         if s["user"] == user.name and s["model"] == learnware["contributor"]
     )
     loaded = load_learnware(out / "cache" / "fetched" / learnware["id"], home=home)
-    again = evaluate_model(
-        loaded.model, loaded.tokenizer, user.eval_records(), max_labels=config.users.max_labels
-    )
+    again = evaluate(
+        loaded,
+        user.eval_records(),
+        max_labels=config.users.max_labels,
+        max_words=config.users.eval_words,
+    ).learnware
     assert again.perplexity == pytest.approx(recorded["perplexity"], rel=1e-3)
 
 

@@ -19,8 +19,8 @@ import pytest
 from builders import build_learnware, flip_byte, train_lora_adapter, write_specs
 from market_fixtures import market_server
 
+from client.evaluate import evaluate as evaluate_learnware
 from client.market import MarketClient
-from client.run import evaluate as evaluate_learnware
 from client.run import generate, load_learnware
 from client.specs import SpecMaker
 from client.user import fetch_learnware, private_search, refuse_revoked, resolve_base_model
@@ -159,6 +159,27 @@ def test_the_fetched_learnware_beats_the_base_model(world, lwm_home):
         assert scores.base is not None
         assert scores.learnware.perplexity < 0.95 * scores.base.perplexity, (slug, scores)
     assert generate(learnware, "The licence grants", max_new_tokens=5)
+
+
+def test_loading_an_id_checks_the_package_once(world, lwm_home, monkeypatch):
+    import client.user
+
+    checked: list[Path] = []
+    real = client.user.verify_package
+
+    def counting(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        checked.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(client.user, "verify_package", counting)
+    learnware_id = world["ids"]["law"]
+    cached = lwm_home.folder("learnwares") / learnware_id
+    shutil.rmtree(cached, ignore_errors=True)
+    fetched = load_learnware(learnware_id, home=lwm_home, conn=_uma(world))
+    assert fetched.path == cached and len(checked) == 1, checked  # at fetch, with the key
+    checked.clear()
+    again = load_learnware(learnware_id, home=lwm_home, conn=_uma(world))
+    assert checked == [cached] and again.manifest == fetched.manifest  # the cache, re-hashed
 
 
 def _text(text: str):

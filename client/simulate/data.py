@@ -39,9 +39,8 @@ class UserData:
     """One user's private task: ``records`` make the spec, the first ``eval_n`` are scored.
 
     ``right`` names the contributors whose learnware is a correct pick for this user;
-    ``group`` is the domain row of the report's table. Scored records are cut to
-    ``eval_words`` words: a text keeps its first words, a prompt its last (the question
-    sits at the end of a maths problem); answers are kept whole.
+    ``group`` is the domain row of the report's table. The evaluator cuts the scored records
+    to the config's ``eval_words`` (``client.evaluate``'s ``max_words``).
     """
 
     name: str
@@ -51,20 +50,12 @@ class UserData:
     right: tuple[str, ...]
     records: tuple[Record, ...]
     eval_n: int
-    eval_words: int = 48
 
     def spec_texts(self) -> list[str]:
         return [r.full_text for r in self.records]
 
     def eval_records(self) -> list[Record]:
-        return [_clip(r, self.eval_words) for r in self.records[: self.eval_n]]
-
-
-def _clip(record: Record, words: int) -> Record:
-    if record.is_labelled:
-        prompt = " ".join(str(record.prompt).split()[-words:])
-        return Record(prompt=prompt, response=record.response)
-    return Record(text=" ".join(str(record.text).split()[:words]))
+        return list(self.records[: self.eval_n])
 
 
 @dataclass(frozen=True)
@@ -113,7 +104,6 @@ def deal(config: SimulationConfig) -> Deal:
                 right=(c.name,),
                 records=tuple(Record(text=t) for t in texts),
                 eval_n=config.users.eval_records,
-                eval_words=config.users.eval_words,
             )
         )
     for t in config.tasks:
@@ -129,7 +119,6 @@ def deal(config: SimulationConfig) -> Deal:
                 right=t.right,
                 records=tuple(records),
                 eval_n=config.users.eval_records,
-                eval_words=config.users.eval_words,
             )
         )
     return Deal(holders, tuple(users))

@@ -1,29 +1,34 @@
 """Score every learnware (and the bare base model) on every user's held-out records.
 
 The paper's Random, Best-single and Oracle contenders need the whole user x learnware
-matrix, not only the market's pick. The base model is loaded once and every fetched adapter
-is loaded into it under its own name, so switching learnware is ``set_adapter`` rather than a
-reload. Each score is appended to ``evaluations.jsonl`` (flushed and fsynced) as soon as it
-exists: an interrupted run loses at most the score in flight, and a truncated last line is
-ignored on the next read.
+matrix, not only the market's pick. Scoring goes through the user's own path: the fetched
+learnwares are loaded with ``client.run.load_learnwares`` (the base model once, every
+adapter in it under its contributor's name, so switching learnware is ``set_adapter``
+rather than a reload) and scored with ``client.evaluate.evaluate``; the base model's score
+is that call's ``with_base``. Each score is appended to ``evaluations.jsonl`` (flushed and
+fsynced) as soon as it exists: an interrupted run loses at most the scores in flight, and a
+truncated last line is ignored on the next read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from client.evaluate import Evaluation, evaluate_model
+from client.evaluate import Evaluation, evaluate
+from client.simulate.contenders import BASE_NAME
 from client.simulate.data import UserData
 
-BASE = "base"
-
+if TYPE_CHECKING:
+    from client.run import LoadedLearnware
+    from client.user import VerifiedLearnware
+    from shared.home import Home
 
 @dataclass(frozen=True)
 class Score:
@@ -35,14 +40,21 @@ class Score:
 
     @property
     def nll(self) -> float:
-        import math
-
         return math.log(self.evaluation.perplexity)
 
 
-def user_fingerprint(user: UserData) -> str:
-    blob = json.dumps([r.full_text for r in user.eval_records()])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Scoring:
+    """How every user is scored: the evaluator's options, part of every cache key."""
+
+    max_labels: int
+    max_words: int
+
+    def user_key(self, user: UserData) -> str:
+        """The user's scored records and these options, so a changed setting rescores."""
+        blob = json.dumps([r.full_text for r in user.eval_records()])
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return f"{user.name}:{digest}:{self.max_labels}:{self.max_words}"
 
 
 class ScoreCache:
@@ -74,7 +86,7 @@ class ScoreCache:
             os.fsync(handle.fileno())
 
     @staticmethod
-    def _separator(handle: Any) -> str:
+    def _separator(handle: IO[str]) -> str:
         """A newline first when an interrupted write left the last line unfinished."""
         end = handle.seek(0, os.SEEK_END)
         if end == 0:
@@ -85,60 +97,52 @@ class ScoreCache:
         return "" if last == "\n" else "\n"
 
 
-class AdapterBank:
-    """One base model with every learnware's adapter loaded under its contributor's name."""
+class _Learnwares:
+    """The fetched learnwares, loaded together the first time a score is missing."""
 
-    def __init__(self, base_model: str, adapters: dict[str, Path], home: Any) -> None:
-        import warnings
+    def __init__(self, verified: Mapping[str, VerifiedLearnware], home: Home) -> None:
+        self.verified, self.home = verified, home
+        self.loaded: dict[str, LoadedLearnware] = {}
 
-        from peft import PeftModel
+    def __getitem__(self, name: str) -> LoadedLearnware:
+        if not self.loaded:
+            from client.run import load_learnwares
 
-        from shared.models import load_causal_lm
-
-        loaded = load_causal_lm(base_model, home)
-        self.tokenizer = loaded.tokenizer
-        names = list(adapters)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            model = PeftModel.from_pretrained(
-                loaded.model, str(adapters[names[0]]), adapter_name=names[0], is_trainable=False
-            )
-            for name in names[1:]:
-                model.load_adapter(str(adapters[name]), adapter_name=name, is_trainable=False)
-        self.model = model.eval()
-
-    @contextmanager
-    def using(self, name: str) -> Iterator[Any]:
-        if name == BASE:
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            self.model.set_adapter(name)
-            yield self.model
+            self.loaded = load_learnwares(self.verified, home=self.home)
+        return self.loaded[name]
 
 
 def evaluate_all(
     users: Sequence[UserData],
-    models: dict[str, str],  # contributor (or "base") -> cache key of its weights
-    bank_factory: Any,
+    learnwares: Mapping[str, VerifiedLearnware],  # contributor -> its fetched learnware
+    model_keys: Mapping[str, str],  # "base" and each contributor -> cache key of its weights
+    scoring: Scoring,
     cache: ScoreCache,
-    max_labels: int,
-    progress: Any = None,
+    home: Home,
+    progress: Callable[[], object] | None = None,
 ) -> list[Score]:
-    """Every (user, model) score, from the cache where it is there; the bank loads lazily."""
-    bank = None
+    """Every (user, model) score in ``model_keys`` order, from the cache where it is there."""
+    loaded = _Learnwares(learnwares, home)
     scores = []
     for user in users:
-        user_key = f"{user.name}:{user_fingerprint(user)}:{max_labels}"
-        for name, model_key in models.items():
-            evaluation = cache.get(user_key, model_key)
-            if evaluation is None:
-                bank = bank or bank_factory()
-                with bank.using(name) as model:
-                    evaluation = evaluate_model(
-                        model, bank.tokenizer, user.eval_records(), max_labels=max_labels
-                    )
-                cache.put(user_key, model_key, evaluation)
+        user_key = scoring.user_key(user)
+        found = {name: cache.get(user_key, key) for name, key in model_keys.items()}
+        for name in [n for n in found if n != BASE_NAME]:
+            if found[name] is not None and found[BASE_NAME] is not None:
+                continue
+            result = evaluate(
+                loaded[name],
+                user.eval_records(),
+                with_base=found[BASE_NAME] is None,
+                max_labels=scoring.max_labels,
+                max_words=scoring.max_words,
+            )
+            for done, evaluation in ((name, result.learnware), (BASE_NAME, result.base)):
+                if evaluation is not None and found[done] is None:
+                    found[done] = evaluation
+                    cache.put(user_key, model_keys[done], evaluation)
+        for name, evaluation in found.items():
+            assert evaluation is not None
             scores.append(Score(user.name, name, evaluation))
             if progress is not None:
                 progress()

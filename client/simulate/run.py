@@ -23,13 +23,14 @@ from client.simulate import learnwares as lw
 from client.simulate.config import SimulationConfig
 from client.simulate.contenders import BASE_NAME, contenders, group_rows
 from client.simulate.data import Deal, UserData, deal
-from client.simulate.evaluation import AdapterBank, Score, ScoreCache, evaluate_all
+from client.simulate.evaluation import Score, ScoreCache, Scoring, evaluate_all
 from client.simulate.market_process import MarketProcess
-from client.simulate.users import Searches, fetch_all, search
+from client.simulate.users import Query, Searches, fetch_all, search
 from shared.home import Home
 
 if TYPE_CHECKING:
     from client.market import RemoteSchema
+    from client.user import VerifiedLearnware
 
 USERS_KEY = "users"
 _T = TypeVar("_T")
@@ -138,14 +139,14 @@ def _with_market(
                     search(client, maker, user, kind, eps, contributor_of, config.seed)
                 )
         with phases.phase("fetch", "Fetching and verifying every learnware"):
-            folders = fetch_all(client, [x.id for x in listed], out / "cache" / "fetched", home)
+            fetched = fetch_all(client, [x.id for x in listed], out / "cache" / "fetched", home)
     with phases.phase("evaluate", "Scoring base and every learnware on every user's records"):
-        adapters = {contributor_of[i]: path for i, path in folders.items()}
+        learnwares = {contributor_of[i]: v for i, v in fetched.items()}
         models = {
             BASE_NAME: f"base:{remote.base_models[0].sha256}",
             **{x.contributor: x.package_sha256 for x in listed},
         }
-        scores = _evaluate(config, users, adapters, models, home, out)
+        scores = _evaluate(config, users, learnwares, models, home, out)
     return _results(config, dealt, built, listed, searches, scores, remote)
 
 
@@ -204,7 +205,7 @@ def _submit_all(
 def _evaluate(
     config: SimulationConfig,
     users: Sequence[UserData],
-    adapters: dict[str, Path],
+    learnwares: dict[str, VerifiedLearnware],
     models: dict[str, str],
     home: Home,
     out: Path,
@@ -212,15 +213,11 @@ def _evaluate(
     from tqdm.auto import tqdm
 
     cache = ScoreCache(out / "cache" / "evaluations.jsonl")
+    scoring = Scoring(max_labels=config.users.max_labels, max_words=config.users.eval_words)
     bar = tqdm(total=len(users) * len(models), desc="evaluate", unit="score")
     try:
         return evaluate_all(
-            users,
-            models,
-            lambda: AdapterBank(config.base_model, adapters, home),
-            cache,
-            config.users.max_labels,
-            progress=lambda: bar.update(1),
+            users, learnwares, models, scoring, cache, home, progress=lambda: bar.update(1)
         )
     finally:
         bar.close()
@@ -303,19 +300,13 @@ def _learnware(b: lw.BuiltLearnware, x: lw.Listed) -> dict[str, Any]:
     }
 
 
-def _user(u: Any) -> dict[str, Any]:
-    return {
-        "name": u.name,
-        "kind": u.kind,
-        "source": u.source,
-        "group": u.group,
-        "right": list(u.right),
-        "spec_records": len(u.records),
-        "eval_records": len(u.eval_records()),
-    }
+def _user(u: UserData) -> dict[str, Any]:
+    described = {name: getattr(u, name) for name in ("name", "kind", "source", "group")}
+    sizes = {"spec_records": len(u.records), "eval_records": len(u.eval_records())}
+    return {**described, "right": list(u.right), **sizes}
 
 
-def _identification(queries: list[Any], kinds: tuple[str, ...]) -> dict[str, Any]:
+def _identification(queries: list[Query], kinds: tuple[str, ...]) -> dict[str, Any]:
     out = {}
     for kind in kinds:
         mine = [q for q in queries if q.kind == kind]
@@ -324,7 +315,7 @@ def _identification(queries: list[Any], kinds: tuple[str, ...]) -> dict[str, Any
     return out
 
 
-def _sweep_accuracy(queries: list[Any], config: SimulationConfig) -> dict[str, dict[str, float]]:
+def _sweep_accuracy(queries: list[Query], config: SimulationConfig) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for kind in config.spec_kinds:
         for eps in config.sweep_epsilons:

@@ -1,5 +1,7 @@
 """Users query the market with DP specs of their private tasks and fetch what it offers.
 
+They take the public path a real user takes: ``private_search`` (the spec is made here, only
+it is sent) and ``fetch_learnware`` (signature, hashes and base model checked once).
 Each user makes one spec per kind at ``user_epsilon`` and asks the market to rank every
 learnware (the full ranking feeds the similarity heatmap; the first is the market's pick).
 The identification sweep repeats the query at each epsilon of ``sweep_epsilons``. The DP
@@ -9,14 +11,18 @@ releases; a real user leaves ``noise_seed`` unset.
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from client.market import MarketClient
 from client.simulate.data import UserData
-from shared.privacy import PrivacyBudget
+from client.specs import SpecMaker
+from client.user import VerifiedLearnware, check_folder, fetch_learnware, private_search
+from shared.errors import IntegrityError
+from shared.home import Home
 
 
 @dataclass(frozen=True)
@@ -47,29 +53,26 @@ def noise_seed(seed: int, *parts: object) -> int:
 
 
 def search(
-    client: Any,
-    maker: Any,
+    client: MarketClient,
+    maker: SpecMaker,
     user: UserData,
     kind: str,
     epsilon: float,
     contributor_of: dict[str, str],
     seed: int,
 ) -> Query:
-    """Make the user's DP spec locally and ask the market to rank every learnware."""
-    import time
-
-    started = time.perf_counter()
-    spec = maker.make(
+    """``private_search`` as a real user runs it, asking for the full ranking."""
+    outcome = private_search(
         user.spec_texts(),
-        kind,
-        PrivacyBudget(epsilon),
+        client,
+        kind=kind,
+        epsilon=epsilon,
+        top_k=len(contributor_of),
+        maker=maker,
         noise_seed=noise_seed(seed, user.name, kind, epsilon),
     )
-    made = time.perf_counter()
-    results = client.search(spec, top_k=len(contributor_of))
-    searched = time.perf_counter()
-    scores = {contributor_of[r.learnware.id]: float(r.score) for r in results}
-    pick = contributor_of[results[0].learnware.id]
+    scores = {contributor_of[m.id]: m.score for m in outcome.matches}
+    pick = contributor_of[outcome.matches[0].id]
     return Query(
         user=user.name,
         kind=kind,
@@ -77,28 +80,24 @@ def search(
         scores=scores,
         pick=pick,
         correct=pick in user.right,
-        spec_seconds=made - started,
-        search_seconds=searched - made,
+        spec_seconds=outcome.spec_seconds,
+        search_seconds=outcome.network_seconds,
     )
 
 
-def fetch_all(conn: Any, ids: Sequence[str], folder: Path, home: Any) -> dict[str, Path]:
-    """Download and verify every learnware once; a folder from an earlier run is re-checked."""
-    from client.user import fetch_learnware
-    from shared.errors import IntegrityError
-    from shared.learnware import verify_package
-
-    folders: dict[str, Path] = {}
+def fetch_all(
+    client: MarketClient, ids: Sequence[str], folder: Path, home: Home
+) -> dict[str, VerifiedLearnware]:
+    """Fetch and verify every learnware once; a folder from an earlier run is re-checked
+    (and fetched again if it no longer checks out)."""
+    fetched: dict[str, VerifiedLearnware] = {}
     for learnware_id in ids:
         target = folder / learnware_id
         if target.is_dir():
             try:
-                verify_package(target, None)
-                folders[learnware_id] = target
+                fetched[learnware_id] = check_folder(target, home=home)
                 continue
             except IntegrityError:
-                import shutil
-
                 shutil.rmtree(target)
-        folders[learnware_id] = fetch_learnware(conn, learnware_id, target, home=home).path
-    return folders
+        fetched[learnware_id] = fetch_learnware(client, learnware_id, target, home=home)
+    return fetched
