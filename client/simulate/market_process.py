@@ -1,5 +1,7 @@
-"""The simulated market is the real server: ``lwm server start`` as a child process, TLS on
-loopback, SQLite in the run folder, keys registered by its admin key.
+"""The simulated market is the real server, met only through its public face: ``lwm server
+init`` and ``lwm server start`` as child processes (TLS on loopback, SQLite in the run
+folder), keys registered with ``lwm admin register-key`` under its admin key, then gRPC.
+Nothing here imports ``server``.
 
 The folder (CA, admin key, database, blobs) persists between runs, so a second run finds the
 learnwares of the first. Logs go to ``server.log`` in the folder rather than a pipe: a pipe
@@ -8,7 +10,6 @@ nobody reads would block the server once it fills.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -63,28 +64,45 @@ class MarketProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        from server.pki import init_server_dir, open_server_dir
+    @property
+    def admin_key(self) -> Path:
+        """Where ``lwm server init`` writes the market's admin key."""
+        return self.folder / "admin.key"
 
-        if (self.folder / "admin.key").exists():
-            layout = open_server_dir(self.folder)
-        else:
-            layout = init_server_dir(self.folder)
-        self._admin_key = layout.admin_key
+    def start(self) -> None:
+        if not self.admin_key.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lwm("server", "init", "--dir", str(self.folder))
         self.port = self.port or free_port()
         command = [
-            sys.executable, "-m", "client.cli", "server", "start",
+            *self._lwm_command(), "server", "start",
             "--dir", str(self.folder), "--address", f"127.0.0.1:{self.port}",
             "--home", str(self.home), "--grace", "5",
             *[arg for model in self.base_models for arg in ("--base-model", model)],
             *([] if self.smoke else ["--no-smoke"]),
         ]  # fmt: skip
-        env = {**os.environ, "LWM_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                command, stdout=log, stderr=log, env=env, start_new_session=True
+                command, stdout=log, stderr=log, env=self._env(), start_new_session=True
             )
         self._wait_ready()
+
+    def _lwm_command(self) -> list[str]:
+        """``lwm`` of this very interpreter (and source tree, through ``PYTHONPATH``)."""
+        return [sys.executable, "-m", "client.cli"]
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "LWM_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+
+    def _lwm(self, *args: str, tolerate: type[LwmError] | None = None) -> None:
+        """Run one short ``lwm`` command; its one-line error becomes an ``LwmError``."""
+        done = subprocess.run(
+            [*self._lwm_command(), *args], capture_output=True, text=True, env=self._env()
+        )
+        if done.returncode == 0 or (tolerate and done.returncode == tolerate.exit_code):
+            return
+        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise LwmError(f"lwm {' '.join(args[:2])} failed: {why}")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -128,13 +146,17 @@ class MarketProcess:
         return Connection(self.address, key_path=key, ca=self.ca)
 
     def register(self, key_file: Path, role: str, name: str) -> None:
-        """Make (once) and register a key pair; registering it again is not an error."""
-        from client.market import Connection, MarketClient
-
+        """Make (once) and register a key pair with ``lwm admin register-key``; registering
+        it again is not an error."""
+        public_file = key_file.with_suffix(".pub")
         if not key_file.exists():
             private, _ = signing.generate_keypair()
             signing.save_private_key(key_file, private)
-        public = signing.load_private_key(key_file).public_key()
-        admin = Connection(self.address, key_path=self._admin_key, ca=self.ca)
-        with MarketClient(admin) as client, contextlib.suppress(AlreadyExists):
-            client.register_key(signing.public_key_bytes(public), role, name)
+        if not public_file.exists():
+            public = signing.load_private_key(key_file).public_key()
+            signing.save_public_key(public_file, public)
+        self._lwm(
+            "admin", "register-key", str(public_file), "--role", role, "--name", name,
+            "--server", self.address, "--key", str(self.admin_key), "--ca", str(self.ca),
+            tolerate=AlreadyExists,
+        )  # fmt: skip
