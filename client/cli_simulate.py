@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from client.simulate.config import PROFILES
+from shared.cli_options import HomeOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -28,9 +29,7 @@ def simulate_command(
     profile: Annotated[
         str | None, typer.Option("--profile", help=f"One of {', '.join(PROFILES)}.")
     ] = None,
-    home: Annotated[
-        str | None, typer.Option("--home", help="Model cache folder (default $LWM_HOME).")
-    ] = None,
+    home: HomeOpt = None,
 ) -> None:
     """Contributors build learnwares, users search and reuse them; writes report.md."""
     from rich.console import Console

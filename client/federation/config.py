@@ -52,12 +52,12 @@ deployment's coordinator only ``market.key``; on holder K's SuperNode only holde
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
 from client.finetune import FinetuneConfig
+from client.toml_file import read_toml
 from shared.errors import InvalidInput, LwmError
 from shared.privacy import DEFAULT_DELTA
 
@@ -214,13 +214,7 @@ class FederationConfig:
     def from_toml(cls, path: str | Path, machine: Machine = ALL_HERE) -> FederationConfig:
         """Read and validate ``FED.toml``; any problem is one ``InvalidInput`` line."""
         file = Path(path)
-        try:
-            raw = tomllib.loads(file.read_text())
-        except OSError as err:
-            raise InvalidInput(f"cannot read {file}: {err.strerror or err}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise InvalidInput(f"{file} is not valid TOML: {err}") from err
-        return cls.from_dict(raw, file.parent, machine)
+        return cls.from_dict(read_toml(file), file.parent, machine)
 
     @classmethod
     def from_dict(

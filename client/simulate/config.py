@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from client.toml_file import read_toml
 from shared.errors import InvalidInput, LwmError
 from shared.spec.schema import KINDS
 
@@ -187,12 +188,7 @@ class SimulationConfig:
     def from_toml(cls, path: str | Path, profile: str | None = None) -> SimulationConfig:
         """Read FILE.toml; it may name a ``profile`` to start from (``--profile`` wins)."""
         file = Path(path)
-        try:
-            raw = tomllib.loads(file.read_text())
-        except OSError as err:
-            raise InvalidInput(f"cannot read {file}: {err.strerror or err}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise InvalidInput(f"{file} is not valid TOML: {err}") from err
+        raw = read_toml(file)
         start = profile or raw.pop("profile", None)
         if start is not None:
             base = _profile_raw(str(start))

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from client.evaluate import Evaluation, evaluate
 from client.simulate.contenders import BASE_NAME
@@ -62,23 +62,21 @@ class ScoreCache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[tuple[str, str], dict[str, Any]] = {}
+        self.entries: dict[tuple[str, str], Evaluation] = {}
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by an interrupt
-                self.entries[(entry["user"], entry["model"])] = entry["evaluation"]
+                self.entries[(entry["user"], entry["model"])] = Evaluation(**entry["evaluation"])
 
     def get(self, user_key: str, model_key: str) -> Evaluation | None:
-        raw = self.entries.get((user_key, model_key))
-        return Evaluation(**raw) if raw is not None else None
+        return self.entries.get((user_key, model_key))
 
     def put(self, user_key: str, model_key: str, evaluation: Evaluation) -> None:
-        raw = evaluation.to_dict()
-        entry = {"user": user_key, "model": model_key, "evaluation": raw}
-        self.entries[(user_key, model_key)] = raw
+        entry = {"user": user_key, "model": model_key, "evaluation": evaluation.to_dict()}
+        self.entries[(user_key, model_key)] = evaluation
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a+") as handle:
             handle.write(self._separator(handle) + json.dumps(entry) + "\n")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-COLOURS = {
-    "Base": "#9e9e9e",
-    "Random": "#bdbdbd",
-    "Best-single": "#8da0cb",
-    "Oracle": "#66c2a5",
-}
-KIND_COLOURS = ["#fc8d62", "#e78ac3", "#a6d854"]
+COLOURS = MappingProxyType(
+    {
+        "Base": "#9e9e9e",
+        "Random": "#bdbdbd",
+        "Best-single": "#8da0cb",
+        "Oracle": "#66c2a5",
+    }
+)
+KIND_COLOURS = ("#fc8d62", "#e78ac3", "#a6d854")
 
 
 def _pyplot() -> Any:

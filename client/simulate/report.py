@@ -11,8 +11,6 @@ from typing import Any
 
 from client.simulate import plots
 
-CONTENDERS = ("base", "random", "best_single", "learnware", "oracle")
-
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     kinds = list(results["config"]["spec_kinds"])
