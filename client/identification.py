@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def identify(
     return result
 
 
-def _bar(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
+def _bar(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -128,6 +129,6 @@ def _bar(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
     return tqdm(total=total, desc=desc, unit="spec")
 
 
-def _tick(bar) -> None:  # type: ignore[no-untyped-def]
+def _tick(bar: Any) -> None:
     if bar is not None:
         bar.update(1)
