@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.dpsgd import grad_sample_norms, noise_only_step
+from shared.dpsgd import dpsgd_steps, private_training
 from shared.errors import DataError, InvalidInput, LwmError
-from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, dpsgd_noise_multiplier
+from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget
 
 if TYPE_CHECKING:
     import torch
@@ -383,79 +383,33 @@ def private_steps(
     history: Sequence[tuple[float, float, int]] = (),
     noise_seed: int | None = None,
 ) -> tuple[Any, float, float]:
-    """``config.steps`` opacus DP-SGD steps on ``(ids, mask)``: the one place opacus is set
-    up over peft, for a contributor's whole run and for a federated holder's round.
+    """``config.steps`` DP-SGD steps (``shared.dpsgd``) on ``(ids, mask)``, for a
+    contributor's whole run and for a federated holder's round.
 
     The noise multiplier spends ``config.budget`` over ``calibration_steps`` steps (default
     ``config.steps``; a federation passes rounds x local steps), and the RDP accountant
     starts from ``history`` (a holder's earlier rounds: carried, never reset). Returns the
     accountant, the noise multiplier and the sample rate.
     """
-    import torch
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
-    n = ids.shape[0]
-    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(config.batch_size, n))
-    sample_rate = 1.0 / len(loader)  # what opacus' Poisson sampler uses
-    sigma = dpsgd_noise_multiplier(
-        config.budget, sample_rate=sample_rate, steps=calibration_steps or config.steps
-    )
     params = trainable_params(peft_model)
-    device = params[0].device
-    generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # secure_mode off: noise from torch's generator
-        engine = PrivacyEngine(accountant="rdp")
-        engine.accountant.history = list(history)
-        dp_model, dp_optimizer, dp_loader = engine.make_private(
-            module=peft_model,
-            optimizer=make_optimizer(params, config),
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=config.clip_norm,
-            poisson_sampling=True,
-            noise_generator=generator,
-        )
-    try:
-        with warnings.catch_warnings():
-            # Expected: the inputs are token ids, so hooks fire on output grads only.
-            warnings.filterwarnings("ignore", message="Full backward hook")
-            _dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
-    finally:
-        dp_model.remove_hooks()
-    return engine.accountant, sigma, sample_rate
-
-
-def _dp_loop(
-    dp_model: Any,
-    dp_optimizer: Any,
-    dp_loader: Any,
-    params: list[torch.nn.Parameter],
-    steps: int,
-    trace: TrainTrace,
-) -> None:
-    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step."""
-    from shared.dpsgd import per_sample_loss
-
-    while len(trace.losses) < steps:
+    with private_training(
+        peft_model,
+        make_optimizer(params, config),
+        ids,
+        mask,
+        batch_size=config.batch_size,
+        budget=config.budget,
+        clip_norm=config.clip_norm,
+        calibration_steps=calibration_steps or config.steps,
+        history=history,
+        noise_seed=noise_seed,
+    ) as dp:
         started = time.perf_counter()
-        for batch_ids, batch_mask in dp_loader:
-            if len(trace.losses) >= steps:
-                break
-            dp_optimizer.zero_grad(set_to_none=True)
-            if batch_ids.shape[0] == 0:
-                noise_only_step(dp_optimizer, params)
-                trace.step(float("nan"), 0, started)
-            else:
-                batch_ids, batch_mask = _on(params[0], *trim(batch_ids, batch_mask))
-                logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
-                loss = per_sample_loss(logits, batch_ids, batch_mask)
-                loss.backward()
-                trace.norms.extend(grad_sample_norms(params))
-                dp_optimizer.step()
-                trace.step(float(loss.detach()), int(batch_ids.shape[0]), started)
+        for step in dpsgd_steps(dp, params, config.steps, lambda i, m: _on(params[0], *trim(i, m))):
+            trace.norms.extend(step.norms)
+            trace.step(step.loss, step.batch, started)
             started = time.perf_counter()
+    return dp.accountant, dp.noise_multiplier, dp.sample_rate
 
 
 def _on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
