@@ -164,9 +164,9 @@ def package_verify(
 
 
 def _summary(config: ContributeConfig, dp: object) -> str:
-    from shared.learnware import DpReport
+    from shared.learnware import DpLedger
 
-    assert isinstance(dp, DpReport)
+    assert isinstance(dp, DpLedger)
     parts = ", ".join(f"{p.what} epsilon {_eps(p.epsilon)}" for p in dp.parts)
     total = (
         f"total epsilon {_eps(dp.total.epsilon)} (delta {config.delta:g}, {dp.total.accountant})"

@@ -15,7 +15,7 @@ argument costs seconds, not a training run. The package is built in temporary fo
 renamed into place by ``build_package``: an error at any step leaves nothing behind.
 
 Privacy: the adapter (DP-SGD, or none) and the spec are two releases on the same data. The
-manifest lists both and their RDP composition in one accountant (``compose_epsilon``); the
+manifest lists both and their RDP composition in one accountant (``DpLedger.compose``); the
 total is None (no guarantee) when the adapter is trained without DP.
 """
 
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from client.finetune import FinetuneConfig, finetune_lora
 from shared import signing
@@ -33,16 +33,14 @@ from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
 from shared.home import Home
 from shared.learnware import (
     Contributor,
-    DpPart,
-    DpReport,
-    DpTotal,
+    DpLedger,
     Manifest,
     SpecEntry,
     build_package,
 )
 from shared.learnware import _check as check  # the manifest's own rules, checked up front
 from shared.learnware.manifest import utc_now_iso
-from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, compose_epsilon
+from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget
 from shared.spec.schema import KINDS, MarketSchema
 
 if TYPE_CHECKING:
@@ -53,7 +51,6 @@ if TYPE_CHECKING:
 
 Texts = Sequence[str] | str | Path
 Key = signing.Ed25519PrivateKey | str | Path
-ACCOUNTANT = "rdp"
 
 
 @dataclass(frozen=True)
@@ -256,7 +253,6 @@ def build_manifest(
     from shared.spec.record import Specification
 
     specs = [specs] if isinstance(specs, Specification) else list(specs)
-    total = compose_epsilon([adapter, *(s.privacy for s in specs)], config.delta)
     return Manifest(
         name=config.name,
         domain=config.domain,
@@ -265,16 +261,9 @@ def build_manifest(
         license=config.license,
         base_model=base,
         specs=tuple(_spec_entry(s) for s in specs),
-        dp=DpReport(
-            parts=(
-                _part("adapter", adapter),
-                *(_part(f"spec:{s.kind}", s.privacy) for s in specs),
-            ),
-            total=DpTotal(
-                epsilon=total,
-                delta=config.delta if total is not None else 0.0,
-                accountant=ACCOUNTANT,
-            ),
+        dp=DpLedger.compose(
+            [("adapter", adapter), *((f"spec:{s.kind}", s.privacy) for s in specs)],
+            config.delta,
         ),
         contributor=Contributor(key_id=signing.key_id(key.public_key()), name=config.contributor),
         created_at=utc_now_iso(),
@@ -290,34 +279,8 @@ def _spec_entry(spec: Specification) -> SpecEntry:
         epsilon=epsilon,
         delta=spec.privacy.delta if epsilon is not None else 0.0,
         n=spec.n,
-        extra=_accounting(spec.privacy),
+        extra=spec.privacy.accounting(),
     )
-
-
-def _part(what: str, report: DPReport) -> DpPart:
-    private = report.epsilon is not None
-    return DpPart(
-        what=what,
-        epsilon=report.epsilon,
-        delta=report.delta if private else 0.0,
-        mechanism=_mechanism(report),
-        details={**_accounting(report), **report.details},
-    )
-
-
-def _accounting(report: DPReport) -> dict[str, Any]:
-    """What an auditor needs to recompute the epsilon: one RDP history entry and the noise."""
-    return {
-        "noise_multiplier": report.noise_multiplier,
-        "sample_rate": report.sample_rate,
-        "steps": report.steps,
-        "noise_std": report.noise_std,
-    }
-
-
-def _mechanism(report: DPReport) -> str:
-    """The mechanism's short name ("dp-sgd", "gaussian", "none"): the manifest allows 64 chars."""
-    return report.mechanism.split(" (", 1)[0].strip()[:64] or "none"
 
 
 def _load_key(path: str | Path) -> signing.Ed25519PrivateKey:

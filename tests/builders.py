@@ -33,8 +33,8 @@ from shared import signing
 from shared.home import Home
 from shared.learnware import (
     Contributor,
+    DpLedger,
     DpPart,
-    DpReport,
     DpTotal,
     Manifest,
     SpecEntry,
@@ -197,7 +197,7 @@ def manifest_for(
         license="Apache-2.0",
         base_model=base,
         specs=entries,
-        dp=DpReport(
+        dp=DpLedger(
             parts=(*parts, DpPart("adapter", None, 0.0, "none")),
             total=DpTotal(epsilon=None, delta=0.0, accountant="rdp"),
         ),

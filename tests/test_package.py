@@ -18,8 +18,8 @@ from shared.errors import AlreadyExists, IntegrityError, InvalidInput, ResourceE
 from shared.learnware import (
     PACKAGE_FILES,
     Contributor,
+    DpLedger,
     DpPart,
-    DpReport,
     DpTotal,
     Manifest,
     PackageLimits,
@@ -59,7 +59,7 @@ def make_manifest(kid: str, **changes: object) -> Manifest:
                 extra={"sigma": 1.16, "gamma": 0.5},
             ),
         ),
-        dp=DpReport(
+        dp=DpLedger(
             parts=(
                 DpPart("spec:rkme", 4.0, 1e-5, "gaussian", {"sigma": 1.16}),
                 DpPart("adapter", None, 0.0, "none"),
@@ -182,8 +182,8 @@ def test_manifest_validates_fields_quoting_the_value(changes, message: str) -> N
 
 def test_dp_report_must_cover_and_agree_with_the_specs() -> None:
     kid = "0123456789abcdef"
-    only_adapter = DpReport((DpPart("adapter", None, 0.0, "none"),), DpTotal(None, 0.0, "rdp"))
-    disagree = DpReport(
+    only_adapter = DpLedger((DpPart("adapter", None, 0.0, "none"),), DpTotal(None, 0.0, "rdp"))
+    disagree = DpLedger(
         (DpPart("spec:rkme", 8.0, 1e-5, "gaussian"), DpPart("adapter", None, 0.0, "none")),
         DpTotal(None, 0.0, "rdp"),
     )
@@ -193,7 +193,7 @@ def test_dp_report_must_cover_and_agree_with_the_specs() -> None:
     with pytest.raises(InvalidInput, match="dp part 'spec:rkme' says"):
         make_manifest(kid, dp=disagree)
     with pytest.raises(InvalidInput, match="total must then be null"):
-        DpReport((DpPart("adapter", None, 0.0, "none"),), DpTotal(4.0, 1e-5, "rdp"))
+        DpLedger((DpPart("adapter", None, 0.0, "none"),), DpTotal(4.0, 1e-5, "rdp"))
     with pytest.raises(InvalidInput, match="delta must be 0"):
         DpPart("adapter", None, 1e-5, "none")
     with pytest.raises(InvalidInput, match="epsilon must be finite and > 0"):

@@ -8,8 +8,8 @@ Public surface::
 from shared.learnware.layout import PACKAGE_FILES, PAYLOAD_FILES, PackageLimits
 from shared.learnware.manifest import (
     Contributor,
+    DpLedger,
     DpPart,
-    DpReport,
     DpTotal,
     FileEntry,
     Manifest,
@@ -28,8 +28,8 @@ __all__ = [
     "PACKAGE_FILES",
     "PAYLOAD_FILES",
     "Contributor",
+    "DpLedger",
     "DpPart",
-    "DpReport",
     "DpTotal",
     "FileEntry",
     "Manifest",
