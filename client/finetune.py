@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.dpsgd import dpsgd_steps, private_training
+from shared.dpsgd import History, dpsgd_steps, private_training
 from shared.errors import DataError, InvalidInput, LwmError
-from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget
+from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, rdp_epsilon
 
 if TYPE_CHECKING:
     import torch
@@ -345,7 +345,7 @@ def train_plain(
         loss.backward()
         optimizer.step()
         trace.step(float(loss.detach()), batch, started)
-    return _no_dp_report(config, n)
+    return adapter_report(config, n, [], steps=config.steps)
 
 
 def _train_dp(
@@ -358,17 +358,11 @@ def _train_dp(
 ) -> DPReport:
     """opacus DP-SGD: Poisson batches, per-sample clipping, noise for the whole run."""
     n = ids.shape[0]
-    accountant, sigma, sample_rate = private_steps(
+    accountant, _, sample_rate = private_steps(
         peft_model, ids, mask, config, trace, noise_seed=noise_seed
     )
-    return DPReport(
-        mechanism=DP_MECHANISM,
-        epsilon=float(accountant.get_epsilon(config.delta)),
-        delta=config.delta,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=config.steps,
-        details=_details(config, n, expected_batch=n * sample_rate),
+    return adapter_report(
+        config, n, accountant.history, steps=config.steps, expected_batch=n * sample_rate
     )
 
 
@@ -380,7 +374,7 @@ def private_steps(
     trace: TrainTrace,
     *,
     calibration_steps: int | None = None,
-    history: Sequence[tuple[float, float, int]] = (),
+    history: History = (),
     noise_seed: int | None = None,
 ) -> tuple[Any, float, float]:
     """``config.steps`` DP-SGD steps (``shared.dpsgd``) on ``(ids, mask)``, for a
@@ -441,8 +435,19 @@ def require_trained(before: list[torch.Tensor], after: list[torch.Tensor]) -> No
         )
 
 
-def _details(config: FinetuneConfig, n: int, **extra: Any) -> dict[str, Any]:
-    return {
+def adapter_report(
+    config: FinetuneConfig, n: int, history: History, *, steps: int, **extra: Any
+) -> DPReport:
+    """The adapter's DP report from the accountant ``history`` of its training: the one
+    place it is made, for a contributor's run and for a federation's averaged adapter.
+
+    ``history`` is an opacus RDP accountant's (sigma, sample rate, steps) list; under DP it
+    must be one noise level at one rate (what ``private_steps`` runs), reported as one
+    entry with all its steps, so an auditor can recompute the epsilon. Without DP
+    (``config.dp_epsilon`` None) the report says so (epsilon None, no guarantee) and
+    ``steps`` is what was trained. ``n`` is the number of texts; ``extra`` joins the details.
+    """
+    details = {
         "clip_norm": config.clip_norm if config.budget.is_private else None,
         "lr": config.learning_rate,
         "optimizer": config.optimizer_name,
@@ -451,17 +456,30 @@ def _details(config: FinetuneConfig, n: int, **extra: Any) -> dict[str, Any]:
         "n": n,
         **extra,
     }
-
-
-def _no_dp_report(config: FinetuneConfig, n: int) -> DPReport:
+    if not config.budget.is_private:
+        return DPReport(
+            mechanism=NO_DP_MECHANISM,
+            epsilon=None,
+            delta=0.0,
+            noise_multiplier=0.0,
+            sample_rate=min(1.0, config.batch_size / max(n, 1)),
+            steps=steps,
+            details=details,
+        )
+    if not history:
+        raise LwmError("DP-SGD was asked for but no accountant history was reported")
+    sigmas = {float(s) for s, _, _ in history}
+    rates = {float(q) for _, q, _ in history}
+    if len(sigmas) != 1 or len(rates) != 1:
+        raise LwmError("the accountant mixes noise levels; cannot summarise it")
     return DPReport(
-        mechanism=NO_DP_MECHANISM,
-        epsilon=None,
-        delta=0.0,
-        noise_multiplier=0.0,
-        sample_rate=min(1.0, config.batch_size / n),
-        steps=config.steps,
-        details=_details(config, n),
+        mechanism=DP_MECHANISM,
+        epsilon=rdp_epsilon(list(history), config.delta),
+        delta=config.delta,
+        noise_multiplier=sigmas.pop(),
+        sample_rate=rates.pop(),
+        steps=sum(int(k) for _, _, k in history),
+        details=details,
     )
 
 

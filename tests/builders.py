@@ -237,7 +237,7 @@ def build_learnware(
 
     specs = load_specs(spec_file)
     manifest = manifest_for(specs, base, private_key.public_key(), **manifest_changes)
-    return build_package(out_dir, adapter, spec_file, manifest, private_key)
+    return build_package(out_dir, adapter, spec_file, manifest, private_key).folder
 
 
 def rebuild_learnware(
@@ -261,7 +261,7 @@ def rebuild_learnware(
         spec_file or package_dir / SPEC,
         manifest or Manifest.from_json((package_dir / MANIFEST).read_bytes()),
         private_key,
-    )
+    ).folder
 
 
 # ---------------------------------------------------------------- edits

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from shared.learnware import (
     signing_payload,
     unpack_tar,
     verify_package,
+    write_tar,
 )
 from shared.models import ModelRef
 
@@ -108,7 +110,7 @@ def package(tmp_path: Path, inputs, keys) -> Path:
     private, public = keys
     return build_package(
         tmp_path / "out" / "lw", adapter, spec, make_manifest(signing.key_id(public)), private
-    )
+    ).folder
 
 
 def flip_byte(path: Path, index: int = -1) -> None:
@@ -357,7 +359,10 @@ def test_build_accepts_explicit_files_and_refuses_pickle_adapters(
 
     built = build_package(tmp_path / "a", pair, spec, manifest, private)
 
-    assert verify_package(built, public).manifest.name == "icd-circulatory"
+    assert verify_package(built.folder, public).manifest == built.manifest
+    assert built.manifest.name == "icd-circulatory"
+    with tempfile.TemporaryFile() as tar:  # the digest is the canonical tar's, as submitted
+        assert built.digest == write_tar(built.folder, tar).sha256
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04.")
@@ -510,7 +515,7 @@ def test_package_folder_loads_with_plain_peft(tmp_path: Path, inputs, keys) -> N
     trained.save_pretrained(tmp_path / "peft-out")
     package = build_package(
         tmp_path / "lw", tmp_path / "peft-out", spec, make_manifest(signing.key_id(public)), private
-    )
+    ).folder
     verify_package(package, public)
 
     torch.manual_seed(0)

@@ -186,13 +186,10 @@ class SimulationConfig:
     @classmethod
     def from_toml(cls, path: str | Path, profile: str | None = None) -> SimulationConfig:
         """Read FILE.toml; it may name a ``profile`` to start from (``--profile`` wins)."""
+        from client.settings import read_toml
+
         file = Path(path)
-        try:
-            raw = tomllib.loads(file.read_text())
-        except OSError as err:
-            raise InvalidInput(f"cannot read {file}: {err.strerror or err}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise InvalidInput(f"{file} is not valid TOML: {err}") from err
+        raw = read_toml(file)
         start = profile or raw.pop("profile", None)
         if start is not None:
             base = _profile_raw(str(start))

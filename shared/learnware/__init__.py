@@ -16,6 +16,7 @@ from shared.learnware.manifest import (
     SpecEntry,
 )
 from shared.learnware.package import (
+    Package,
     VerifiedPackage,
     build_package,
     signing_payload,
@@ -33,6 +34,7 @@ __all__ = [
     "DpTotal",
     "FileEntry",
     "Manifest",
+    "Package",
     "PackageLimits",
     "SpecEntry",
     "TarDigest",
