@@ -8,8 +8,9 @@ renames a finished package into place, so an interrupted run leaves either the w
 package or nothing. Submitting one the market already holds (same package sha256, the
 ``Package.digest``) finds its id instead of failing.
 
-The simulation's settings are mapped once onto the learnware's card, spec settings and
-training (``_card``, ``_training``); a solo contributor and a federation share them. A
+The simulation's settings are mapped once onto a ``ContributeConfig`` (``contribution``):
+a solo contributor makes it with ``make_learnware``, a federation with the same card,
+specs and training. A
 federation's holders get their texts in memory (``Holder.data``): Flower's simulation
 engine ships the ClientApp to its Ray workers with the config, so no file is needed.
 """
@@ -21,14 +22,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.simulate.config import Contributor, SimulationConfig
+from client.simulate.config import Contributor, Federation, SimulationConfig
 from client.simulate.data import HolderData
 from shared.errors import AlreadyExists, LwmError
 from shared.home import Home
 
 if TYPE_CHECKING:
-    from client.finetune import FinetuneConfig
-    from client.publish import LearnwareCard, SpecSettings
+    from client.contribute import ContributeConfig
     from shared.learnware import Package
 
 LICENSE = "Apache-2.0"
@@ -110,61 +110,42 @@ def build(
         return BuiltLearnware(c.name, open_package(target), 0.0, True, len(holders))
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    made = contribution(config, c)
     if c.federated:
-        package = _federate(config, c, holders, key, target, home)
+        package = _federate(made, config.federation, holders, key, target, home)
     else:
-        package = _solo(config, c, holders[0], key, target, home, market)
+        package = _solo(made, holders[0], key, target, home, market)
     return BuiltLearnware(c.name, package, time.perf_counter() - started, False, len(holders))
 
 
-def _card(c: Contributor) -> LearnwareCard:
-    from client.publish import LearnwareCard
-
-    return LearnwareCard(c.name, c.domain, TASK, description(c), LICENSE, contributor=c.name)
-
-
-def _spec(config: SimulationConfig) -> SpecSettings:
-    from client.publish import SpecSettings
-
-    return SpecSettings(config.spec_kinds, config.spec_epsilon)
-
-
-def _training(config: SimulationConfig) -> FinetuneConfig:
-    """The simulation's ``[training]`` as a solo run's fine-tuning (a federation replaces
-    ``steps`` by its local steps per round)."""
+def contribution(config: SimulationConfig, c: Contributor) -> ContributeConfig:
+    """The simulation's settings mapped, once, onto what contributor ``c`` makes: its card,
+    its specs and a solo run's training (a federation trains ``local_steps`` per round)."""
+    from client.contribute import ContributeConfig
     from client.finetune import FinetuneConfig
+    from client.publish import LearnwareCard, SpecSettings
 
     t = config.training
-    return FinetuneConfig(
-        rank=t.rank,
-        alpha=2 * t.rank,
-        steps=t.steps,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        max_tokens=t.max_tokens,
-        dp_epsilon=t.train_epsilon,
-        seed=config.seed,
+    same = {name: getattr(t, name) for name in ("rank", "steps", "batch_size", "lr", "max_tokens")}
+    return ContributeConfig(
+        LearnwareCard(c.name, c.domain, TASK, description(c), LICENSE, contributor=c.name),
+        base_model=config.base_model,
+        spec=SpecSettings(config.spec_kinds, config.spec_epsilon),
+        finetune=FinetuneConfig(
+            **same, alpha=2 * t.rank, dp_epsilon=t.train_epsilon, seed=config.seed
+        ),
     )
 
 
 def _solo(
-    config: SimulationConfig,
-    c: Contributor,
-    holder: HolderData,
-    key: Path,
-    target: Path,
-    home: Home,
-    market: Any,
+    made: ContributeConfig, holder: HolderData, key: Path, target: Path, home: Home, market: Any
 ) -> Package:
-    from client.contribute import ContributeConfig, make_learnware
+    from client.contribute import make_learnware
 
-    contribute = ContributeConfig(
-        _card(c), base_model=config.base_model, spec=_spec(config), finetune=_training(config)
-    )
     remote = market.schema()
     return make_learnware(
         holder.training_texts(),
-        contribute,
+        made,
         key,
         target,
         home=home,
@@ -175,27 +156,29 @@ def _solo(
 
 
 def _federate(
-    config: SimulationConfig,
-    c: Contributor,
+    made: ContributeConfig,
+    federation: Federation,
     holders: tuple[HolderData, ...],
     key: Path,
     target: Path,
     home: Home,
 ) -> Package:
+    """The same learnware made by a Flower federation; each holder's texts stay in memory."""
     from client.federation.config import FederationConfig, Holder, MarketSettings
     from client.federation.run import run_federation
 
-    federation = FederationConfig(
+    config = FederationConfig(
         holders=tuple(Holder(h.name, tuple(h.training_texts())) for h in holders),
-        learnware=_card(c),
+        learnware=made.learnware,
         market=MarketSettings(key=key, out=target),
-        training=replace(_training(config), steps=config.federation.local_steps),
-        spec=_spec(config),
-        base_model=config.base_model,
-        rounds=config.federation.rounds,
+        training=replace(made.finetune, steps=federation.local_steps),
+        spec=made.spec,
+        base_model=made.base_model,
+        rounds=federation.rounds,
+        delta=made.delta,
         home=home.root,
     )
-    return run_federation(federation).published.package
+    return run_federation(config).published.package
 
 
 # ---------------------------------------------------------------- submit
