@@ -40,6 +40,7 @@ from typing import Any
 
 from client.contribute import ContributeConfig, make_learnware
 from client.finetune import FinetuneConfig, FinetuneResult, finetune_lora
+from client.publish import LearnwareCard, SpecSettings
 from shared import signing
 from shared.data import load_domain
 from shared.home import Home
@@ -135,16 +136,8 @@ def optimizer_grid(home: Home) -> list[dict[str, Any]]:
 
 def make_time(name: str, home: Home) -> dict[str, Any]:
     texts = load_domain("finance")[:300]
-    config = ContributeConfig(
-        name="bench-finance",
-        domain="finance",
-        task="text-generation",
-        description="benchmark",
-        license="MIT",
-        base_model=name,
-        spec_kinds=("rkme",),
-        spec_epsilon=4.0,
-    )
+    card = LearnwareCard("bench-finance", "finance", "text-generation", "benchmark", "MIT")
+    config = ContributeConfig(card, base_model=name, spec=SpecSettings(("rkme",), 4.0))
     key, _ = signing.generate_keypair()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()

@@ -164,7 +164,7 @@ def local_training(
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         for i, texts in enumerate(tqdm(parts, desc="local training", unit="holder")):
             t0 = time.perf_counter()
-            finetune_lora(list(texts), base, fed.finetune, Path(tmp) / f"holder-{i}")
+            finetune_lora(list(texts), base, fed.training, Path(tmp) / f"holder-{i}")
             seconds.append(time.perf_counter() - t0)
     return {"model_load_s": load_s, "holder_s": seconds, "round_s": sum(seconds)}
 

@@ -17,6 +17,7 @@ from shared.errors import InvalidInput, LwmError
 
 if TYPE_CHECKING:
     from client.contribute import ContributeConfig
+    from shared.learnware import DpLedger
 
 package_app = typer.Typer(help="Check learnware packages.", no_args_is_help=True)
 
@@ -87,6 +88,7 @@ def contribute_command(
 ) -> None:
     """Fine-tune a LoRA learnware on DATA, make its DP spec, sign it and submit it (or --out)."""
     from client.contribute import ContributeConfig, contribute, make_learnware
+    from client.publish import LearnwareCard, SpecSettings
     from shared.home import Home
 
     if (server is None) == (out is None):
@@ -94,16 +96,17 @@ def contribute_command(
     if dp_sgd != (train_epsilon is not None):
         raise InvalidInput("--dp-sgd and --train-epsilon E go together")
     config = ContributeConfig(
-        name=name,
-        domain=domain,
-        task=task,
-        description=description,
-        license=license,
+        learnware=LearnwareCard(
+            name=name,
+            domain=domain,
+            task=task,
+            description=description,
+            license=license,
+            contributor=contributor or key.stem,
+        ),
         base_model=base_model,
-        spec_kinds=tuple(k.strip() for k in spec.split(",") if k.strip()),
-        spec_epsilon=spec_epsilon,
+        spec=SpecSettings(tuple(k.strip() for k in spec.split(",") if k.strip()), spec_epsilon),
         delta=delta,
-        contributor=contributor or key.stem,
         finetune=FinetuneConfig(
             rank=lora_r,
             alpha=lora_alpha,
@@ -124,10 +127,7 @@ def contribute_command(
     lwm_home = Home.resolve(home)
     if out is not None:
         package = make_learnware(data, config, key, out, home=lwm_home, progress=True)
-        from shared.learnware import verify_package
-
-        manifest = verify_package(package, None).manifest
-        _console().print(f"wrote {package}: {_summary(config, manifest.dp)}")
+        _console().print(f"wrote {package.folder}: {_summary(config, package.manifest.dp)}")
         return
     from client.market import Connection
 
@@ -163,15 +163,12 @@ def package_verify(
     _console().print(f"ok: {manifest.name} ({manifest.domain}/{manifest.task}), {who}")
 
 
-def _summary(config: ContributeConfig, dp: object) -> str:
-    from shared.learnware import DpReport
-
-    assert isinstance(dp, DpReport)
+def _summary(config: ContributeConfig, dp: DpLedger) -> str:
     parts = ", ".join(f"{p.what} epsilon {_eps(p.epsilon)}" for p in dp.parts)
     total = (
         f"total epsilon {_eps(dp.total.epsilon)} (delta {config.delta:g}, {dp.total.accountant})"
     )
-    return f"{config.name}: {parts}; {total}"
+    return f"{config.learnware.name}: {parts}; {total}"
 
 
 def _eps(value: float | None) -> str:

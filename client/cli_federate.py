@@ -30,22 +30,22 @@ def federate_command(
 
     fed = FederationConfig.from_toml(config)
     console = Console(soft_wrap=True)
+    train_epsilon = fed.training.dp_epsilon
     adapter = (
-        f"adapter DP-SGD at epsilon {fed.train_epsilon:g} per holder"
-        if fed.train_epsilon is not None
+        f"adapter DP-SGD at epsilon {train_epsilon:g} per holder"
+        if train_epsilon is not None
         else "adapter trained WITHOUT DP"
     )
     console.print(
         f"federating {len(fed.holders)} holders (at least {fed.quorum}), {fed.rounds} rounds "
-        f"of {fed.local_steps} local steps ({adapter}; specs DP at epsilon {fed.spec_epsilon:g})"
+        f"of {fed.local_steps} local steps ({adapter}; specs DP at epsilon {fed.spec.epsilon:g})"
     )
-    outcome = run_federation(fed, verbose=verbose)
-    holders = f"{outcome['holders']} of {len(fed.holders)} holders' specs merged"
-    if "package" in outcome:
-        console.print(f"wrote {outcome['package']} ({holders})")
+    result = run_federation(fed, verbose=verbose)
+    holders = f"{result.holders} of {len(fed.holders)} holders' specs merged"
+    verdict = result.published.verdict
+    if verdict is None:
+        console.print(f"wrote {result.published.package.folder} ({holders})")
         return
-    if outcome["status"] == "REJECTED":
-        raise LwmError(
-            f"the market rejected learnware {outcome['learnware_id']}: {outcome['reason']}"
-        )
-    console.print(f"learnware {outcome['learnware_id']} is {outcome['status']} ({holders})")
+    if verdict.status == "REJECTED":
+        raise LwmError(f"the market rejected learnware {verdict.learnware_id}: {verdict.reason}")
+    console.print(f"learnware {verdict.learnware_id} is {verdict.status} ({holders})")

@@ -2,21 +2,19 @@
 
 The Python API behind ``lwm contribute`` (for notebooks)::
 
-    config = ContributeConfig(name="bank-news", domain="finance", task="text-generation",
-                              description="...", license="MIT", spec_kinds=("rkme",),
-                              spec_epsilon=4.0, finetune=FinetuneConfig(dp_epsilon=8.0))
+    card = LearnwareCard(name="bank-news", domain="finance", task="text-generation",
+                         description="...", license="MIT")
+    config = ContributeConfig(card, spec=SpecSettings(("rkme",), 4.0),
+                              finetune=FinetuneConfig(dp_epsilon=8.0))
     make_learnware("data.jsonl", config, "me.key", "out/bank-news")      # package only
     verdict = contribute("data.jsonl", config, Connection("host:7443", Path("me.key"), ca))
 
 What leaves the machine is the adapter, the DP spec, the manifest and the signature; the
 texts never do. Everything that can be checked before training is (the output folder, the
 data, the key, the market's schema, its base models, the spec model or encoder), so a wrong
-argument costs seconds, not a training run. The package is built in temporary folders and
-renamed into place by ``build_package``: an error at any step leaves nothing behind.
-
-Privacy: the adapter (DP-SGD, or none) and the spec are two releases on the same data. The
-manifest lists both and their RDP composition in one accountant (``compose_epsilon``); the
-total is None (no guarantee) when the adapter is trained without DP.
+argument costs seconds, not a training run. Training ends in ``client.publish.publish``,
+which writes the manifest, signs, packs (renamed into place: an error at any step leaves
+nothing behind) and submits.
 """
 
 from __future__ import annotations
@@ -25,99 +23,58 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from client.finetune import FinetuneConfig, finetune_lora
+from client.publish import LearnwareCard, Published, SpecSettings, Verdict, publish
 from shared import signing
 from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
 from shared.home import Home
-from shared.learnware import (
-    Contributor,
-    DpPart,
-    DpReport,
-    DpTotal,
-    Manifest,
-    SpecEntry,
-    build_package,
-)
-from shared.learnware import _check as check  # the manifest's own rules, checked up front
-from shared.learnware.manifest import utc_now_iso
-from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, compose_epsilon
-from shared.spec.schema import KINDS, MarketSchema
+from shared.privacy import DEFAULT_DELTA, PrivacyBudget
+from shared.spec.schema import MarketSchema
 
 if TYPE_CHECKING:
-    from client.market import Connection
+    from client.market import Connection, MarketClient
     from client.specs import SpecMaker
+    from shared.learnware import Package
     from shared.models import ModelRef
-    from shared.spec.record import Specification
 
 Texts = Sequence[str] | str | Path
 Key = signing.Ed25519PrivateKey | str | Path
-ACCOUNTANT = "rdp"
 
 
 @dataclass(frozen=True)
 class ContributeConfig:
     """What the learnware is and how it is made; validated before anything runs.
 
-    ``base_model`` is ``tiny``, ``smollm2-135m`` or a local Hugging Face folder.
-    ``spec_kinds`` are the spec kinds the package carries (one spec of the same data each,
-    so each is a release the accountant composes; users search with any of them).
-    ``spec_epsilon`` is the DP budget of each spec (always private here); the adapter's is
-    ``finetune.dp_epsilon`` (None: trained without DP). ``delta`` applies to both and
-    overrides ``finetune.delta``. ``contributor`` is the display name in the manifest.
+    ``learnware`` holds the manifest's fields; ``base_model`` is ``tiny``, ``smollm2-135m``
+    or a local Hugging Face folder; ``spec`` the spec kinds and their DP epsilon; the
+    adapter's budget is ``finetune.dp_epsilon`` (None: trained without DP). ``delta``
+    applies to every release and overrides ``finetune.delta``.
     """
 
-    name: str
-    domain: str
-    task: str
-    description: str
-    license: str
+    learnware: LearnwareCard
     base_model: str = "tiny"
-    spec_kinds: tuple[str, ...] = ("rkme",)
-    spec_epsilon: float = 4.0
+    spec: SpecSettings = field(default_factory=SpecSettings)
     delta: float = DEFAULT_DELTA
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    contributor: str = "contributor"
 
     def __post_init__(self) -> None:
-        for name in ("name", "domain", "task"):
-            check.slug(name, getattr(self, name))
-        check.text("description", self.description, max_len=4000, multiline=True, empty=True)
-        check.spdx("license", self.license)
-        check.text("contributor", self.contributor, max_len=128)
+        for name, kind in (
+            ("learnware", LearnwareCard),
+            ("spec", SpecSettings),
+            ("finetune", FinetuneConfig),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise InvalidInput(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if not isinstance(self.base_model, str) or not self.base_model:
             raise InvalidInput(f"base_model must name a model, got {self.base_model!r}")
-        if isinstance(self.spec_kinds, str | list):
-            kinds = [self.spec_kinds] if isinstance(self.spec_kinds, str) else self.spec_kinds
-            object.__setattr__(self, "spec_kinds", tuple(kinds))
-        if not self.spec_kinds or len(set(self.spec_kinds)) != len(self.spec_kinds):
-            raise InvalidInput(f"spec_kinds must name distinct kinds, got {self.spec_kinds!r}")
-        for kind in self.spec_kinds:
-            if kind not in KINDS:
-                raise SchemaMismatch(f"unknown spec kind {kind!r}; use {', '.join(KINDS)}")
-        if not isinstance(self.finetune, FinetuneConfig):
-            raise InvalidInput(f"finetune must be a FinetuneConfig, got {self.finetune!r}")
-        self.spec_budget  # noqa: B018 - PrivacyError for epsilon <= 0 or a bad delta
+        self.spec_budget  # noqa: B018 - PrivacyError for a bad delta
         object.__setattr__(self, "finetune", replace(self.finetune, delta=self.delta))
 
     @property
     def spec_budget(self) -> PrivacyBudget:
-        return PrivacyBudget(self.spec_epsilon, self.delta)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The market's answer to a submission: ``status`` is USABLE, REJECTED or PENDING."""
-
-    learnware_id: str
-    status: str
-    reason: str
-    manifest: Manifest
-
-    @property
-    def usable(self) -> bool:
-        return self.status == "USABLE"
+        return self.spec.budget(self.delta)
 
 
 # ---------------------------------------------------------------- API
@@ -148,7 +105,7 @@ def make_learnware(
     accepted_base_models: Sequence[ModelRef] | None = None,
     progress: bool = False,
     noise_seed: int | None = None,
-) -> Path:
+) -> Package:
     """Fine-tune, make the DP spec, write the manifest, sign: a learnware folder at ``out_dir``.
 
     ``schema`` is the market's (``MarketClient.schema()``); None uses the local default.
@@ -158,32 +115,19 @@ def make_learnware(
     ``NotFound`` (key), ``SchemaMismatch`` (kind or base model not accepted, other spec
     model), ``ModelUnavailable``. Nothing is left at ``out_dir`` on any error.
     """
-    out = Path(out_dir)
-    if out.exists() or out.is_symlink():
-        raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
-    texts = load_texts(data)
     private_key = key if isinstance(key, signing.Ed25519PrivateKey) else _load_key(key)
-    home = home or Home.resolve()
-    schema = schema or local_schema(home, *config.spec_kinds)
-    base_ref = accepted_base(config.base_model, home, accepted_base_models)
-    maker = spec_maker(schema, home, *config.spec_kinds)
-    from shared.models import load_causal_lm
-
-    base = load_causal_lm(config.base_model, home)
-    with tempfile.TemporaryDirectory(prefix="lwm-contribute-") as tmp:
-        work = Path(tmp)
-        trained = finetune_lora(
-            texts, base, config.finetune, work / "adapter", progress=progress, noise_seed=noise_seed
-        )
-        specs = [
-            maker.make(texts, kind, config.spec_budget, progress, noise_seed)
-            for kind in config.spec_kinds
-        ]
-        from shared.spec.record import save_specs
-
-        spec_file = save_specs(work / "spec.safetensors", specs)
-        manifest = build_manifest(config, base_ref, trained.report, specs, private_key)
-        return build_package(out, trained.adapter_dir, spec_file, manifest, private_key)
+    made = _make(
+        data,
+        config,
+        private_key,
+        Path(out_dir),
+        home,
+        schema,
+        accepted_base_models,
+        progress=progress,
+        noise_seed=noise_seed,
+    )
+    return made.package
 
 
 def contribute(
@@ -202,7 +146,7 @@ def contribute(
     does not accept (``SchemaMismatch``) fails before training. A refused submission raises
     the server's error. The package lives in a temporary folder and is always removed.
     """
-    from client.market import MarketClient, status_name
+    from client.market import MarketClient
 
     if connection.key_path is None:
         raise InvalidInput("contributing needs the contributor's key (--key)")
@@ -211,20 +155,70 @@ def contribute(
     with MarketClient(connection) as client:
         remote = client.schema()
         with tempfile.TemporaryDirectory(prefix="lwm-submit-") as tmp:
-            package = make_learnware(
+            made = _make(
                 texts,
                 config,
                 private_key,
-                Path(tmp) / config.name,
-                home=home,
-                schema=remote.schema,
-                accepted_base_models=remote.base_models,
+                Path(tmp) / config.learnware.name,
+                home,
+                remote.schema,
+                remote.base_models,
                 progress=progress,
                 noise_seed=noise_seed,
+                client=client,
             )
-            manifest = Manifest.from_json((package / "manifest.json").read_bytes())
-            reply = client.submit(package)
-    return Verdict(reply.id, status_name(reply.status), reply.reason, manifest)
+    assert made.verdict is not None  # publish submits when given a client
+    return made.verdict
+
+
+def _make(
+    data: Texts,
+    config: ContributeConfig,
+    key: signing.Ed25519PrivateKey,
+    out: Path,
+    home: Home | None,
+    schema: MarketSchema | None,
+    accepted_base_models: Sequence[ModelRef] | None,
+    *,
+    progress: bool,
+    noise_seed: int | None,
+    client: MarketClient | None = None,
+) -> Published:
+    """Check everything that can be checked, train, make the specs, then ``publish``."""
+    if out.exists() or out.is_symlink():
+        raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
+    texts = load_texts(data)
+    home = home or Home.resolve()
+    kinds = config.spec.kinds
+    schema = schema or local_schema(home, *kinds)
+    base_ref = accepted_base(config.base_model, home, accepted_base_models)
+    maker = spec_maker(schema, home, *kinds)
+    from shared.models import load_causal_lm
+
+    base = load_causal_lm(config.base_model, home)
+    with tempfile.TemporaryDirectory(prefix="lwm-contribute-") as tmp:
+        trained = finetune_lora(
+            texts,
+            base,
+            config.finetune,
+            Path(tmp) / "adapter",
+            progress=progress,
+            noise_seed=noise_seed,
+        )
+        specs = [
+            maker.make(texts, kind, config.spec_budget, progress, noise_seed) for kind in kinds
+        ]
+        return publish(
+            config.learnware,
+            base_ref,
+            trained.adapter_dir,
+            trained.report,
+            specs,
+            key,
+            out,
+            delta=config.delta,
+            client=client,
+        )
 
 
 # ---------------------------------------------------------------- steps
@@ -242,82 +236,6 @@ def accepted_base(name: str, home: Home, accepted: Sequence[ModelRef] | None) ->
             f"{ref.sha256[:12]}; it accepts: {listed}"
         )
     return ref
-
-
-def build_manifest(
-    config: ContributeConfig,
-    base: ModelRef,
-    adapter: DPReport,
-    specs: Specification | Sequence[Specification],
-    key: signing.Ed25519PrivateKey,
-) -> Manifest:
-    """The manifest of one adapter and its specs (one per kind), every release on the same
-    data composed in one accountant."""
-    from shared.spec.record import Specification
-
-    specs = [specs] if isinstance(specs, Specification) else list(specs)
-    total = compose_epsilon([adapter, *(s.privacy for s in specs)], config.delta)
-    return Manifest(
-        name=config.name,
-        domain=config.domain,
-        task=config.task,
-        description=config.description,
-        license=config.license,
-        base_model=base,
-        specs=tuple(_spec_entry(s) for s in specs),
-        dp=DpReport(
-            parts=(
-                _part("adapter", adapter),
-                *(_part(f"spec:{s.kind}", s.privacy) for s in specs),
-            ),
-            total=DpTotal(
-                epsilon=total,
-                delta=config.delta if total is not None else 0.0,
-                accountant=ACCOUNTANT,
-            ),
-        ),
-        contributor=Contributor(key_id=signing.key_id(key.public_key()), name=config.contributor),
-        created_at=utc_now_iso(),
-    )
-
-
-def _spec_entry(spec: Specification) -> SpecEntry:
-    epsilon = spec.privacy.epsilon
-    return SpecEntry(
-        kind=spec.kind,
-        schema_id=spec.schema_id,
-        dim=spec.dim,
-        epsilon=epsilon,
-        delta=spec.privacy.delta if epsilon is not None else 0.0,
-        n=spec.n,
-        extra=_accounting(spec.privacy),
-    )
-
-
-def _part(what: str, report: DPReport) -> DpPart:
-    private = report.epsilon is not None
-    return DpPart(
-        what=what,
-        epsilon=report.epsilon,
-        delta=report.delta if private else 0.0,
-        mechanism=_mechanism(report),
-        details={**_accounting(report), **report.details},
-    )
-
-
-def _accounting(report: DPReport) -> dict[str, Any]:
-    """What an auditor needs to recompute the epsilon: one RDP history entry and the noise."""
-    return {
-        "noise_multiplier": report.noise_multiplier,
-        "sample_rate": report.sample_rate,
-        "steps": report.steps,
-        "noise_std": report.noise_std,
-    }
-
-
-def _mechanism(report: DPReport) -> str:
-    """The mechanism's short name ("dp-sgd", "gaussian", "none"): the manifest allows 64 chars."""
-    return report.mechanism.split(" (", 1)[0].strip()[:64] or "none"
 
 
 def _load_key(path: str | Path) -> signing.Ed25519PrivateKey:

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.dpsgd import grad_sample_norms, noise_only_step
+from shared.dpsgd import History, dpsgd_steps, private_training
 from shared.errors import DataError, InvalidInput, LwmError
-from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, dpsgd_noise_multiplier
+from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, rdp_epsilon
 
 if TYPE_CHECKING:
     import torch
@@ -345,7 +345,7 @@ def train_plain(
         loss.backward()
         optimizer.step()
         trace.step(float(loss.detach()), batch, started)
-    return _no_dp_report(config, n)
+    return adapter_report(config, n, [], steps=config.steps)
 
 
 def _train_dp(
@@ -358,17 +358,11 @@ def _train_dp(
 ) -> DPReport:
     """opacus DP-SGD: Poisson batches, per-sample clipping, noise for the whole run."""
     n = ids.shape[0]
-    accountant, sigma, sample_rate = private_steps(
+    accountant, _, sample_rate = private_steps(
         peft_model, ids, mask, config, trace, noise_seed=noise_seed
     )
-    return DPReport(
-        mechanism=DP_MECHANISM,
-        epsilon=float(accountant.get_epsilon(config.delta)),
-        delta=config.delta,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=config.steps,
-        details=_details(config, n, expected_batch=n * sample_rate),
+    return adapter_report(
+        config, n, accountant.history, steps=config.steps, expected_batch=n * sample_rate
     )
 
 
@@ -380,82 +374,36 @@ def private_steps(
     trace: TrainTrace,
     *,
     calibration_steps: int | None = None,
-    history: Sequence[tuple[float, float, int]] = (),
+    history: History = (),
     noise_seed: int | None = None,
 ) -> tuple[Any, float, float]:
-    """``config.steps`` opacus DP-SGD steps on ``(ids, mask)``: the one place opacus is set
-    up over peft, for a contributor's whole run and for a federated holder's round.
+    """``config.steps`` DP-SGD steps (``shared.dpsgd``) on ``(ids, mask)``, for a
+    contributor's whole run and for a federated holder's round.
 
     The noise multiplier spends ``config.budget`` over ``calibration_steps`` steps (default
     ``config.steps``; a federation passes rounds x local steps), and the RDP accountant
     starts from ``history`` (a holder's earlier rounds: carried, never reset). Returns the
     accountant, the noise multiplier and the sample rate.
     """
-    import torch
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
-    n = ids.shape[0]
-    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(config.batch_size, n))
-    sample_rate = 1.0 / len(loader)  # what opacus' Poisson sampler uses
-    sigma = dpsgd_noise_multiplier(
-        config.budget, sample_rate=sample_rate, steps=calibration_steps or config.steps
-    )
     params = trainable_params(peft_model)
-    device = params[0].device
-    generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # secure_mode off: noise from torch's generator
-        engine = PrivacyEngine(accountant="rdp")
-        engine.accountant.history = list(history)
-        dp_model, dp_optimizer, dp_loader = engine.make_private(
-            module=peft_model,
-            optimizer=make_optimizer(params, config),
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=config.clip_norm,
-            poisson_sampling=True,
-            noise_generator=generator,
-        )
-    try:
-        with warnings.catch_warnings():
-            # Expected: the inputs are token ids, so hooks fire on output grads only.
-            warnings.filterwarnings("ignore", message="Full backward hook")
-            _dp_loop(dp_model, dp_optimizer, dp_loader, params, config.steps, trace)
-    finally:
-        dp_model.remove_hooks()
-    return engine.accountant, sigma, sample_rate
-
-
-def _dp_loop(
-    dp_model: Any,
-    dp_optimizer: Any,
-    dp_loader: Any,
-    params: list[torch.nn.Parameter],
-    steps: int,
-    trace: TrainTrace,
-) -> None:
-    """``steps`` DP steps, re-iterating the Poisson loader; an empty batch is a noise step."""
-    from shared.dpsgd import per_sample_loss
-
-    while len(trace.losses) < steps:
+    with private_training(
+        peft_model,
+        make_optimizer(params, config),
+        ids,
+        mask,
+        batch_size=config.batch_size,
+        budget=config.budget,
+        clip_norm=config.clip_norm,
+        calibration_steps=calibration_steps or config.steps,
+        history=history,
+        noise_seed=noise_seed,
+    ) as dp:
         started = time.perf_counter()
-        for batch_ids, batch_mask in dp_loader:
-            if len(trace.losses) >= steps:
-                break
-            dp_optimizer.zero_grad(set_to_none=True)
-            if batch_ids.shape[0] == 0:
-                noise_only_step(dp_optimizer, params)
-                trace.step(float("nan"), 0, started)
-            else:
-                batch_ids, batch_mask = _on(params[0], *trim(batch_ids, batch_mask))
-                logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
-                loss = per_sample_loss(logits, batch_ids, batch_mask)
-                loss.backward()
-                trace.norms.extend(grad_sample_norms(params))
-                dp_optimizer.step()
-                trace.step(float(loss.detach()), int(batch_ids.shape[0]), started)
+        for step in dpsgd_steps(dp, params, config.steps, lambda i, m: _on(params[0], *trim(i, m))):
+            trace.norms.extend(step.norms)
+            trace.step(step.loss, step.batch, started)
             started = time.perf_counter()
+    return dp.accountant, dp.noise_multiplier, dp.sample_rate
 
 
 def _on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -487,8 +435,19 @@ def require_trained(before: list[torch.Tensor], after: list[torch.Tensor]) -> No
         )
 
 
-def _details(config: FinetuneConfig, n: int, **extra: Any) -> dict[str, Any]:
-    return {
+def adapter_report(
+    config: FinetuneConfig, n: int, history: History, *, steps: int, **extra: Any
+) -> DPReport:
+    """The adapter's DP report from the accountant ``history`` of its training: the one
+    place it is made, for a contributor's run and for a federation's averaged adapter.
+
+    ``history`` is an opacus RDP accountant's (sigma, sample rate, steps) list; under DP it
+    must be one noise level at one rate (what ``private_steps`` runs), reported as one
+    entry with all its steps, so an auditor can recompute the epsilon. Without DP
+    (``config.dp_epsilon`` None) the report says so (epsilon None, no guarantee) and
+    ``steps`` is what was trained. ``n`` is the number of texts; ``extra`` joins the details.
+    """
+    details = {
         "clip_norm": config.clip_norm if config.budget.is_private else None,
         "lr": config.learning_rate,
         "optimizer": config.optimizer_name,
@@ -497,17 +456,30 @@ def _details(config: FinetuneConfig, n: int, **extra: Any) -> dict[str, Any]:
         "n": n,
         **extra,
     }
-
-
-def _no_dp_report(config: FinetuneConfig, n: int) -> DPReport:
+    if not config.budget.is_private:
+        return DPReport(
+            mechanism=NO_DP_MECHANISM,
+            epsilon=None,
+            delta=0.0,
+            noise_multiplier=0.0,
+            sample_rate=min(1.0, config.batch_size / max(n, 1)),
+            steps=steps,
+            details=details,
+        )
+    if not history:
+        raise LwmError("DP-SGD was asked for but no accountant history was reported")
+    sigmas = {float(s) for s, _, _ in history}
+    rates = {float(q) for _, q, _ in history}
+    if len(sigmas) != 1 or len(rates) != 1:
+        raise LwmError("the accountant mixes noise levels; cannot summarise it")
     return DPReport(
-        mechanism=NO_DP_MECHANISM,
-        epsilon=None,
-        delta=0.0,
-        noise_multiplier=0.0,
-        sample_rate=min(1.0, config.batch_size / n),
-        steps=config.steps,
-        details=_details(config, n),
+        mechanism=DP_MECHANISM,
+        epsilon=rdp_epsilon(list(history), config.delta),
+        delta=config.delta,
+        noise_multiplier=sigmas.pop(),
+        sample_rate=rates.pop(),
+        steps=sum(int(k) for _, _, k in history),
+        details=details,
     )
 
 

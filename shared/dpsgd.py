@@ -1,18 +1,146 @@
-"""DP-SGD pieces shared by PAVE specs (``shared.spec.pave``) and DP fine-tuning
-(``client.finetune``): one per-sample loss, one empty-batch step, one gradient-norm probe.
+"""DP-SGD over a peft model: the one place opacus is set up, for PAVE specs
+(``shared.spec.pave``) and DP fine-tuning (``client.finetune``, one-shot or one federated
+round).
 
-opacus clips and noises per-sample gradients; these helpers make sure what it clips is
-really per sample, that an empty Poisson batch still spends its step, and that the clip
-norm can be chosen from measured per-sample gradient norms.
+``private_training`` wraps a model, an optimizer and the texts' token ids with opacus'
+``PrivacyEngine`` (RDP accountant, Poisson sampling, per-sample clipping, noise calibrated
+for the whole run); ``dpsgd_steps`` runs the steps and says what each one saw. The helpers
+make sure what opacus clips is really per sample (``per_sample_loss``), that an empty
+Poisson batch still spends its step (``noise_only_step``), and that the clip norm can be
+chosen from measured per-sample gradient norms (``grad_sample_norms``).
+
+Known trap (opacus#820): opacus over peft can silently not train. Callers build the peft
+model on its final device before calling ``private_training`` and check afterwards that
+``lora_B`` moved (``PaveRun.changed``, ``client.finetune.require_trained``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from shared.privacy import PrivacyBudget, dpsgd_noise_multiplier
 
 if TYPE_CHECKING:
     import torch
+
+History = Sequence[tuple[float, float, int]]  # an RDP accountant's (sigma, sample rate, steps)
+Prepare = Callable[["torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """What opacus' ``make_private`` returned, plus the noise it was given.
+
+    ``accountant`` starts from the history passed in and grows with every step taken;
+    ``sample_rate`` is opacus' Poisson rate (1 / number of batches).
+    """
+
+    model: Any
+    optimizer: Any
+    loader: Any
+    accountant: Any
+    noise_multiplier: float
+    sample_rate: float
+
+
+@dataclass(frozen=True)
+class DPStep:
+    """One DP-SGD step: the batch loss (NaN for an empty Poisson batch), the batch size and
+    the unclipped per-sample gradient norms opacus saw."""
+
+    loss: float
+    batch: int
+    norms: list[float]
+
+
+@contextlib.contextmanager
+def private_training(
+    module: Any,
+    optimizer: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    batch_size: int,
+    budget: PrivacyBudget,
+    clip_norm: float,
+    calibration_steps: int,
+    history: History = (),
+    noise_seed: int | None = None,
+) -> Iterator[PrivateTraining]:
+    """opacus DP-SGD over ``module`` (a peft model already on its device) on ``(ids, mask)``.
+
+    The noise multiplier spends ``budget`` over ``calibration_steps`` steps at opacus'
+    sample rate (0 when ``budget`` is not private: clipping stays, so both runs are on one
+    scale). The accountant starts from ``history`` (a federated holder's earlier rounds:
+    carried, never reset). ``noise_seed`` fixes the noise (tests only; secure_mode is off,
+    the noise comes from torch's generator). The hooks are removed on exit.
+    """
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = ids.shape[0]
+    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(batch_size, n))
+    sample_rate = 1.0 / len(loader)  # what opacus' Poisson sampler uses
+    sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=calibration_steps)
+    device = next(p for p in module.parameters() if p.requires_grad).device
+    generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure_mode off: noise from torch's generator
+        engine = PrivacyEngine(accountant="rdp")
+        engine.accountant.history = list(history)
+        dp_model, dp_optimizer, dp_loader = engine.make_private(
+            module=module,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=clip_norm,
+            poisson_sampling=True,
+            noise_generator=generator,
+        )
+    try:
+        with warnings.catch_warnings():
+            # Expected: the inputs are token ids, so hooks fire on output grads only.
+            warnings.filterwarnings("ignore", message="Full backward hook")
+            yield PrivateTraining(
+                dp_model, dp_optimizer, dp_loader, engine.accountant, sigma, sample_rate
+            )
+    finally:
+        dp_model.remove_hooks()
+
+
+def dpsgd_steps(
+    dp: PrivateTraining,
+    params: Sequence[torch.nn.Parameter],
+    steps: int,
+    prepare: Prepare | None = None,
+) -> Iterator[DPStep]:
+    """``steps`` DP-SGD steps, re-iterating the Poisson loader; an empty batch is a noise
+    step. Yields after each optimizer step (a caller may post-process the weights there).
+    ``prepare`` maps a batch before the forward pass (trim padding, move to a device)."""
+    taken = 0
+    while taken < steps:
+        for batch_ids, batch_mask in dp.loader:
+            if taken >= steps:
+                break
+            dp.optimizer.zero_grad(set_to_none=True)
+            taken += 1
+            if batch_ids.shape[0] == 0:
+                noise_only_step(dp.optimizer, params)
+                yield DPStep(float("nan"), 0, [])
+                continue
+            if prepare is not None:
+                batch_ids, batch_mask = prepare(batch_ids, batch_mask)
+            logits = dp.model(input_ids=batch_ids, attention_mask=batch_mask).logits
+            loss = per_sample_loss(logits, batch_ids, batch_mask)
+            loss.backward()
+            norms = grad_sample_norms(params)
+            dp.optimizer.step()
+            yield DPStep(float(loss.detach()), int(batch_ids.shape[0]), norms)
 
 
 def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

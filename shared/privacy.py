@@ -42,7 +42,8 @@ class PrivacyBudget:
 
 @dataclass(frozen=True)
 class DPReport:
-    """What one release cost and how it was made; stored with every spec.
+    """What one release cost and how it was made: THE DP report, stored with every spec and
+    listed per part in a learnware's manifest (``shared.learnware.DpLedger.compose``).
 
     ``epsilon`` is None for a non-private release. ``noise_std`` is the per-coordinate
     standard deviation of the Gaussian noise in the released vector where it is known
@@ -79,6 +80,21 @@ class DPReport:
         if not math.isfinite(report.noise_std) or report.noise_std < 0:
             raise PrivacyError(f"noise_std must be finite and >= 0, got {report.noise_std!r}")
         return report
+
+    def accounting(self) -> dict[str, Any]:
+        """What an auditor needs to recompute the epsilon: one RDP history entry and the
+        noise (the manifest lists it with every part and spec)."""
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "noise_std": self.noise_std,
+        }
+
+    @property
+    def mechanism_name(self) -> str:
+        """The mechanism's short name ("dp-sgd", "gaussian", "none"): at most 64 chars."""
+        return self.mechanism.split(" (", 1)[0].strip()[:64] or "none"
 
     def history(self) -> list[tuple[float, float, int]]:
         """This release as entries of an opacus RDP accountant's history."""

@@ -33,8 +33,8 @@ from shared import signing
 from shared.home import Home
 from shared.learnware import (
     Contributor,
+    DpLedger,
     DpPart,
-    DpReport,
     DpTotal,
     Manifest,
     SpecEntry,
@@ -197,7 +197,7 @@ def manifest_for(
         license="Apache-2.0",
         base_model=base,
         specs=entries,
-        dp=DpReport(
+        dp=DpLedger(
             parts=(*parts, DpPart("adapter", None, 0.0, "none")),
             total=DpTotal(epsilon=None, delta=0.0, accountant="rdp"),
         ),
@@ -237,7 +237,7 @@ def build_learnware(
 
     specs = load_specs(spec_file)
     manifest = manifest_for(specs, base, private_key.public_key(), **manifest_changes)
-    return build_package(out_dir, adapter, spec_file, manifest, private_key)
+    return build_package(out_dir, adapter, spec_file, manifest, private_key).folder
 
 
 def rebuild_learnware(
@@ -261,7 +261,7 @@ def rebuild_learnware(
         spec_file or package_dir / SPEC,
         manifest or Manifest.from_json((package_dir / MANIFEST).read_bytes()),
         private_key,
-    )
+    ).folder
 
 
 # ---------------------------------------------------------------- edits

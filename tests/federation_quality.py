@@ -7,7 +7,7 @@ text. Every model is scored by token perplexity on that pooled held-out set with
 on, and the base model with the adapter off (``client.evaluate.evaluate(with_base=True)``).
 
 Fairness of the comparison: a solo holder trains with the federation's own
-``FederationConfig.finetune`` (same rank, alpha, modules, optimizer, lr, batch and
+``FederationConfig.training`` (same rank, alpha, modules, optimizer, lr, batch and
 max_tokens) for ``rounds * local_steps`` steps, as many local optimisation steps as each
 holder makes in the federation, and from the same LoRA start (``finetune_lora`` seeds with
 ``FinetuneConfig.seed`` 0, the ServerApp's initial LoRA with 0 too). What differs is only
@@ -27,7 +27,9 @@ from pathlib import Path
 
 from client.contribute import ContributeConfig, make_learnware
 from client.evaluate import LearnwareEvaluation, evaluate
-from client.federation.config import FederationConfig, Holder
+from client.federation.config import FederationConfig, Holder, MarketSettings
+from client.finetune import FinetuneConfig
+from client.publish import LearnwareCard
 from client.run import load_learnware
 from shared import signing
 from shared.data import Record, load_domain, split
@@ -123,22 +125,26 @@ def federation_config(
     """The simulated federation that writes its signed package to ``out`` (no market)."""
     return FederationConfig(
         holders=tuple(Holder(f"holder-{i}", p) for i, p in enumerate(paths)),
-        name="federated-news",
-        domain=settings.domain.replace("/", "-"),
-        task="text-generation",
-        description=f"Federated LoRA over {len(paths)} holders' {settings.domain} text.",
-        license="MIT",
-        key=key,
+        learnware=LearnwareCard(
+            name="federated-news",
+            domain=settings.domain.replace("/", "-"),
+            task="text-generation",
+            description=f"Federated LoRA over {len(paths)} holders' {settings.domain} text.",
+            license="MIT",
+            contributor="coordinator",
+        ),
+        market=MarketSettings(key=key, out=out),
+        training=FinetuneConfig(
+            steps=settings.local_steps,
+            batch_size=settings.batch_size,
+            max_tokens=settings.max_tokens,
+            lr=settings.lr,
+            rank=settings.rank,
+            alpha=2 * settings.rank,
+        ),
         base_model=settings.base_model,
         rounds=settings.rounds,
-        local_steps=settings.local_steps,
-        batch_size=settings.batch_size,
-        max_tokens=settings.max_tokens,
-        lr=settings.lr,
-        rank=settings.rank,
-        alpha=2 * settings.rank,
         home=home.root,
-        out=out,
     )
 
 
@@ -147,14 +153,14 @@ def solo_config(fed: FederationConfig, index: int) -> ContributeConfig:
 
     The spec settings are left at their defaults on both sides: specs do not touch the adapter.
     """
-    return ContributeConfig(
+    card = replace(
+        fed.learnware,
         name=f"solo-{index}",
-        domain=fed.domain,
-        task=fed.task,
         description=f"Holder {index} alone, for comparison with the federation.",
-        license=fed.license,
-        base_model=fed.base_model,
-        finetune=replace(fed.finetune, steps=fed.rounds * fed.local_steps),
+        contributor="contributor",
+    )
+    return ContributeConfig(
+        card, base_model=fed.base_model, finetune=replace(fed.training, steps=fed.total_steps)
     )
 
 
@@ -162,14 +168,15 @@ def make_solo(
     texts: Sequence[str], fed: FederationConfig, index: int, home: Home, out: Path
 ) -> Path:
     """Holder ``index``'s own learnware folder (``make_learnware``, signed with the same key)."""
-    return make_learnware(list(texts), solo_config(fed, index), fed.key, out, home=home)
+    package = make_learnware(list(texts), solo_config(fed, index), fed.market.key, out, home=home)
+    return package.folder
 
 
 def make_federated(fed: FederationConfig) -> Path:
     """The federated learnware folder (``run_federation``, Flower's simulation engine)."""
     from client.federation.run import run_federation
 
-    return Path(run_federation(fed)["package"])
+    return run_federation(fed).published.package.folder
 
 
 def score(

@@ -21,6 +21,7 @@ from market_fixtures import market_server
 from client.contribute import ContributeConfig, contribute, make_learnware
 from client.finetune import FinetuneConfig
 from client.market import Connection
+from client.publish import LearnwareCard, SpecSettings
 from server.records import Role
 from shared import signing
 from shared.data import load_domain
@@ -72,17 +73,16 @@ def scratch(tmp_path, monkeypatch) -> Path:
 
 
 def config(**changes) -> ContributeConfig:
-    base = ContributeConfig(
+    card = LearnwareCard(
         name="bank-news",
         domain="finance",
         task="text-generation",
         description="LoRA on BBC business paragraphs.",
         license="MIT",
-        base_model="tiny",
-        spec_kinds=("rkme",),
-        spec_epsilon=4.0,
-        finetune=FAST,
         contributor="bank",
+    )
+    base = ContributeConfig(
+        card, base_model="tiny", spec=SpecSettings(("rkme",), 4.0), finetune=FAST
     )
     return replace(base, **changes)
 
@@ -140,10 +140,10 @@ def test_contribute_through_the_market_ends_usable(market, data, lwm_home, scrat
 def test_manifest_epsilons_are_the_accountants_and_the_total_their_rdp_sum(
     data, lwm_home, tmp_path
 ):
-    cfg = config(spec_kinds=("pave",), spec_epsilon=2.0, finetune=replace(FAST, dp_epsilon=3.0))
+    cfg = config(spec=SpecSettings(("pave",), 2.0), finetune=replace(FAST, dp_epsilon=3.0))
     key, _ = signing.generate_keypair()
 
-    package = make_learnware(data, cfg, key, tmp_path / "lw", home=lwm_home, noise_seed=1)
+    package = make_learnware(data, cfg, key, tmp_path / "lw", home=lwm_home, noise_seed=1).folder
 
     manifest = verify_package(package, key.public_key()).manifest
     adapter, spec_part = manifest.dp.part("adapter"), manifest.dp.part("spec:pave")
@@ -166,7 +166,8 @@ def test_manifest_epsilons_are_the_accountants_and_the_total_their_rdp_sum(
 def test_without_dp_sgd_the_total_promises_nothing(data, lwm_home, tmp_path):
     key, _ = signing.generate_keypair()
     package = make_learnware(data, config(), key, tmp_path / "lw", home=lwm_home)
-    dp = Manifest.from_json((package / "manifest.json").read_bytes()).dp
+    assert package.manifest == Manifest.from_json((package.folder / "manifest.json").read_bytes())
+    dp = package.manifest.dp
     assert dp.part("adapter").epsilon is None and dp.part("adapter").delta == 0.0
     assert dp.part("spec:rkme").epsilon == pytest.approx(4.0, rel=0.05)
     assert dp.total.epsilon is None and dp.total.delta == 0.0

@@ -14,13 +14,16 @@ import torch
 from market_fixtures import market_server
 
 from client.federation.client_app import history_of, make_client_app
-from client.federation.config import FederationConfig, Holder
+from client.federation.config import FederationConfig, Holder, MarketSettings
 from client.federation.server_app import initial_lora, merge_specs
+from client.finetune import FinetuneConfig
+from client.publish import LearnwareCard, SpecSettings
 from server.records import Role
 from shared import signing
 from shared.data import load_domain
 from shared.errors import InvalidInput, LwmError, PrivacyError
 from shared.learnware import verify_package
+from shared.models import load_causal_lm
 from shared.privacy import DPReport
 from shared.proto import market_pb2 as pb
 from shared.spec.record import Specification
@@ -39,26 +42,39 @@ def holders_data(tmp_path_factory) -> list[Path]:
 
 
 def fed_config(paths: list[Path], key: Path, home: Path, **changes) -> FederationConfig:
-    settings = dict(
-        holders=tuple(Holder(f"bank-{i}", p) for i, p in enumerate(paths)),
-        name="region-news",
-        domain="finance",
-        task="text-generation",
-        description="Federated LoRA over two banks' BBC business paragraphs.",
-        license="MIT",
-        key=key,
-        base_model="tiny",
-        rounds=2,
-        local_steps=3,
+    """Two banks' federation; ``changes`` name a section's field by its FED.toml key
+    (``out``, ``market_address``, ``ca``, ``local_steps``, ``train_epsilon``,
+    ``spec_kinds``) or a top-level one (``rounds``, ``min_holders``)."""
+    out = changes.pop("out", home / "unused-out")
+    address, ca = changes.pop("market_address", None), changes.pop("ca", None)
+    training = FinetuneConfig(
+        steps=changes.pop("local_steps", 3),
         batch_size=8,
         max_tokens=48,
-        spec_kinds=("rkme",),
-        spec_epsilon=4.0,
-        home=home,
-        out=home / "unused-out",
+        dp_epsilon=changes.pop("train_epsilon", None),
     )
-    settings.update(changes)
-    return FederationConfig(**settings)  # type: ignore[arg-type]
+    kinds = changes.pop("spec_kinds", ("rkme",))
+    return FederationConfig(
+        holders=tuple(Holder(f"bank-{i}", p) for i, p in enumerate(paths)),
+        learnware=LearnwareCard(
+            name="region-news",
+            domain="finance",
+            task="text-generation",
+            description="Federated LoRA over two banks' BBC business paragraphs.",
+            license="MIT",
+            contributor="coordinator",
+        ),
+        market=MarketSettings(key=key, address=address, ca=ca, out=out),
+        training=training,
+        spec=SpecSettings(kinds, 4.0),
+        base_model="tiny",
+        home=home,
+        **{"rounds": 2, **changes},
+    )
+
+
+def start_lora(config: FederationConfig, home) -> dict:
+    return initial_lora(config, load_causal_lm(config.base_model, home))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +96,7 @@ def test_client_app_train_changes_lora_and_reports_examples(
         monkeypatch.setattr(TaskIdentity, name, 1)
 
     config = fed_config(holders_data, coordinator_key, lwm_home.root)
-    start = initial_lora(config)
+    start = start_lora(config, lwm_home)
     app = make_client_app(config)
     msg = Message(
         content=RecordDict(
@@ -125,7 +141,7 @@ def test_client_app_dp_accountant_carries_across_rounds(
         state=RecordDict(),
         run_config={},
     )
-    arrays = ArrayRecord(initial_lora(config))
+    arrays = ArrayRecord(start_lora(config, lwm_home))
     epsilons = []
     for server_round in (1, 2):
         msg = Message(
@@ -180,7 +196,8 @@ def test_config_refuses_what_cannot_work(holders_data, coordinator_key, lwm_home
         f'[[holders]]\nname = "b"\ndata = "{holders_data[1]}"\n'
     )
     loaded = FederationConfig.from_toml(toml)
-    assert loaded.rounds == 1 and loaded.out == tmp_path / "pkg"
+    assert loaded.rounds == 1 and loaded.market.out == tmp_path / "pkg"
+    assert loaded.learnware.contributor == "coordinator" and loaded.training.steps == 5
     toml.write_text("rounds = [")
     with pytest.raises(InvalidInput, match="not valid TOML"):
         FederationConfig.from_toml(toml)
@@ -260,16 +277,17 @@ def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home,
             spec_kinds=("rkme", "pave"),
         )
         started = time.perf_counter()
-        outcome = run_federation(config)
+        result = run_federation(config)
         seconds = time.perf_counter() - started
 
-        assert outcome["status"] == "USABLE", outcome["reason"]
-        assert outcome["holders"] == 2
-        info = market.client("reader").get(outcome["learnware_id"])
+        verdict = result.published.verdict
+        assert verdict is not None and verdict.status == "USABLE", verdict
+        assert result.holders == 2
+        info = market.client("reader").get(verdict.learnware_id)
         assert info.status == pb.LEARNWARE_STATUS_USABLE
         assert info.name == "region-news"
         assert {p.what for p in info.dp.parts} == {"adapter", "spec:rkme", "spec:pave"}
-        manifest = outcome["manifest"]
+        manifest = verdict.manifest
         assert [s.kind for s in manifest.specs] == ["rkme", "pave"]
         assert [s.n for s in manifest.specs] == [80, 80]
         adapter = manifest.dp.part("adapter")
@@ -314,13 +332,14 @@ def test_a_holder_failing_mid_run_is_left_out_above_min_holders(
 
     config, sizes = three_holders_one_broken(tmp_path, coordinator_key, lwm_home.root, 2)
 
-    outcome = run_federation(config)
+    result = run_federation(config)
 
-    assert outcome["holders"] == 2 and outcome["trained"] == 2
+    assert result.holders == 2 and result.trained == 2 and result.published.verdict is None
     verified = verify_package(
-        outcome["package"], signing.load_private_key(coordinator_key).public_key()
+        result.published.package.folder, signing.load_private_key(coordinator_key).public_key()
     )
-    assert verified.path == config.out
+    assert verified.path == config.market.out
+    assert verified.manifest == result.published.package.manifest
     manifest = verified.manifest
     assert manifest.specs[0].n == sizes[0] + sizes[1]
     adapter = manifest.dp.part("adapter")
@@ -338,7 +357,7 @@ def test_a_holder_failing_mid_run_below_min_holders_leaves_no_package(
 
     with pytest.raises(LwmError, match=r"only 2 holder\(s\) trained, min_holders is 3") as err:
         run_federation(config)
-    assert config.out is not None and not config.out.exists()
+    assert config.market.out is not None and not config.market.out.exists()
     # One line naming the holder's own error, not Ray's traceback.
     assert "holder2.jsonl: not UTF-8" in str(err.value) and "\n" not in str(err.value)
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from shared.errors import AlreadyExists, IntegrityError, InvalidInput, ResourceE
 from shared.learnware import (
     PACKAGE_FILES,
     Contributor,
+    DpLedger,
     DpPart,
-    DpReport,
     DpTotal,
     Manifest,
     PackageLimits,
@@ -30,6 +31,7 @@ from shared.learnware import (
     signing_payload,
     unpack_tar,
     verify_package,
+    write_tar,
 )
 from shared.models import ModelRef
 
@@ -59,7 +61,7 @@ def make_manifest(kid: str, **changes: object) -> Manifest:
                 extra={"sigma": 1.16, "gamma": 0.5},
             ),
         ),
-        dp=DpReport(
+        dp=DpLedger(
             parts=(
                 DpPart("spec:rkme", 4.0, 1e-5, "gaussian", {"sigma": 1.16}),
                 DpPart("adapter", None, 0.0, "none"),
@@ -108,7 +110,7 @@ def package(tmp_path: Path, inputs, keys) -> Path:
     private, public = keys
     return build_package(
         tmp_path / "out" / "lw", adapter, spec, make_manifest(signing.key_id(public)), private
-    )
+    ).folder
 
 
 def flip_byte(path: Path, index: int = -1) -> None:
@@ -182,8 +184,8 @@ def test_manifest_validates_fields_quoting_the_value(changes, message: str) -> N
 
 def test_dp_report_must_cover_and_agree_with_the_specs() -> None:
     kid = "0123456789abcdef"
-    only_adapter = DpReport((DpPart("adapter", None, 0.0, "none"),), DpTotal(None, 0.0, "rdp"))
-    disagree = DpReport(
+    only_adapter = DpLedger((DpPart("adapter", None, 0.0, "none"),), DpTotal(None, 0.0, "rdp"))
+    disagree = DpLedger(
         (DpPart("spec:rkme", 8.0, 1e-5, "gaussian"), DpPart("adapter", None, 0.0, "none")),
         DpTotal(None, 0.0, "rdp"),
     )
@@ -193,7 +195,7 @@ def test_dp_report_must_cover_and_agree_with_the_specs() -> None:
     with pytest.raises(InvalidInput, match="dp part 'spec:rkme' says"):
         make_manifest(kid, dp=disagree)
     with pytest.raises(InvalidInput, match="total must then be null"):
-        DpReport((DpPart("adapter", None, 0.0, "none"),), DpTotal(4.0, 1e-5, "rdp"))
+        DpLedger((DpPart("adapter", None, 0.0, "none"),), DpTotal(4.0, 1e-5, "rdp"))
     with pytest.raises(InvalidInput, match="delta must be 0"):
         DpPart("adapter", None, 1e-5, "none")
     with pytest.raises(InvalidInput, match="epsilon must be finite and > 0"):
@@ -357,7 +359,10 @@ def test_build_accepts_explicit_files_and_refuses_pickle_adapters(
 
     built = build_package(tmp_path / "a", pair, spec, manifest, private)
 
-    assert verify_package(built, public).manifest.name == "icd-circulatory"
+    assert verify_package(built.folder, public).manifest == built.manifest
+    assert built.manifest.name == "icd-circulatory"
+    with tempfile.TemporaryFile() as tar:  # the digest is the canonical tar's, as submitted
+        assert built.digest == write_tar(built.folder, tar).sha256
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04.")
@@ -510,7 +515,7 @@ def test_package_folder_loads_with_plain_peft(tmp_path: Path, inputs, keys) -> N
     trained.save_pretrained(tmp_path / "peft-out")
     package = build_package(
         tmp_path / "lw", tmp_path / "peft-out", spec, make_manifest(signing.key_id(public)), private
-    )
+    ).folder
     verify_package(package, public)
 
     torch.manual_seed(0)

@@ -15,7 +15,10 @@ real SuperNode pass ``--node-config "partition-id=K"`` for the K-th ``[[holders]
 - ``query``: the DP spec of the holder's texts under the market schema the server sends
   (``spec`` = the spec's safetensors bytes, ``n`` = number of texts). Texts never leave.
 
-With ``train_epsilon`` each round is opacus DP-SGD; the holder's RDP accountant history
+What a worker process loads once (the config of a deployment, the base model, the holder's
+texts) is kept in the ``AppCache`` its app factory made, never in module state.
+
+Under DP (``training.dp_epsilon``) each round is opacus DP-SGD; the holder's RDP accountant history
 lives in ``context.state["accountant"]`` and is loaded into each round's PrivacyEngine, so
 the epsilon grows across rounds and is never reset. Each train reply carries that history,
 so the server accounts the adapter from exactly the holders whose updates it averaged.
@@ -24,13 +27,31 @@ so the server accounts the adapter from exactly the holders whose updates it ave
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.federation.config import FederationConfig
+from shared.dpsgd import History
 from shared.errors import InvalidInput
 
-_CACHE: dict[tuple[str, str], Any] = {}  # per worker process: (kind, key) -> loaded thing
-History = list[tuple[float, float, int]]  # an RDP accountant's (sigma, sample rate, steps)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from shared.home import Home
+    from shared.models import LoadedModel
+
+
+class AppCache:
+    """What one app loads once in its process, by (kind, key): the deployment's config, the
+    base model, a holder's texts. Made by the app factory and owned by the app, so two
+    apps in one process never share (or leak) what they loaded."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], Any] = {}
+
+    def get(self, kind: str, key: str, load: Callable[[], Any]) -> Any:
+        if (kind, key) not in self._items:
+            self._items[(kind, key)] = load()
+        return self._items[(kind, key)]
 
 
 def partition_id(context: Any) -> int:
@@ -63,49 +84,51 @@ def config_path(context: Any) -> Path:
     return Path(str(raw)).expanduser()
 
 
-def deployed_config(context: Any, machine: str | int) -> FederationConfig:
+def deployed_config(
+    context: Any, machine: str | int, cache: AppCache | None = None
+) -> FederationConfig:
     """The config a deployed app reads at its first message, checked for ``machine``.
 
-    Cached per process by path, modification time and machine, so a long-lived worker
+    Kept in ``cache`` by path, modification time and machine, so a long-lived worker
     picks up an edited file on the next run and still parses it once per run.
     """
     path = config_path(context)
     if not path.is_file():
         raise InvalidInput(f"the federation config {path} is not a file on this machine")
-    key = ("config", f"{path.resolve()}@{path.stat().st_mtime_ns}@{machine}")
-    if key not in _CACHE:
-        _CACHE[key] = FederationConfig.from_toml(path, machine=machine)
-    config: FederationConfig = _CACHE[key]
+    key = f"{path.resolve()}@{path.stat().st_mtime_ns}@{machine}"
+    config: FederationConfig = (cache or AppCache()).get(
+        "config", key, lambda: FederationConfig.from_toml(path, machine=machine)
+    )
     return config
 
 
-def home_of(config: FederationConfig) -> Any:
+def home_of(config: FederationConfig) -> Home:
     from shared.home import Home
 
     return Home(config.home) if config.home is not None else Home.resolve()
 
 
-def base_model(config: FederationConfig) -> Any:
+def base_model(config: FederationConfig, cache: AppCache) -> LoadedModel:
     from shared.models import load_causal_lm
 
-    key = ("base", f"{config.base_model}@{config.home}")
-    if key not in _CACHE:
-        _CACHE[key] = load_causal_lm(config.base_model, home_of(config))
-    return _CACHE[key]
+    key = f"{config.base_model}@{config.home}"
+    model: LoadedModel = cache.get(
+        "base", key, lambda: load_causal_lm(config.base_model, home_of(config))
+    )
+    return model
 
 
-def holder_texts(config: FederationConfig, index: int) -> list[str]:
+def holder_texts(config: FederationConfig, index: int, cache: AppCache) -> list[str]:
     from client.contribute import load_texts
 
     holder = config.holders[index]
-    key = ("texts", str(holder.data))
-    if key not in _CACHE:
-        _CACHE[key] = load_texts(holder.data)
-    return list(_CACHE[key])
+    key = str(holder.data) if isinstance(holder.data, Path) else f"{index}:{holder.name}"
+    return list(cache.get("texts", key, lambda: load_texts(holder.data)))
 
 
 def train_round(
     config: FederationConfig,
+    base: LoadedModel,
     arrays: Any,
     texts: list[str],
     seed: int,
@@ -116,8 +139,8 @@ def train_round(
     Returns the LoRA state dict, the losses and the holder's RDP accountant history after
     this round: ``history`` (the rounds before) plus this round's entry under DP-SGD, or
     empty without DP. Under DP the noise multiplier is calibrated once for the WHOLE run
-    (``rounds * local_steps`` steps at ``train_epsilon``), so the accountant ends at the
-    budget after the last round instead of spending it every round.
+    (``total_steps`` at ``training.dp_epsilon``), so the accountant ends at the budget
+    after the last round instead of spending it every round.
     """
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -131,10 +154,9 @@ def train_round(
         train_plain,
     )
 
-    finetune = config.finetune
-    base = base_model(config)
+    finetune = config.training
     ids, mask = tokenize(texts, base.tokenizer, finetune.max_tokens)
-    history = list(history or [])
+    history = list(history or ())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = lora_model(base, finetune)
@@ -166,9 +188,9 @@ def _train_dp_round(
         model,
         ids,
         mask,
-        config.finetune,
+        config.training,
         trace,
-        calibration_steps=config.rounds * config.local_steps,
+        calibration_steps=config.total_steps,
         history=history,
     )
     return [(float(s), float(q), int(k)) for s, q, k in accountant.history]
@@ -206,7 +228,7 @@ def _save_history(context: Any, history: History) -> None:
 def holder_epsilon(history: History, delta: float) -> float | None:
     from shared.privacy import rdp_epsilon
 
-    return rdp_epsilon(history, delta) if history else None
+    return rdp_epsilon(list(history), delta) if history else None
 
 
 def make_client_app(config: FederationConfig | None = None) -> Any:
@@ -215,33 +237,40 @@ def make_client_app(config: FederationConfig | None = None) -> Any:
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
+    cache = AppCache()
 
     def resolve(context: Context) -> tuple[FederationConfig, int]:
-        fed = config if config is not None else deployed_config(context, partition_id(context))
+        if config is not None:
+            fed = config
+        else:
+            fed = deployed_config(context, partition_id(context), cache)
         return fed, holder_index(context, fed)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         fed, index = resolve(context)
-        return train_reply(msg, context, fed, index)
+        return train_reply(msg, context, fed, index, cache)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         fed, index = resolve(context)
-        return spec_reply(msg, fed, index)
+        return spec_reply(msg, fed, index, cache)
 
     return app
 
 
-def train_reply(msg: Any, context: Any, config: FederationConfig, index: int) -> Any:
+def train_reply(
+    msg: Any, context: Any, config: FederationConfig, index: int, cache: AppCache
+) -> Any:
     """One round on holder ``index``: the trained LoRA tensors, metrics and accountant."""
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-    texts = holder_texts(config, index)
+    texts = holder_texts(config, index, cache)
     cfg: Any = msg.content.get("config") or {}
     server_round = int(cfg.get("server-round", 0))
     state, losses, history = train_round(
         config,
+        base_model(config, cache),
         msg.content["arrays"],
         texts,
         seed=1000 * server_round + index,
@@ -267,17 +296,17 @@ def train_reply(msg: Any, context: Any, config: FederationConfig, index: int) ->
     return Message(content=content, reply_to=msg)
 
 
-def spec_reply(msg: Any, config: FederationConfig, index: int) -> Any:
+def spec_reply(msg: Any, config: FederationConfig, index: int, cache: AppCache) -> Any:
     """Holder ``index``'s DP spec of each kind, under the market schema the server sent."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
     from client.contribute import spec_maker
     from shared.spec.schema import MarketSchema
 
-    texts = holder_texts(config, index)
+    texts = holder_texts(config, index, cache)
     schema = MarketSchema.from_json(str(msg.content["config"]["schema"]))
-    maker = spec_maker(schema, home_of(config), *config.spec_kinds)
-    budget = config.contribute_config.spec_budget
-    specs = [maker.make(texts, kind, budget) for kind in config.spec_kinds]
+    maker = spec_maker(schema, home_of(config), *config.spec.kinds)
+    budget = config.spec.budget(config.delta)
+    specs = [maker.make(texts, kind, budget) for kind in config.spec.kinds]
     reply = ConfigRecord({"specs": [s.to_bytes() for s in specs], "n": specs[0].n, "holder": index})
     return Message(content=RecordDict({"spec": reply}), reply_to=msg)

@@ -52,11 +52,12 @@ deployment's coordinator only ``market.key``; on holder K's SuperNode only holde
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from client.finetune import FinetuneConfig
+from client.publish import LearnwareCard, SpecSettings
 from client.toml_file import read_toml
 from shared.errors import InvalidInput, LwmError
 from shared.privacy import DEFAULT_DELTA
@@ -72,51 +73,61 @@ Machine = str | int  # ALL_HERE, COORDINATOR or a holder's index (its SuperNode)
 
 @dataclass(frozen=True)
 class Holder:
-    """One data holder: a name (a Flower SuperNode) and the path of its texts."""
+    """One data holder: a name (a Flower SuperNode) and its texts: the path of its data
+    file (FED.toml), or the texts themselves where one machine runs every holder (the
+    simulation engine ships them to its workers inside the config; no file needed)."""
 
     name: str
-    data: Path
+    data: Path | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MarketSettings:
+    """``[market]``: the coordinator's key (signs the package and the calls) and where the
+    learnware goes: submitted to ``address`` (TLS with ``ca``, or ``insecure``) or, without
+    an address, written to ``out``."""
+
+    key: Path
+    address: str | None = None
+    ca: Path | None = None
+    insecure: bool = False
+    out: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.address is None and self.out is None:
+            raise InvalidInput("set market.address to submit, or market.out to write the package")
+        if self.address is not None and self.ca is None and not self.insecure:
+            raise InvalidInput("market.ca is needed to reach the market over TLS (or insecure)")
+
+
+def _local_training() -> FinetuneConfig:
+    return FinetuneConfig(steps=5, max_tokens=64)
 
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Everything a federation needs; ``__post_init__`` refuses what cannot work.
+    """Everything a federation needs, in FED.toml's sections; ``__post_init__`` refuses what
+    cannot work.
 
-    ``train_epsilon`` None trains the adapter without DP (no guarantee); otherwise each
-    holder runs DP-SGD with its accountant carried over all rounds. The specs are always DP
-    at ``spec_epsilon``. Without ``market_address`` the signed
-    package is written to ``out``. ``min_holders`` (None: all) is the quorum: a round, and
+    ``training`` is one holder's local training of one round (``steps`` is FED.toml's
+    ``local_steps``; ``dp_epsilon`` None trains the adapter without DP, otherwise each
+    holder runs DP-SGD with its accountant carried over all rounds). ``spec`` holds the
+    spec kinds and their epsilon (always DP); ``delta`` applies to every release and
+    overrides ``training.delta``. ``min_holders`` (None: all) is the quorum: a round, and
     the merged spec, go on without holders that fail as long as this many answer.
 
     ``machine`` (not stored) says which files must exist here (see the module docstring).
     """
 
     holders: tuple[Holder, ...]
-    name: str
-    domain: str
-    task: str
-    description: str
-    license: str
-    key: Path
+    learnware: LearnwareCard
+    market: MarketSettings
+    training: FinetuneConfig = field(default_factory=_local_training)
+    spec: SpecSettings = field(default_factory=SpecSettings)
     base_model: str = "tiny"
     rounds: int = 2
-    local_steps: int = 5
-    batch_size: int = 8
-    max_tokens: int = 64
-    lr: float | None = None
-    rank: int = 8
-    alpha: int = 16
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    train_epsilon: float | None = None
     delta: float = DEFAULT_DELTA
-    spec_kinds: tuple[str, ...] = ("rkme",)
-    spec_epsilon: float = 4.0
-    market_address: str | None = None
-    ca: Path | None = None
-    insecure: bool = False
-    out: Path | None = None
     home: Path | None = None
-    coordinator: str = "coordinator"
     min_holders: int | None = None
     machine: InitVar[Machine] = ALL_HERE
 
@@ -128,18 +139,12 @@ class FederationConfig:
         names = [h.name for h in self.holders]
         if len(set(names)) != len(names) or not all(names):
             raise InvalidInput(f"holder names must be non-empty and distinct, got {names}")
-        for name in ("rounds", "local_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise InvalidInput(f"rounds must be an int >= 1, got {self.rounds!r}")
         self._check_min_holders()
         self._check_files(machine)
-        if self.market_address is None and self.out is None:
-            raise InvalidInput("set market.address to submit, or market.out to write the package")
-        if self.market_address is not None and self.ca is None and not self.insecure:
-            raise InvalidInput("market.ca is needed to reach the market over TLS (or insecure)")
-        self.finetune  # noqa: B018 - validates the training settings (InvalidInput)
-        self.contribute_config  # noqa: B018 - validates manifest fields and spec settings
+        self.spec.budget(self.delta)  # PrivacyError for a bad delta
+        object.__setattr__(self, "training", _with_delta(self.training, self.delta))
 
     def _check_min_holders(self) -> None:
         value, n = self.min_holders, len(self.holders)
@@ -166,10 +171,10 @@ class FederationConfig:
         else:
             raise InvalidInput(f"machine must be {ALL_HERE!r}, {COORDINATOR!r} or a holder index")
         for h in holders:
-            if not h.data.exists():
+            if isinstance(h.data, Path) and not h.data.exists():
                 raise InvalidInput(f"holder {h.name!r}: data {h.data} does not exist")
-        if machine in (ALL_HERE, COORDINATOR) and not self.key.is_file():
-            raise InvalidInput(f"market.key: the coordinator key {self.key} does not exist")
+        if machine in (ALL_HERE, COORDINATOR) and not self.market.key.is_file():
+            raise InvalidInput(f"market.key: the coordinator key {self.market.key} does not exist")
 
     @property
     def quorum(self) -> int:
@@ -177,38 +182,13 @@ class FederationConfig:
         return len(self.holders) if self.min_holders is None else self.min_holders
 
     @property
-    def finetune(self) -> FinetuneConfig:
-        """The local training of one round on one holder."""
-        return FinetuneConfig(
-            rank=self.rank,
-            alpha=self.alpha,
-            target_modules=tuple(self.target_modules),
-            steps=self.local_steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            max_tokens=self.max_tokens,
-            dp_epsilon=self.train_epsilon,
-            delta=self.delta,
-        )
+    def local_steps(self) -> int:
+        return self.training.steps
 
     @property
-    def contribute_config(self) -> Any:
-        """The one-contributor config of the same learnware (manifest fields, spec budget)."""
-        from client.contribute import ContributeConfig
-
-        return ContributeConfig(
-            name=self.name,
-            domain=self.domain,
-            task=self.task,
-            description=self.description,
-            license=self.license,
-            base_model=self.base_model,
-            spec_kinds=self.spec_kinds,
-            spec_epsilon=self.spec_epsilon,
-            delta=self.delta,
-            finetune=self.finetune,
-            contributor=self.coordinator,
-        )
+    def total_steps(self) -> int:
+        """Every holder's training steps over the whole run: its DP-SGD budget's horizon."""
+        return self.rounds * self.training.steps
 
     @classmethod
     def from_toml(cls, path: str | Path, machine: Machine = ALL_HERE) -> FederationConfig:
@@ -239,46 +219,36 @@ class FederationConfig:
         lw, lora, dp, spec, market = (
             table(n) for n in ("learnware", "lora", "dp", "spec", "market")
         )
-        holders_raw = raw.get("holders", [])
-        if not isinstance(holders_raw, list):
-            raise InvalidInput("[[holders]] must be a list of tables with name and data")
-        holders = []
-        for i, h in enumerate(holders_raw):
-            if not isinstance(h, dict) or "name" not in h or "data" not in h:
-                raise InvalidInput(f"holder #{i + 1} needs a name and a data path")
-            holders.append(Holder(str(h["name"]), path(h["data"], f"holders[{i}].data")))
+        holders = _holders(raw.get("holders", []), path)
         for required in ("name", "domain", "task", "license"):
             if required not in lw:
                 raise InvalidInput(f"[learnware] needs {required}")
         if "key" not in market:
             raise InvalidInput("[market] needs key (the coordinator's private key)")
+        delta = dp.get("delta", DEFAULT_DELTA)
         try:
             return cls(
-                holders=tuple(holders),
-                name=lw["name"],
-                domain=lw["domain"],
-                task=lw["task"],
-                description=lw.get("description", ""),
-                license=lw["license"],
-                coordinator=lw.get("contributor", "coordinator"),
-                key=path(market["key"], "market.key"),
+                holders=holders,
+                learnware=LearnwareCard(
+                    name=lw["name"],
+                    domain=lw["domain"],
+                    task=lw["task"],
+                    description=lw.get("description", ""),
+                    license=lw["license"],
+                    contributor=lw.get("contributor", "coordinator"),
+                ),
+                market=MarketSettings(
+                    key=path(market["key"], "market.key"),
+                    address=market.get("address"),
+                    ca=path(market["ca"], "market.ca") if "ca" in market else None,
+                    insecure=bool(market.get("insecure", False)),
+                    out=path(market["out"], "market.out") if "out" in market else None,
+                ),
+                training=_training(raw, lora, dp, delta),
+                spec=SpecSettings(_kinds(spec), spec.get("epsilon", 4.0)),
                 base_model=raw.get("base_model", "tiny"),
                 rounds=raw.get("rounds", 2),
-                local_steps=raw.get("local_steps", 5),
-                batch_size=raw.get("batch_size", 8),
-                max_tokens=raw.get("max_tokens", 64),
-                lr=raw.get("lr"),
-                rank=lora.get("rank", 8),
-                alpha=lora.get("alpha", 16),
-                target_modules=tuple(lora.get("target_modules", ("q_proj", "v_proj"))),
-                train_epsilon=dp.get("train_epsilon"),
-                delta=dp.get("delta", DEFAULT_DELTA),
-                spec_kinds=_kinds(spec),
-                spec_epsilon=spec.get("epsilon", 4.0),
-                market_address=market.get("address"),
-                ca=path(market["ca"], "market.ca") if "ca" in market else None,
-                insecure=bool(market.get("insecure", False)),
-                out=path(market["out"], "market.out") if "out" in market else None,
+                delta=delta,
                 home=path(raw["home"], "home") if "home" in raw else None,
                 min_holders=raw.get("min_holders"),
                 machine=machine,
@@ -289,10 +259,46 @@ class FederationConfig:
             raise InvalidInput(f"bad federation config: {err}") from err
 
 
+def _with_delta(training: FinetuneConfig, delta: float) -> FinetuneConfig:
+    from dataclasses import replace
+
+    if not isinstance(training, FinetuneConfig):
+        raise InvalidInput(f"training must be a FinetuneConfig, got {training!r}")
+    return replace(training, delta=delta)
+
+
+def _holders(raw: Any, path: Any) -> tuple[Holder, ...]:
+    if not isinstance(raw, list):
+        raise InvalidInput("[[holders]] must be a list of tables with name and data")
+    holders = []
+    for i, h in enumerate(raw):
+        if not isinstance(h, dict) or "name" not in h or "data" not in h:
+            raise InvalidInput(f"holder #{i + 1} needs a name and a data path")
+        holders.append(Holder(str(h["name"]), path(h["data"], f"holders[{i}].data")))
+    return tuple(holders)
+
+
+def _training(
+    raw: dict[str, Any], lora: dict[str, Any], dp: dict[str, Any], delta: float
+) -> FinetuneConfig:
+    """One holder's local training of one round: top-level numbers, ``[lora]`` and ``[dp]``."""
+    return FinetuneConfig(
+        rank=lora.get("rank", 8),
+        alpha=lora.get("alpha", 16),
+        target_modules=tuple(lora.get("target_modules", ("q_proj", "v_proj"))),
+        steps=raw.get("local_steps", 5),
+        batch_size=raw.get("batch_size", 8),
+        lr=raw.get("lr"),
+        max_tokens=raw.get("max_tokens", 64),
+        dp_epsilon=dp.get("train_epsilon"),
+        delta=delta,
+    )
+
+
 def _kinds(spec: dict[str, Any]) -> tuple[str, ...]:
     """``[spec] kinds = [...]``, or the single ``kind = "..."`` of older files."""
     if "kinds" in spec and "kind" in spec:
-        raise InvalidInput("[spec] takes kinds = [...] or kind = \"...\", not both")
+        raise InvalidInput('[spec] takes kinds = [...] or kind = "...", not both')
     kinds = spec.get("kinds", [spec.get("kind", "rkme")])
     if isinstance(kinds, str) or not isinstance(kinds, list):
         raise InvalidInput(f"[spec] kinds must be a list of kinds, got {kinds!r}")

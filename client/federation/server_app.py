@@ -1,10 +1,10 @@
 """The coordinator's Flower ServerApp: FedAvg over LoRA tensors, merged spec, sign, submit.
 
-``make_server_app(config, outcome)`` closes over the config; ``outcome`` (a dict) receives
-the result (``verdict`` or ``package``) because the simulation runs the ServerApp in this
-process. ``make_server_app()`` (no config) is the deployment engine's app
+``make_server_app(config, deliver)`` closes over the config; ``deliver`` receives the
+``FederationResult`` because the simulation runs the ServerApp in this process (an error
+propagates as raised). ``make_server_app()`` (no config) is the deployment engine's app
 (``client.federation.deploy``): it reads ``FED.toml`` from the run config ``config`` and
-logs the outcome (``flwr log RUN_ID``), the package being at ``market.out`` or submitted.
+logs the result (``flwr log RUN_ID``), the package being at ``market.out`` or submitted.
 Steps:
 
 1. the market's schema and accepted base models (or the local schema without a market);
@@ -13,26 +13,43 @@ Steps:
    left out while at least ``min_holders`` train (``QuorumFedAvg``);
 3. a QUERY to every holder that trained for the DP spec of its texts, merged weighted by n
    (``merge_specs``), again going on without failures down to ``min_holders``;
-4. the final adapter saved in peft format, the manifest (``client.contribute.build_manifest``)
-   signed with the coordinator key, ``build_package``, then ``MarketClient.submit`` or the
-   package left at ``out``.
+4. the final adapter saved in peft format and its DP report (``client.finetune.
+   adapter_report`` from the worst holder's accountant), then ``client.publish.publish``:
+   manifest, signed with the coordinator key, package, submitted or left at ``out``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from client.federation.client_app import History, base_model, home_of
-from client.federation.config import FederationConfig
+from client.federation.client_app import AppCache, deployed_config, home_of
+from client.federation.config import COORDINATOR, FederationConfig
+from shared.dpsgd import History
 from shared.errors import LwmError
 from shared.privacy import DPReport
 from shared.spec.record import Specification
+
+if TYPE_CHECKING:
+    from client.publish import Published
+    from shared.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    """What a federation made: the signed package (left at ``market.out``, or a temporary
+    folder already removed when it was submitted), the market's verdict when submitted,
+    how many holders' specs were merged and how many holders' updates were averaged."""
+
+    published: Published
+    holders: int
+    trained: int
 
 
 def merge_specs(specs: Sequence[Specification]) -> Specification:
@@ -81,7 +98,7 @@ def merge_specs(specs: Sequence[Specification]) -> Specification:
     )
 
 
-def initial_lora(config: FederationConfig) -> dict[str, Any]:
+def initial_lora(config: FederationConfig, base: LoadedModel) -> dict[str, Any]:
     """The seeded LoRA init every holder starts from (lora_A random, lora_B zero)."""
     import torch
     from peft import get_peft_model_state_dict
@@ -90,11 +107,13 @@ def initial_lora(config: FederationConfig) -> dict[str, Any]:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = lora_model(base_model(config), config.finetune)
+        model = lora_model(base, config.training)
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def save_adapter(config: FederationConfig, state: dict[str, Any], out: Path) -> Path:
+def save_adapter(
+    config: FederationConfig, base: LoadedModel, state: dict[str, Any], out: Path
+) -> Path:
     """The global LoRA tensors as a peft folder (``adapter_model.safetensors`` + config)."""
     import torch
     from peft import set_peft_model_state_dict
@@ -102,7 +121,7 @@ def save_adapter(config: FederationConfig, state: dict[str, Any], out: Path) -> 
     from client.finetune import lora_model
 
     with torch.random.fork_rng(devices=[]):
-        model = lora_model(base_model(config), config.finetune)
+        model = lora_model(base, config.training)
     set_peft_model_state_dict(model, state)
     model.eval()
     with warnings.catch_warnings():
@@ -111,64 +130,31 @@ def save_adapter(config: FederationConfig, state: dict[str, Any], out: Path) -> 
     return out
 
 
-def adapter_report(
+def federated_report(
     config: FederationConfig, total_n: int, histories: Sequence[History]
 ) -> DPReport:
-    """The adapter's privacy part from the accountants of the holders that trained.
+    """The adapter's DP report from the accountants of the holders that trained.
 
-    ``histories`` has one entry per holder whose updates were averaged (empty lists
-    without DP). Each person's text is in one holder only, so the adapter costs them what
-    their holder's DP-SGD cost: the largest holder epsilon (parallel composition over
-    disjoint data). Its RDP history (one entry: noise multiplier, sample rate, all steps)
-    goes in the manifest. Without DP: epsilon None (no guarantee).
+    ``histories`` has one entry per holder whose updates were averaged (empty without DP).
+    Each person's text is in one holder only, so the adapter costs them what their
+    holder's DP-SGD cost: the largest holder epsilon (parallel composition over disjoint
+    data), reported from that holder's history by ``client.finetune.adapter_report``.
     """
+    from client.finetune import adapter_report
     from shared.privacy import rdp_epsilon
 
-    ft = config.finetune
-    details: dict[str, Any] = {
-        "clip_norm": ft.clip_norm if ft.budget.is_private else None,
-        "lr": ft.learning_rate,
-        "optimizer": ft.optimizer_name,
-        "rank": ft.rank,
-        "target_modules": list(ft.target_modules),
-        "n": total_n,
+    private = [list(h) for h in histories if h]
+    extra: dict[str, Any] = {
         "federated": "fedavg",
         "holders": len(histories),
         "rounds": config.rounds,
         "local_steps": config.local_steps,
     }
-    steps = config.rounds * config.local_steps
-    private = [h for h in histories if h]
-    if not ft.budget.is_private or not private:
-        if ft.budget.is_private:
-            raise LwmError("DP-SGD was asked for but no holder reported its accountant")
-        return DPReport(
-            mechanism="none",
-            epsilon=None,
-            delta=0.0,
-            noise_multiplier=0.0,
-            sample_rate=min(1.0, ft.batch_size / max(total_n, 1)),
-            steps=steps,
-            details=details,
-        )
-    worst = max(private, key=lambda h: rdp_epsilon(h, config.delta))
-    sigmas = {s for s, _, _ in worst}
-    rates = {q for _, q, _ in worst}
-    if len(sigmas) != 1 or len(rates) != 1:
-        raise LwmError("a holder's accountant mixes noise levels; cannot summarise it")
-    total_steps = sum(k for _, _, k in worst)
-    return DPReport(
-        mechanism="dp-sgd",
-        epsilon=rdp_epsilon(worst, config.delta),
-        delta=config.delta,
-        noise_multiplier=sigmas.pop(),
-        sample_rate=rates.pop(),
-        steps=total_steps,
-        details={
-            **details,
-            "holder_epsilons": [rdp_epsilon(h, config.delta) for h in private],
-        },
-    )
+    worst: list[tuple[float, float, int]] = []
+    if private and config.training.budget.is_private:
+        worst = max(private, key=lambda h: rdp_epsilon(h, config.delta))
+        extra["holder_epsilons"] = [rdp_epsilon(h, config.delta) for h in private]
+    return adapter_report(config.training, total_n, worst, steps=config.total_steps, **extra)
 
 
 def collect_specs(
@@ -210,116 +196,105 @@ def collect_specs(
 
 
 def make_server_app(
-    config: FederationConfig | None = None, outcome: dict[str, Any] | None = None
+    config: FederationConfig | None = None,
+    deliver: Callable[[FederationResult], None] | None = None,
 ) -> Any:
-    """The coordinator's ServerApp; ``config`` None reads it per run (deployment engine)."""
+    """The coordinator's ServerApp; ``config`` None reads it per run (deployment engine).
+
+    ``deliver`` receives the result in this process (the simulation engine); an error is
+    raised out of the app (Flower's simulation re-raises it to its caller).
+    """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
     app = ServerApp()
-    result = outcome if outcome is not None else {}
+    cache = AppCache()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        try:
-            fed = config if config is not None else _deployed_config(context)
-            result.update(federate(grid, fed))
-        except Exception as err:  # reported to the caller of run_federation
-            result["error"] = err
-            raise
-        _log_outcome(result)
+        fed = config if config is not None else deployed_config(context, COORDINATOR, cache)
+        result = federate(grid, fed, cache)
+        _log_result(result)
+        if deliver is not None:
+            deliver(result)
 
     return app
 
 
-def _deployed_config(context: Any) -> FederationConfig:
-    from client.federation.client_app import deployed_config
-    from client.federation.config import COORDINATOR
-
-    return deployed_config(context, COORDINATOR)
-
-
-def _log_outcome(outcome: dict[str, Any]) -> None:
+def _log_result(result: FederationResult) -> None:
     """One line in Flower's log (``flwr log RUN_ID``) saying where the learnware went."""
     from logging import INFO
 
     from flwr.common.logger import log
 
-    holders = f"{outcome['holders']} holders' specs merged, {outcome['trained']} trained"
-    if "package" in outcome:
-        log(INFO, "lwm: wrote the signed package %s (%s)", outcome["package"], holders)
+    holders = f"{result.holders} holders' specs merged, {result.trained} trained"
+    verdict = result.published.verdict
+    if verdict is None:
+        folder = result.published.package.folder
+        log(INFO, "lwm: wrote the signed package %s (%s)", folder, holders)
     else:
-        log(
-            INFO,
-            "lwm: learnware %s is %s (%s)",
-            outcome["learnware_id"],
-            outcome["status"],
-            holders,
+        log(INFO, "lwm: learnware %s is %s (%s)", verdict.learnware_id, verdict.status, holders)
+
+
+def federate(grid: Any, config: FederationConfig, cache: AppCache) -> FederationResult:
+    """FedAvg, merged spec, then ``publish``: submitted, or left at ``market.out``."""
+    from client.federation.client_app import base_model
+
+    with _market(config) as (client, schema, accepted):
+        from flwr.app import ArrayRecord, ConfigRecord
+
+        from client.contribute import accepted_base
+        from client.federation.strategy import QuorumFedAvg
+        from client.publish import publish
+        from shared import signing
+
+        key = signing.load_private_key(config.market.key)
+        base_ref = accepted_base(config.base_model, home_of(config), accepted)
+        base = base_model(config, cache)
+        strategy = QuorumFedAvg(config.quorum)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial_lora(config, base)),
+            num_rounds=config.rounds,
+            train_config=ConfigRecord({}),
         )
+        specs = collect_specs(grid, strategy.trained, schema.to_json(), 3600, config.quorum)
+        merged = [merge_specs(of_kind) for of_kind in zip(*specs, strict=True)]
+        for spec in merged:
+            spec.check_against(schema.for_kind(spec.kind))
+        histories = [strategy.histories[node] for node in strategy.trained]
+        with tempfile.TemporaryDirectory(prefix="lwm-federate-") as tmp:
+            work = Path(tmp)
+            adapter = save_adapter(config, base, result.arrays.to_torch_state_dict(), work / "a")
+            target = config.market.out if client is None else work / config.learnware.name
+            assert target is not None  # MarketSettings: an address or an out folder
+            published = publish(
+                config.learnware,
+                base_ref,
+                adapter,
+                federated_report(config, merged[0].n, histories),
+                merged,
+                key,
+                target,
+                delta=config.delta,
+                client=client,
+            )
+    return FederationResult(published, holders=len(specs), trained=len(histories))
 
 
-def federate(grid: Any, config: FederationConfig) -> dict[str, Any]:
-    """FedAvg, merged spec, signed package, then submit it or leave it at ``out``."""
-    from flwr.app import ArrayRecord, ConfigRecord
+@contextlib.contextmanager
+def _market(config: FederationConfig) -> Iterator[tuple[Any, Any, Any]]:
+    """The market client (None without ``market.address``), its schema and accepted base
+    models; without a market the local schema of the spec kinds, any base model."""
+    from client.contribute import local_schema
 
-    from client.contribute import accepted_base, build_manifest, local_schema
-    from client.federation.strategy import QuorumFedAvg
-    from client.market import Connection, MarketClient, status_name
-    from shared import signing
-    from shared.learnware import build_package
-    from shared.spec.record import save_specs
+    m = config.market
+    if m.address is None:
+        yield None, local_schema(home_of(config), *config.spec.kinds), None
+        return
+    from client.market import Connection, MarketClient
 
-    home = home_of(config)
-    key = signing.load_private_key(config.key)
-    connection = None
-    accepted = None
-    if config.market_address is not None:
-        connection = Connection(
-            config.market_address,
-            key_path=config.key,
-            ca=config.ca,
-            insecure=config.insecure,
-        )
-        with MarketClient(connection) as client:
-            remote = client.schema()
-        schema, accepted = remote.schema, remote.base_models
-    else:
-        schema = local_schema(home, *config.spec_kinds)
-    base_ref = accepted_base(config.base_model, home, accepted)
-    strategy = QuorumFedAvg(config.quorum)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial_lora(config)),
-        num_rounds=config.rounds,
-        train_config=ConfigRecord({}),
-    )
-    specs = collect_specs(grid, strategy.trained, schema.to_json(), 3600, config.quorum)
-    merged = [merge_specs(of_kind) for of_kind in zip(*specs, strict=True)]
-    for spec in merged:
-        spec.check_against(schema.for_kind(spec.kind))
-    histories = [strategy.histories[node] for node in strategy.trained]
-    manifest = build_manifest(
-        config.contribute_config,
-        base_ref,
-        adapter_report(config, merged[0].n, histories),
-        merged,
-        key,
-    )
-    counts = {"manifest": manifest, "holders": len(specs), "trained": len(histories)}
-    with tempfile.TemporaryDirectory(prefix="lwm-federate-") as tmp:
-        work = Path(tmp)
-        adapter = save_adapter(config, result.arrays.to_torch_state_dict(), work / "adapter")
-        spec_file = save_specs(work / "spec.safetensors", merged)
-        target = config.out if connection is None else work / config.name
-        assert target is not None
-        package = build_package(target, adapter, spec_file, manifest, key)
-        if connection is None:
-            return {"package": package, **counts}
-        with MarketClient(connection) as client:
-            reply = client.submit(package)
-    return {
-        "learnware_id": reply.id,
-        "status": status_name(reply.status),
-        "reason": reply.reason,
-        **counts,
-    }
+    connection = Connection(m.address, key_path=m.key, ca=m.ca, insecure=m.insecure)
+    with MarketClient(connection) as client:
+        remote = client.schema()
+        yield client, remote.schema, remote.base_models

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from client.federation.client_app import History, history_of
+from client.federation.client_app import history_of
+from shared.dpsgd import History
 from shared.errors import LwmError
 
 _WRAPPED = re.compile(r"^<class '([\w.]+)'>:<'(.*)'>$", re.DOTALL)  # Flower's error reason

@@ -1,25 +1,35 @@
 """Contributors make their learnwares (alone, or as a Flower federation) and submit them.
 
 Every package is built by the same public code a real hospital runs (``make_learnware``,
-``run_federation``) into ``cache/learnwares/NAME-FINGERPRINT``; the fingerprint covers
-everything that shapes the package, so a second run reuses it and a changed setting
-rebuilds it. ``build_package`` renames a finished package into place, so an interrupted run
-leaves either the whole package or nothing. Submitting one the market already holds (same
-package sha256) finds its id instead of failing.
+``run_federation``, both ending in ``client.publish.publish``) into
+``cache/learnwares/NAME-FINGERPRINT``; the fingerprint covers everything that shapes the
+package, so a second run reuses it and a changed setting rebuilds it. ``build_package``
+renames a finished package into place, so an interrupted run leaves either the whole
+package or nothing. Submitting one the market already holds (same package sha256, the
+``Package.digest``) finds its id instead of failing.
+
+The simulation's settings are mapped once onto a ``ContributeConfig`` (``contribution``):
+a solo contributor makes it with ``make_learnware``, a federation with the same card,
+specs and training. A
+federation's holders get their texts in memory (``Holder.data``): Flower's simulation
+engine ships the ClientApp to its Ray workers with the config, so no file is needed.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from client.simulate.config import Contributor, SimulationConfig
+from client.simulate.config import Contributor, Federation, SimulationConfig
 from client.simulate.data import HolderData
 from shared.errors import AlreadyExists, LwmError
 from shared.home import Home
+
+if TYPE_CHECKING:
+    from client.contribute import ContributeConfig
+    from shared.learnware import Package
 
 LICENSE = "Apache-2.0"
 TASK = "text-generation"
@@ -27,11 +37,11 @@ TASK = "text-generation"
 
 @dataclass(frozen=True)
 class BuiltLearnware:
-    """A contributor's signed package on disk and, once submitted, its id in the market."""
+    """A contributor's signed package and how long it took (0 when it came from the cache)."""
 
     contributor: str
-    package: Path
-    built_seconds: float  # 0 when it came from the cache
+    package: Package
+    built_seconds: float
     cached: bool
     holders: int
 
@@ -86,68 +96,56 @@ def build(
     holders: tuple[HolderData, ...],
     key: Path,
     target: Path,
-    work: Path,
     *,
     home: Home,
     market: Any,
 ) -> BuiltLearnware:
-    """The contributor's package at ``target`` (built unless already there)."""
+    """The contributor's package at ``target`` (built unless already there), made under
+    the schema and base models of ``market`` (a ``MarketClient``)."""
     import time
 
     if (target / "manifest.json").exists():
-        return BuiltLearnware(c.name, target, 0.0, True, len(holders))
+        from shared.learnware.package import open_package
+
+        return BuiltLearnware(c.name, open_package(target), 0.0, True, len(holders))
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    made = contribution(config, c)
     if c.federated:
-        _federate(config, c, holders, key, target, work, home)
+        package = _federate(made, config.federation, holders, key, target, home)
     else:
-        _solo(config, c, holders[0], key, target, home, market)
-    return BuiltLearnware(c.name, target, time.perf_counter() - started, False, len(holders))
+        package = _solo(made, holders[0], key, target, home, market)
+    return BuiltLearnware(c.name, package, time.perf_counter() - started, False, len(holders))
 
 
-def _finetune(config: SimulationConfig) -> Any:
+def contribution(config: SimulationConfig, c: Contributor) -> ContributeConfig:
+    """The simulation's settings mapped, once, onto what contributor ``c`` makes: its card,
+    its specs and a solo run's training (a federation trains ``local_steps`` per round)."""
+    from client.contribute import ContributeConfig
     from client.finetune import FinetuneConfig
+    from client.publish import LearnwareCard, SpecSettings
 
     t = config.training
-    return FinetuneConfig(
-        rank=t.rank,
-        alpha=2 * t.rank,
-        steps=t.steps,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        max_tokens=t.max_tokens,
-        dp_epsilon=t.train_epsilon,
-        seed=config.seed,
+    same = {name: getattr(t, name) for name in ("rank", "steps", "batch_size", "lr", "max_tokens")}
+    return ContributeConfig(
+        LearnwareCard(c.name, c.domain, TASK, description(c), LICENSE, contributor=c.name),
+        base_model=config.base_model,
+        spec=SpecSettings(config.spec_kinds, config.spec_epsilon),
+        finetune=FinetuneConfig(
+            **same, alpha=2 * t.rank, dp_epsilon=t.train_epsilon, seed=config.seed
+        ),
     )
 
 
 def _solo(
-    config: SimulationConfig,
-    c: Contributor,
-    holder: HolderData,
-    key: Path,
-    target: Path,
-    home: Home,
-    market: Any,
-) -> None:
-    from client.contribute import ContributeConfig, make_learnware
+    made: ContributeConfig, holder: HolderData, key: Path, target: Path, home: Home, market: Any
+) -> Package:
+    from client.contribute import make_learnware
 
-    contribute = ContributeConfig(
-        name=c.name,
-        domain=c.domain,
-        task=TASK,
-        description=description(c),
-        license=LICENSE,
-        base_model=config.base_model,
-        spec_kinds=config.spec_kinds,
-        spec_epsilon=config.spec_epsilon,
-        finetune=_finetune(config),
-        contributor=c.name,
-    )
     remote = market.schema()
-    make_learnware(
+    return make_learnware(
         holder.training_texts(),
-        contribute,
+        made,
         key,
         target,
         home=home,
@@ -158,50 +156,29 @@ def _solo(
 
 
 def _federate(
-    config: SimulationConfig,
-    c: Contributor,
+    made: ContributeConfig,
+    federation: Federation,
     holders: tuple[HolderData, ...],
     key: Path,
     target: Path,
-    work: Path,
     home: Home,
-) -> None:
-    from client.federation.config import FederationConfig, Holder
+) -> Package:
+    """The same learnware made by a Flower federation; each holder's texts stay in memory."""
+    from client.federation.config import FederationConfig, Holder, MarketSettings
     from client.federation.run import run_federation
 
-    data_dir = work / "data" / c.name
-    data_dir.mkdir(parents=True, exist_ok=True)
-    members = []
-    for holder in holders:
-        path = data_dir / f"{holder.name}.jsonl"
-        lines = (json.dumps({"text": t}) for t in holder.training_texts())
-        path.write_text("\n".join(lines) + "\n")
-        members.append(Holder(holder.name, path))
-    t = config.training
-    federation = FederationConfig(
-        holders=tuple(members),
-        name=c.name,
-        domain=c.domain,
-        task=TASK,
-        description=description(c),
-        license=LICENSE,
-        key=key,
-        base_model=config.base_model,
-        rounds=config.federation.rounds,
-        local_steps=config.federation.local_steps,
-        batch_size=t.batch_size,
-        max_tokens=t.max_tokens,
-        lr=t.lr,
-        rank=t.rank,
-        alpha=2 * t.rank,
-        train_epsilon=t.train_epsilon,
-        spec_kinds=config.spec_kinds,
-        spec_epsilon=config.spec_epsilon,
-        out=target,
+    config = FederationConfig(
+        holders=tuple(Holder(h.name, tuple(h.training_texts())) for h in holders),
+        learnware=made.learnware,
+        market=MarketSettings(key=key, out=target),
+        training=replace(made.finetune, steps=federation.local_steps),
+        spec=made.spec,
+        base_model=made.base_model,
+        rounds=federation.rounds,
+        delta=made.delta,
         home=home.root,
-        coordinator=c.name,
     )
-    run_federation(federation)
+    return run_federation(config).published.package
 
 
 # ---------------------------------------------------------------- submit
@@ -211,23 +188,16 @@ def submit(client: Any, built: BuiltLearnware, listed: dict[str, Any]) -> Listed
     """Submit the package, or find it in ``listed`` (sha256 -> LearnwareInfo) if it is there."""
     from client.market import status_name
 
-    sha = package_sha256(built.package)
+    sha = built.package.digest
     info = listed.get(sha)
     if info is None:
         try:
-            reply = client.submit(built.package)
+            reply = client.submit(built.package.folder)
         except AlreadyExists:
             info = next(i for i in client.iter_learnwares() if i.package_sha256 == sha)
         else:
             return Listed(built.contributor, reply.id, status_name(reply.status), reply.reason, sha)
     return Listed(built.contributor, info.id, status_name(info.status), info.reason, sha)
-
-
-def package_sha256(package: Path) -> str:
-    from shared.learnware import write_tar
-
-    with tempfile.TemporaryFile() as tar:
-        return write_tar(package, tar).sha256
 
 
 def require_usable(listed: list[Listed]) -> None:

@@ -177,7 +177,6 @@ def _build_all(
                 dealt.holders[c.name],
                 key,
                 target,
-                out / "cache",
                 home=home,
                 market=client,
             )
@@ -279,9 +278,7 @@ def _results(
 
 
 def _learnware(b: lw.BuiltLearnware, x: lw.Listed) -> dict[str, Any]:
-    from shared.learnware import Manifest
-
-    manifest = Manifest.from_json((b.package / "manifest.json").read_bytes())
+    manifest = b.package.manifest
     return {
         "contributor": b.contributor,
         "id": x.id,

@@ -8,14 +8,15 @@ Public surface::
 from shared.learnware.layout import PACKAGE_FILES, PAYLOAD_FILES, PackageLimits
 from shared.learnware.manifest import (
     Contributor,
+    DpLedger,
     DpPart,
-    DpReport,
     DpTotal,
     FileEntry,
     Manifest,
     SpecEntry,
 )
 from shared.learnware.package import (
+    Package,
     VerifiedPackage,
     build_package,
     signing_payload,
@@ -28,11 +29,12 @@ __all__ = [
     "PACKAGE_FILES",
     "PAYLOAD_FILES",
     "Contributor",
+    "DpLedger",
     "DpPart",
-    "DpReport",
     "DpTotal",
     "FileEntry",
     "Manifest",
+    "Package",
     "PackageLimits",
     "SpecEntry",
     "TarDigest",

@@ -12,7 +12,7 @@ privacy": the DP report must say so honestly rather than omit a part.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +22,11 @@ from shared.errors import InvalidInput
 from shared.learnware import _check as check
 from shared.learnware.layout import FORMAT_VERSION, PAYLOAD_FILES
 from shared.models.refs import ModelRef
+from shared.privacy import DPReport, compose_epsilon
 
 ADAPTER_PART = "adapter"
 SPEC_PART_PREFIX = "spec:"
+ACCOUNTANT = "rdp"
 
 
 def utc_now_iso() -> str:
@@ -83,6 +85,19 @@ class DpPart:
         check.privacy(self, f"dp part {self.what!r}")
         object.__setattr__(self, "details", check.json_object("dp.part.details", self.details))
 
+    @classmethod
+    def of(cls, what: str, report: DPReport) -> DpPart:
+        """``report`` (a release's ``DPReport``) as the manifest lists it: the short mechanism
+        name, delta 0 without DP, and the accounting beside the report's own details."""
+        private = report.epsilon is not None
+        return cls(
+            what=what,
+            epsilon=report.epsilon,
+            delta=report.delta if private else 0.0,
+            mechanism=report.mechanism_name,
+            details={**report.accounting(), **report.details},
+        )
+
 
 @dataclass(frozen=True)
 class DpTotal:
@@ -98,8 +113,12 @@ class DpTotal:
 
 
 @dataclass(frozen=True)
-class DpReport:
-    """Per-part privacy plus the composed total; every released part must be listed."""
+class DpLedger:
+    """The manifest's ``dp``: each release's ``DPReport`` as a part, plus their composition.
+
+    Every released part must be listed. ``compose`` is the one way a learnware's ledger is
+    made from its releases; this record is only their signed JSON form.
+    """
 
     parts: tuple[DpPart, ...]
     total: DpTotal
@@ -119,6 +138,18 @@ class DpReport:
 
     def part(self, what: str) -> DpPart | None:
         return next((p for p in self.parts if p.what == what), None)
+
+    @classmethod
+    def compose(cls, releases: Sequence[tuple[str, DPReport]], delta: float) -> DpLedger:
+        """The ledger of ``(what, report)`` releases on the same data, composed in one RDP
+        accountant at ``delta``; the total is None (no guarantee) if any part is not DP."""
+        total = compose_epsilon([report for _, report in releases], delta)
+        return cls(
+            parts=tuple(DpPart.of(what, report) for what, report in releases),
+            total=DpTotal(
+                epsilon=total, delta=delta if total is not None else 0.0, accountant=ACCOUNTANT
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -161,7 +192,7 @@ class Manifest:
     license: str
     base_model: ModelRef  # the public base model the adapter was trained for
     specs: tuple[SpecEntry, ...]
-    dp: DpReport
+    dp: DpLedger
     contributor: Contributor
     created_at: str
     files: Mapping[str, FileEntry] = field(default_factory=dict)
@@ -179,7 +210,7 @@ class Manifest:
         check.text("description", self.description, max_len=4000, multiline=True, empty=True)
         check.spdx("license", self.license)
         _check_base_model(self.base_model)
-        check.instance("dp", self.dp, DpReport)
+        check.instance("dp", self.dp, DpLedger)
         check.instance("contributor", self.contributor, Contributor)
         check.timestamp("created_at", self.created_at)
         object.__setattr__(self, "specs", check.records("specs", self.specs, SpecEntry))
@@ -228,7 +259,7 @@ class Manifest:
                     _record(item, SpecEntry, f"manifest.specs[{i}]")
                     for i, item in enumerate(_list(raw["specs"], "manifest.specs"))
                 ),
-                dp=_dp_report(raw["dp"]),
+                dp=_dp_ledger(raw["dp"]),
                 contributor=_record(raw["contributor"], Contributor, "manifest.contributor"),
                 created_at=raw["created_at"],
                 files={
@@ -260,7 +291,7 @@ def _check_files(files: object) -> dict[str, FileEntry]:
     return dict(sorted(files.items()))
 
 
-def _check_specs_against_dp(specs: tuple[SpecEntry, ...], dp: DpReport) -> None:
+def _check_specs_against_dp(specs: tuple[SpecEntry, ...], dp: DpLedger) -> None:
     """Every released part has a DP entry, and spec and report agree on (epsilon, delta)."""
     if not specs:
         raise InvalidInput("specs must list at least one specification")
@@ -319,10 +350,10 @@ def _record(data: object, cls: type[Any], where: str) -> Any:
         raise InvalidInput(f"{where}: {err}") from err
 
 
-def _dp_report(data: object) -> DpReport:
-    raw = _keys(data, DpReport, "manifest.dp")
+def _dp_ledger(data: object) -> DpLedger:
+    raw = _keys(data, DpLedger, "manifest.dp")
     parts = tuple(
         _record(item, DpPart, f"manifest.dp.parts[{i}]")
         for i, item in enumerate(_list(raw["parts"], "manifest.dp.parts"))
     )
-    return DpReport(parts=parts, total=_record(raw["total"], DpTotal, "manifest.dp.total"))
+    return DpLedger(parts=parts, total=_record(raw["total"], DpTotal, "manifest.dp.total"))

@@ -46,7 +46,7 @@ from shared.learnware.layout import (
 from shared.learnware.manifest import FileEntry, Manifest
 from shared.learnware.safetensors_header import read_safetensors_header
 
-__all__ = ["VerifiedPackage", "build_package", "signing_payload", "verify_package"]
+__all__ = ["Package", "VerifiedPackage", "build_package", "signing_payload", "verify_package"]
 
 DOMAIN_TAG = b"lwm-learnware-v1\n"
 _BLOCK = 1024 * 1024
@@ -77,6 +77,19 @@ def signing_payload(manifest: Manifest) -> bytes:
     ]
     lines.append(f"manifest:{len(body)}\n".encode("ascii"))
     return b"".join(lines) + body
+
+
+@dataclass(frozen=True)
+class Package:
+    """A signed learnware directory as ``build_package`` wrote it.
+
+    ``digest`` is the sha256 of its canonical tar (``tarball.write_tar``): exactly the bytes
+    the market receives and the id it refuses a second submission by.
+    """
+
+    folder: Path
+    manifest: Manifest
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -113,8 +126,8 @@ def build_package(
     private_key: signing.Ed25519PrivateKey,
     *,
     limits: PackageLimits | None = None,
-) -> Path:
-    """Write a signed learnware directory at ``out_dir`` (which must not exist) and return it.
+) -> Package:
+    """Write a signed learnware directory at ``out_dir`` (which must not exist).
 
     ``adapter`` is a peft ``save_pretrained`` folder (only its ``adapter_model.safetensors``
     and ``adapter_config.json`` are taken; peft's README.md is left behind) or a
@@ -125,7 +138,8 @@ def build_package(
     Raises ``AlreadyExists`` (``out_dir`` exists), ``NotFound`` (missing input),
     ``InvalidInput`` (pickle adapter, key not the manifest's contributor),
     ``IntegrityError`` (an input is not valid safetensors or the config not a JSON object),
-    ``ResourceExhausted`` (a file over ``limits``).
+    ``ResourceExhausted`` (a file over ``limits``). Returns the folder, the manifest as
+    signed and the sha256 of the canonical tar.
     """
     limits = limits or PackageLimits()
     out = Path(out_dir)
@@ -149,7 +163,27 @@ def build_package(
         _write_file(tmp / SIGNATURE, signing.sign(private_key, signing_payload(final)))
         _fsync_dir(tmp)
     _fsync_dir(out.parent)
-    return out
+    return Package(out, final, tar_sha256(out))
+
+
+def open_package(folder: str | Path) -> Package:
+    """A package built earlier (a cache): its manifest and canonical tar digest, read back.
+
+    Not a verification (see ``verify_package``): only for folders this machine built.
+    """
+    root = Path(folder)
+    manifest = Manifest.from_json(
+        _read_limited(root / MANIFEST, PackageLimits().max_bytes(MANIFEST))
+    )
+    return Package(root, manifest, tar_sha256(root))
+
+
+def tar_sha256(folder: Path) -> str:
+    """The sha256 of ``folder``'s canonical tar, hashed as it is written (nothing stored)."""
+    from shared.learnware.tarball import write_tar
+
+    with open(os.devnull, "wb") as sink:  # write_tar hashes as it writes; keep no copy
+        return write_tar(folder, sink).sha256
 
 
 def _adapter_sources(adapter: str | Path | tuple[str | Path, str | Path]) -> dict[str, Path]:

@@ -8,10 +8,10 @@ projection of it). Because the start point is shared and public, ``lora_B`` is a
 of clipped per-sample gradients of the holder's data: texts of one domain push it the same
 way, and the market compares vectors by cosine.
 
-DP: opacus ``PrivacyEngine`` with the RDP accountant, Poisson sampling and per-sample
-clipping at ``clip_norm``; the vector is DP by post-processing and the epsilon recorded is
-the accountant's. Without DP the same code runs with noise multiplier 0 (clipping kept), so
-private and non-private specs stay on one scale.
+DP: opacus ``PrivacyEngine`` set up by ``shared.dpsgd`` (RDP accountant, Poisson sampling,
+per-sample clipping at ``clip_norm``); the vector is DP by post-processing and the epsilon
+recorded is the accountant's. Without DP the same code runs with noise multiplier 0
+(clipping kept), so private and non-private specs stay on one scale.
 
 Known trap (opacus#820): opacus over peft can silently not train. The peft model is built
 on its final device before ``make_private``, and ``PaveRun.changed`` lets callers and tests
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.dpsgd import grad_sample_norms, noise_only_step, per_sample_loss
+from shared.dpsgd import dpsgd_steps, private_training
 from shared.errors import DataError, SchemaMismatch
-from shared.privacy import DPReport, PrivacyBudget, dpsgd_noise_multiplier
+from shared.privacy import DPReport, PrivacyBudget
 from shared.spec.record import Specification
 from shared.spec.schema import PaveSchema
 
@@ -106,8 +106,6 @@ def run_pave(
     ``noise_seed`` makes the DP noise reproducible (tests, benchmarks); leave it None for
     real releases so the noise comes from a fresh generator.
     """
-    import torch
-
     if model.ref.sha256 != schema.model_sha256:
         raise SchemaMismatch(
             f"PAVE schema expects model {schema.model_id} with weights {schema.model_sha256[:12]}, "
@@ -119,9 +117,8 @@ def run_pave(
     peft_model = _lora_model(model.model, schema)
     lora_b = _lora_b_params(peft_model)
     before = _flatten(lora_b)
-    generator = torch.Generator().manual_seed(noise_seed) if noise_seed is not None else None
     losses, norms, report = _train(
-        peft_model, lora_b, ids, mask, schema, budget, progress, generator
+        peft_model, lora_b, ids, mask, schema, budget, progress, noise_seed
     )
     raw = _flatten(lora_b)
     changed = bool(np.any(raw != before))
@@ -205,87 +202,49 @@ def _train(
     schema: PaveSchema,
     budget: PrivacyBudget,
     progress: bool,
-    generator: torch.Generator | None,
+    noise_seed: int | None,
 ) -> tuple[list[float], list[float], DPReport]:
+    """``schema.steps`` plain-SGD DP steps (``shared.dpsgd``), each followed by the L1 pull."""
     import torch
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
 
-    n = ids.shape[0]
-    batch = min(schema.batch_size, n)
-    loader = DataLoader(TensorDataset(ids, mask), batch_size=batch)
-    sample_rate = 1.0 / len(loader)
-    sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=schema.steps)
-    optimizer = torch.optim.SGD(lora_b, lr=schema.lr)
-    with warnings.catch_warnings():
-        # opacus warns that secure_mode (torchcsprng) is off: the noise comes from torch's
-        # generator. README states this; a CSPRNG is future work.
-        warnings.simplefilter("ignore")
-        engine = PrivacyEngine(accountant="rdp")
-        dp_model, dp_optimizer, dp_loader = engine.make_private(
-            module=peft_model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=schema.clip_norm,
-            poisson_sampling=True,
-            noise_generator=generator,
-        )
     losses: list[float] = []
     norms: list[float] = []
     bar = _progress_bar(schema.steps, progress)
-    with warnings.catch_warnings():
-        # torch warns that full backward hooks fire without input grads: expected, the
-        # inputs are token ids; opacus only needs the hooks on the LoRA-B layers.
-        warnings.filterwarnings("ignore", message="Full backward hook")
-        _loop(dp_model, dp_optimizer, dp_loader, lora_b, schema, losses, norms, bar)
+    with private_training(
+        peft_model,
+        torch.optim.SGD(lora_b, lr=schema.lr),
+        ids,
+        mask,
+        batch_size=schema.batch_size,
+        budget=budget,
+        clip_norm=schema.clip_norm,
+        calibration_steps=schema.steps,
+        noise_seed=noise_seed,
+    ) as dp:
+        for step in dpsgd_steps(dp, lora_b, schema.steps):
+            losses.append(step.loss)
+            norms.extend(step.norms)
+            _l1_prox(lora_b, schema.lr * schema.l1)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step.loss:.3f}")
     if bar is not None:
         bar.close()
-    epsilon = float(engine.get_epsilon(budget.delta)) if budget.is_private else None
+    epsilon = float(dp.accountant.get_epsilon(budget.delta)) if budget.is_private else None
     report = DPReport(
         mechanism=MECHANISM if budget.is_private else "none (clipped SGD, no noise)",
         epsilon=epsilon,
         delta=budget.delta,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate,
         steps=schema.steps,
-        details={"clip_norm": schema.clip_norm, "expected_batch": n * sample_rate, "lr": schema.lr},
+        details={
+            "clip_norm": schema.clip_norm,
+            "expected_batch": ids.shape[0] * dp.sample_rate,
+            "lr": schema.lr,
+        },
     )
-    if hasattr(dp_model, "remove_hooks"):
-        dp_model.remove_hooks()
     return losses, norms, report
-
-
-def _loop(
-    dp_model: Any,
-    dp_optimizer: Any,
-    dp_loader: Any,
-    lora_b: list[torch.nn.Parameter],
-    schema: PaveSchema,
-    losses: list[float],
-    norms: list[float],
-    bar: Any,
-) -> None:
-    """``schema.steps`` DP-SGD steps over Poisson batches (re-iterating the loader)."""
-    while len(losses) < schema.steps:
-        for batch_ids, batch_mask in dp_loader:
-            if len(losses) >= schema.steps:
-                break
-            dp_optimizer.zero_grad(set_to_none=True)
-            if batch_ids.shape[0] == 0:
-                noise_only_step(dp_optimizer, lora_b)
-                losses.append(float("nan"))
-            else:
-                logits = dp_model(input_ids=batch_ids, attention_mask=batch_mask).logits
-                loss = per_sample_loss(logits, batch_ids, batch_mask)
-                loss.backward()
-                norms.extend(grad_sample_norms(lora_b))
-                dp_optimizer.step()
-                losses.append(float(loss.detach()))
-            _l1_prox(lora_b, schema.lr * schema.l1)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
 
 
 def _l1_prox(params: Sequence[torch.nn.Parameter], threshold: float) -> None:
