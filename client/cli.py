@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from shared.cli_options import HomeOpt
+from shared.cli_options import HomeOpt, console
 from shared.errors import LwmError
 
 app = typer.Typer(
@@ -60,12 +60,6 @@ def _attach_command_modules() -> None:
 _attach_command_modules()
 
 
-def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
 def _home(home: str | None):  # type: ignore[no-untyped-def]
     from shared.home import Home
 
@@ -76,7 +70,7 @@ def _budget(epsilon: float | None, delta: float, no_dp: bool):  # type: ignore[n
     from shared.privacy import PrivacyBudget
 
     if no_dp:
-        _console(stderr=True).print(
+        console(stderr=True).print(
             "[bold yellow]warning:[/] --no-dp: the spec is NOT differentially private"
         )
         return PrivacyBudget(None, delta)
@@ -128,7 +122,7 @@ def spec_make(
     spec = maker.make(dataset.texts(), kind, budget, progress=True)
     spec.save(out)
     eps = "none (no DP)" if spec.privacy.epsilon is None else f"{spec.privacy.epsilon:.3g}"
-    _console().print(
+    console().print(
         f"wrote {out}: {spec.kind} spec of {spec.n} texts, dim {spec.dim}, "
         f"schema {spec.schema_id}, epsilon {eps}, delta {spec.privacy.delta:g}"
     )
@@ -171,7 +165,7 @@ def spec_rank(
             f"{row['distance']:.5f}",
             f"{row['score']:.4f}",
         )
-    _console().print(table)
+    console().print(table)
 
 
 @spec_app.command("schema")
@@ -186,7 +180,7 @@ def spec_schema(
         print(text)
     else:
         out.write_text(text + "\n")
-        _console().print(f"wrote {out}")
+        console().print(f"wrote {out}")
 
 
 @models_app.command("list")
@@ -205,7 +199,7 @@ def models_list(home: HomeOpt = None) -> None:
         table.add_row(
             info.name, "yes" if info.available else "no", "yes" if info.cached else "no", sha, how
         )
-    _console().print(table)
+    console().print(table)
 
 
 @data_app.command("inspect")
@@ -221,7 +215,7 @@ def data_inspect(
         print(json.dumps(summary, indent=2, default=str))
         return
     for key, value in summary.items():
-        _console().print(f"[bold]{key}[/]: {value}")
+        console().print(f"[bold]{key}[/]: {value}")
 
 
 @keys_app.command("new")
@@ -242,7 +236,7 @@ def keys_new(
     private, public = signing.generate_keypair()
     signing.save_private_key(out / f"{name}.key", private, overwrite=overwrite)
     signing.save_public_key(out / f"{name}.pub", public, overwrite=overwrite)
-    _console().print(
+    console().print(
         f"made {out / (name + '.key')} (private, 0600) and {out / (name + '.pub')}; "
         f"key id {signing.key_id(public)}"
     )

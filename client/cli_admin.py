@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.cli_options import CaOpt, CertKeyOpt, CertOpt, InsecureOpt, KeyOpt, ServerOpt
+from shared.cli_options import (
+    CaOpt,
+    CertKeyOpt,
+    CertOpt,
+    InsecureOpt,
+    KeyOpt,
+    ServerOpt,
+    console,
+)
 
 if TYPE_CHECKING:
     from client.market import MarketClient
@@ -31,9 +39,7 @@ def register(app: typer.Typer, server_group: typer.Typer) -> None:
 
 
 def _say(text: str) -> None:
-    from rich.console import Console
-
-    Console().print(text)
+    console().print(text)
 
 
 def _client(

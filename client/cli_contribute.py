@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from client.finetune import FinetuneConfig
+from shared.cli_options import console
 from shared.errors import InvalidInput, LwmError
 
 if TYPE_CHECKING:
@@ -121,13 +122,13 @@ def contribute_command(
         ),
     )
     if not config.finetune.budget.is_private:
-        _console(stderr=True).print(
+        console(stderr=True).print(
             "[bold yellow]warning:[/] no --dp-sgd: the adapter is NOT differentially private"
         )
     lwm_home = Home.resolve(home)
     if out is not None:
         package = make_learnware(data, config, key, out, home=lwm_home, progress=True)
-        _console().print(f"wrote {package.folder}: {_summary(config, package.manifest.dp)}")
+        console().print(f"wrote {package.folder}: {_summary(config, package.manifest.dp)}")
         return
     from client.market import Connection
 
@@ -137,7 +138,7 @@ def contribute_command(
     if verdict.status == "REJECTED":
         raise LwmError(f"the market rejected learnware {verdict.learnware_id}: {verdict.reason}")
     summary = _summary(config, verdict.manifest.dp)
-    _console().print(f"learnware {verdict.learnware_id} is {verdict.status}: {summary}")
+    console().print(f"learnware {verdict.learnware_id} is {verdict.status}: {summary}")
 
 
 @package_app.command("verify")
@@ -160,7 +161,7 @@ def package_verify(
         else "hashes ok, signature NOT checked (pass --pub; the manifest names key "
         f"{manifest.contributor.key_id})"
     )
-    _console().print(f"ok: {manifest.name} ({manifest.domain}/{manifest.task}), {who}")
+    console().print(f"ok: {manifest.name} ({manifest.domain}/{manifest.task}), {who}")
 
 
 def _summary(config: ContributeConfig, dp: DpLedger) -> str:
@@ -174,8 +175,3 @@ def _summary(config: ContributeConfig, dp: DpLedger) -> str:
 def _eps(value: float | None) -> str:
     return "none (no DP)" if value is None else f"{value:.3g}"
 
-
-def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    return Console(stderr=stderr, soft_wrap=True)

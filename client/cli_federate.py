@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from shared.cli_options import console as cli_console
 from shared.errors import LwmError
 
 
@@ -23,13 +24,11 @@ def federate_command(
     verbose: Annotated[bool, typer.Option("--verbose", help="Flower's debug log.")] = False,
 ) -> None:
     """Federated LoRA (FedAvg) over the holders of FED.toml, merged DP spec, sign, submit."""
-    from rich.console import Console
-
     from client.federation.config import FederationConfig
     from client.federation.run import run_federation
 
     fed = FederationConfig.from_toml(config)
-    console = Console(soft_wrap=True)
+    console = cli_console()
     train_epsilon = fed.training.dp_epsilon
     adapter = (
         f"adapter DP-SGD at epsilon {train_epsilon:g} per holder"

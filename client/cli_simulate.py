@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from client.simulate.config import PROFILES
-from shared.cli_options import HomeOpt
+from shared.cli_options import HomeOpt, console
 
 
 def register(app: typer.Typer) -> None:
@@ -32,8 +32,6 @@ def simulate_command(
     home: HomeOpt = None,
 ) -> None:
     """Contributors build learnwares, users search and reuse them; writes report.md."""
-    from rich.console import Console
-
     from client.simulate.config import SimulationConfig
     from client.simulate.run import simulate
     from shared.home import Home
@@ -44,7 +42,7 @@ def simulate_command(
         settings = SimulationConfig.profile_named(profile or "default")
     signal.signal(signal.SIGTERM, _stop)
     try:
-        simulate(settings, out, Console(soft_wrap=True), Home.resolve(home))
+        simulate(settings, out, console(), Home.resolve(home))
     except KeyboardInterrupt:
         # Typer would print a bare "Aborted"; say what state the run folder is in instead.
         print(

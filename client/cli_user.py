@@ -24,6 +24,7 @@ from shared.cli_options import (
     JsonOpt,
     KeyOpt,
     ServerOpt,
+    console,
 )
 
 if TYPE_CHECKING:
@@ -72,9 +73,7 @@ def _connection(
 
 
 def _warn(text: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold yellow]warning:[/] {text}")
+    console(stderr=True).print(f"[bold yellow]warning:[/] {text}")
 
 
 def _home(home: str | None) -> Any:
@@ -145,7 +144,6 @@ def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
 
 
 def _print_matches(outcome: SearchOutcome) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     eps = "no DP" if outcome.epsilon is None else f"epsilon {outcome.epsilon:g}"
@@ -166,8 +164,8 @@ def _print_matches(outcome: SearchOutcome) -> None:
             f"{m.score:.4f}",
             m.status,
         )
-    console = Console(width=max(Console().width, 160))
-    console.print(table if outcome.matches else "no learnware matches (check the filters)")
+    shown = table if outcome.matches else "no learnware matches (check the filters)"
+    console(width=max(console().width, 160)).print(shown)
 
 
 def fetch(

@@ -12,15 +12,13 @@ from typing import Annotated
 
 import typer
 
-from shared.cli_options import InsecureOpt
+from shared.cli_options import InsecureOpt, console
 
 server_app = typer.Typer(help="Run a market server.", no_args_is_help=True)
 
 
 def _say(text: str) -> None:
-    from rich.console import Console
-
-    Console().print(text)
+    console().print(text)
 
 
 @server_app.command("init")
@@ -84,9 +82,7 @@ def start(
     limit_blas_threads()
     layout = open_server_dir(dir)
     if insecure:
-        from rich.console import Console
-
-        Console(stderr=True).print(
+        console(stderr=True).print(
             "[bold red]WARNING: --insecure: no TLS, anyone on this host can read the traffic "
             "(loopback only)[/]"
         )

@@ -20,3 +20,11 @@ HomeOpt = Annotated[
     str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def console(stderr: bool = False, width: int | None = None):  # type: ignore[no-untyped-def]
+    """The one rich console of every ``lwm`` command: lines are never hard-wrapped (scripts,
+    logs and tests read them whole; a long path must not split a figure from its label)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, width=width)

@@ -178,12 +178,11 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def save_specs(path: str | Path, specs: list[Specification]) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a spec."""
+    """Write atomically (``shared.files``) so a crash never leaves half a spec."""
+    from shared.files import write_atomically
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(specs_to_bytes(specs))
-    tmp.replace(target)
+    write_atomically(target, specs_to_bytes(specs))
     return target
 
 
