@@ -21,11 +21,16 @@ lint: venv
 	$(BIN)/ruff check shared server client tests benchmarks
 	$(BIN)/mypy shared server client
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests kept
+# together so its module fixtures (a market server, a trained adapter) are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
+
 test: venv lint
-	$(BIN)/pytest -m "not slow" -q
+	$(PYTEST) -m "not slow"
 
 test-all: venv lint
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 # The whole simulated market (default profile: SmolLM2, ~15 min on 2 cores); reruns resume.
 demo: venv
