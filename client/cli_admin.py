@@ -50,9 +50,10 @@ def _client(
     cert: Path | None,
     cert_key: Path | None,
 ) -> MarketClient:
-    from client.market import Connection, MarketClient
+    from client.cli_user import connection
+    from client.market import MarketClient
 
-    return MarketClient(Connection(server, key, ca, insecure, cert, cert_key))
+    return MarketClient(connection(server, key, ca, insecure, cert, cert_key))
 
 
 def stats(

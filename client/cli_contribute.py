@@ -130,10 +130,10 @@ def contribute_command(
         package = make_learnware(data, config, key, out, home=lwm_home, progress=True)
         console().print(f"wrote {package.folder}: {_summary(config, package.manifest.dp)}")
         return
-    from client.market import Connection
+    from client.cli_user import connection
 
     assert server is not None  # exactly one of server/out, checked above
-    conn = Connection(server, key, ca, insecure, client_cert, client_key)
+    conn = connection(server, key, ca, insecure, client_cert, client_key)
     verdict = contribute(data, config, conn, home=lwm_home, progress=True)
     if verdict.status == "REJECTED":
         raise LwmError(f"the market rejected learnware {verdict.learnware_id}: {verdict.reason}")

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
-def _connection(
+def connection(
     server: str,
     key: Path | None,
     ca: Path | None,
@@ -62,6 +62,8 @@ def _connection(
     cert: Path | None,
     cert_key: Path | None,
 ) -> Connection:
+    """The market connection every client command builds from its flags (one rule for
+    --ca/--insecure, one warning)."""
     from client.market import Connection
     from shared.errors import InvalidInput
 
@@ -111,7 +113,7 @@ def search(
     """Find learnwares for DATA: a DP spec of it is made here; only the spec is sent."""
     from client.user import private_search
 
-    conn = _connection(server, key, ca, insecure, cert, cert_key)
+    conn = connection(server, key, ca, insecure, cert, cert_key)
     if no_dp:
         _warn("--no-dp: the spec is NOT differentially private")
     outcome = private_search(
@@ -184,7 +186,7 @@ def fetch(
     """Download ID (resumable), verify hash, signature and base model, unpack into --out."""
     from client.user import fetch_learnware
 
-    conn = _connection(server, key, ca, insecure, cert, cert_key)
+    conn = connection(server, key, ca, insecure, cert, cert_key)
     fetched = fetch_learnware(
         conn,
         learnware_id,
@@ -215,7 +217,7 @@ def _load(
 ) -> Any:
     from client.run import load_learnware
 
-    conn = None if server is None else _connection(server, key, ca, insecure, None, None)
+    conn = None if server is None else connection(server, key, ca, insecure, None, None)
     return load_learnware(
         source,
         home=_home(home),

@@ -18,96 +18,70 @@ class LwmError(Exception):
     status: ClassVar[str] = "INTERNAL"
     exit_code: ClassVar[int] = 1
 
+    def __init_subclass__(cls, *, status: str | None = None, exit_code: int | None = None) -> None:
+        """``class NotFound(LwmError, status="NOT_FOUND", exit_code=7)``: each subclass
+        states its status and exit code in its header; what it leaves out it inherits."""
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class InvalidInput(LwmError):
+
+class InvalidInput(LwmError, status="INVALID_ARGUMENT", exit_code=2):
     """An argument or a file the caller gave is wrong (bad value, wrong shape, NaN)."""
 
-    status = "INVALID_ARGUMENT"
-    exit_code = 2
 
-
-class DataError(InvalidInput):
+class DataError(InvalidInput, exit_code=3):
     """User data is missing, empty, unreadable, not UTF-8 or of an unknown format."""
 
-    exit_code = 3
 
-
-class SpecError(InvalidInput):
+class SpecError(InvalidInput, exit_code=4):
     """A specification is malformed: wrong shape, not finite, unknown kind or version."""
 
-    exit_code = 4
 
-
-class PrivacyError(InvalidInput):
+class PrivacyError(InvalidInput, exit_code=4):
     """Privacy parameters are invalid (epsilon <= 0, delta outside (0, 1), ...)."""
 
-    exit_code = 4
 
-
-class SchemaMismatch(LwmError):
+class SchemaMismatch(LwmError, status="FAILED_PRECONDITION", exit_code=5):
     """A spec was made under another schema than the one it is compared or submitted to."""
 
-    status = "FAILED_PRECONDITION"
-    exit_code = 5
 
-
-class ModelUnavailable(LwmError):
+class ModelUnavailable(LwmError, status="FAILED_PRECONDITION", exit_code=6):
     """A model named by the user cannot be loaded here; the message says how to get it."""
 
-    status = "FAILED_PRECONDITION"
-    exit_code = 6
+
+class NotFound(LwmError, status="NOT_FOUND", exit_code=7):
+    """What was asked for (a learnware, a key, a file) does not exist or is not visible."""
 
 
-class NotFound(LwmError):
-    status = "NOT_FOUND"
-    exit_code = 7
+class AlreadyExists(LwmError, status="ALREADY_EXISTS", exit_code=8):
+    """Creating something that exists (a package, a key file, a registered key)."""
 
 
-class AlreadyExists(LwmError):
-    status = "ALREADY_EXISTS"
-    exit_code = 8
-
-
-class Unauthenticated(LwmError):
+class Unauthenticated(LwmError, status="UNAUTHENTICATED", exit_code=9):
     """The caller's identity could not be established (no or unknown key, bad signature)."""
 
-    status = "UNAUTHENTICATED"
-    exit_code = 9
 
-
-class PermissionDenied(LwmError):
+class PermissionDenied(LwmError, status="PERMISSION_DENIED", exit_code=10):
     """The caller is known but its role does not allow the action."""
 
-    status = "PERMISSION_DENIED"
-    exit_code = 10
 
-
-class Revoked(LwmError):
+class Revoked(LwmError, status="FAILED_PRECONDITION", exit_code=14):
     """A key was revoked: what it signed can no longer be trusted."""
 
-    status = "FAILED_PRECONDITION"
-    exit_code = 14
 
-
-class IntegrityError(LwmError):
+class IntegrityError(LwmError, status="INVALID_ARGUMENT", exit_code=11):
     """Bytes do not match their hash or signature (tampered or corrupt learnware)."""
 
-    status = "INVALID_ARGUMENT"
-    exit_code = 11
 
-
-class ResourceExhausted(LwmError):
+class ResourceExhausted(LwmError, status="RESOURCE_EXHAUSTED", exit_code=12):
     """A size or rate limit was hit."""
 
-    status = "RESOURCE_EXHAUSTED"
-    exit_code = 12
 
-
-class Unavailable(LwmError):
+class Unavailable(LwmError, status="UNAVAILABLE", exit_code=13):
     """The market could not be reached."""
-
-    status = "UNAVAILABLE"
-    exit_code = 13
 
 
 _BY_STATUS: dict[str, type[LwmError]] = {
