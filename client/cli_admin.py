@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -142,4 +142,15 @@ def list_keys(
         keys = client.list_keys(include_revoked)
     for info in keys:
         role = pb.Role.Name(info.role).removeprefix("ROLE_").lower()
-        _say(f"{info.key_id}  {role:12} {info.name}{'  (revoked)' if info.revoked else ''}")
+        _say(f"{info.key_id}  {role:12} {info.name}{_revocation(info)}")
+
+
+def _revocation(info: Any) -> str:
+    """'' for an active key; when and why for a revoked one (keys revoked before the market
+    kept this show only that they are)."""
+    if not info.revoked:
+        return ""
+    stamp = info.revoked_at
+    when = f" {stamp.ToDatetime().isoformat(timespec='seconds')}Z" if stamp.seconds else ""
+    why = f": {info.revoke_reason}" if info.revoke_reason else ""
+    return f"  (revoked{when}{why})"

@@ -133,6 +133,8 @@ def key_to_pb(record: KeyRecord) -> pb.KeyInfo:
         public_key=record.public_key,
         created_at=timestamp(record.created_at),
         revoked=record.revoked,
+        revoked_at=timestamp(record.revoked_at),
+        revoke_reason=record.revoke_reason,
     )
 
 

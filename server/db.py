@@ -198,6 +198,8 @@ class KeyRow(Base):
     name: Mapped[str] = mapped_column(Text)
     revoked: Mapped[bool] = mapped_column(Boolean(create_constraint=False), default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoke_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     @classmethod
     def from_record(cls, record: KeyRecord) -> KeyRow:
@@ -219,6 +221,8 @@ class KeyRow(Base):
             name=self.name,
             revoked=self.revoked,
             created_at=self.created_at,
+            revoked_at=self.revoked_at,
+            revoke_reason=self.revoke_reason or "",
         )
 
 
@@ -318,13 +322,14 @@ def _use_wal(cursor: Any) -> None:
         )
 
 
-def migrate(engine: Engine) -> None:
+def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the database to the newest schema (``alembic upgrade head``), in one transaction.
 
     DDL is transactional on both backends (SQLite's driver is in autocommit mode here, so
     it does not commit behind our back before each CREATE): a crash mid-migration leaves the
     old schema. Concurrent openers queue: PostgreSQL on an advisory lock, SQLite on
     ``BEGIN IMMEDIATE``; the second finds the schema at head and does nothing.
+    ``revision`` stops at an older schema (tests of an upgrade).
     """
     from alembic import command
     from alembic.config import Config
@@ -338,4 +343,4 @@ def migrate(engine: Engine) -> None:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)

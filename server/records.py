@@ -40,6 +40,8 @@ class KeyRecord:
     name: str
     revoked: bool = False
     created_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoke_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -281,6 +281,7 @@ class Store:
                     )
                 else:
                     row.revoked, row.role, row.name = False, Role(record.role), record.name
+                    row.revoked_at, row.revoke_reason = None, ""
                     action = "key.reactivate"
                 _event(session, action, None, record.key_id, f"role={row.role} name={row.name}")
                 session.flush()
@@ -291,14 +292,16 @@ class Store:
     def revoke_key(self, key_id: str, reason: str = "", *, by: str | None = None) -> KeyRecord:
         """Mark a key revoked (idempotent). NotFound if it was never registered.
 
-        The audit trail keeps the ``reason`` and who revoked it (``by``, a key id); the
-        keys table has no column for them."""
+        The key keeps when and why (``ListKeys`` shows them); the audit trail also keeps who
+        revoked it (``by``, a key id)."""
         with self._writing() as session:
             row = session.get(KeyRow, key_id)
             if row is None:
                 raise NotFound(f"no key {key_id!r} is registered")
             if not row.revoked:
                 row.revoked = True
+                row.revoked_at = utcnow()
+                row.revoke_reason = reason
                 detail = f"role={row.role} name={row.name}" + (f" by={by}" if by else "")
                 _event(
                     session, "key.revoke", None, key_id, detail + (f": {reason}" if reason else "")

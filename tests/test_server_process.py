@@ -180,7 +180,7 @@ def test_admin_commands_and_stats_over_the_wire(tmp_path, lwm_home):
         assert alice_id in listed.stdout and "contributor" in listed.stdout
         assert f"revoked {alice_id} (alice)" in revoked.stdout
         assert alice_id not in active.stdout and "admin" in active.stdout
-        assert f"{alice_id}" in every.stdout and "(revoked)" in every.stdout
+        assert f"{alice_id}" in every.stdout and ": stolen)" in every.stdout  # when and why
         assert stats.returncode == 0, stats.stderr
         data = json.loads(stats.stdout)
         assert data["keys_total"] == "1" and data["server_version"] == "0.1.0"

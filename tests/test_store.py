@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 import server.store as store_module
-from server.db import Base, EventRow, LearnwareRow, SpecRow
+from server.db import Base, EventRow, LearnwareRow, SpecRow, create_db_engine, migrate
 from server.records import (
     KeyRecord,
     LearnwareFilter,
@@ -160,7 +160,26 @@ def test_migrations_build_exactly_the_models(store: Store) -> None:
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+
+
+def test_upgrade_keeps_keys_revoked_before_the_market_kept_when_and_why(tmp_path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO keys (key_id, public_key, role, name, revoked, created_at) "
+                "VALUES ('id-old', :pk, 'USER', 'old', 1, '2026-11-27 00:00:00+00:00')"
+            ),
+            {"pk": b"k" * 32},
+        )
+
+    migrate(engine)
+
+    old = Store(engine).get_key("id-old")
+    assert old is not None and old.revoked
+    assert (old.revoked_at, old.revoke_reason) == (None, "")
 
 
 def test_pages_walk_every_filter_without_gaps_or_repeats(store: Store) -> None:
@@ -313,6 +332,8 @@ def test_keys_register_revoke_and_come_back(store: Store) -> None:
 
     revoked = store.revoke_key(alice.key_id, "key stolen", by="id-root")
     assert revoked.revoked and store.revoke_key(alice.key_id) == revoked  # idempotent
+    assert revoked.revoke_reason == "key stolen" and revoked.revoked_at is not None
+    assert store.get_key(alice.key_id) == revoked  # when and why are stored with the key
     assert [e.detail for e in store.events() if e.action == "key.revoke"] == [
         "role=CONTRIBUTOR name=alice by=id-root: key stolen"
     ]
@@ -325,6 +346,7 @@ def test_keys_register_revoke_and_come_back(store: Store) -> None:
         store.register_key(replace(alice, public_key=os.urandom(32)))
     back = store.register_key(replace(alice, role=Role.ADMIN, name="alice (admin)"))
     assert (back.revoked, back.role, back.name) == (False, Role.ADMIN, "alice (admin)")
+    assert (back.revoked_at, back.revoke_reason) == (None, "")
     assert back.created_at == stored.created_at
     assert [e.action for e in store.events()][:2] == ["key.reactivate", "key.revoke"]
 
