@@ -199,6 +199,8 @@ def _read_json_object(path: Path) -> dict[str, Any]:
         value = json.loads(path.read_bytes().decode("utf-8"), parse_constant=no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InvalidInput(f"{path.name}: not valid UTF-8 JSON: {err}") from err
+    except RecursionError:  # a hostile package nests thousands deep
+        raise InvalidInput(f"{path.name}: JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{path.name}: must be a JSON object")
     return value

@@ -1,11 +1,13 @@
 """Content-addressed blob store: learnware packages on disk, named by their sha256.
 
 Layout: ``root/ab/cdef…`` (the first two hex digits name a shard folder, the other 62 the
-file) and ``root/tmp/`` for uploads in progress, on the same file system so the final
-rename is atomic.
+file), ``root/tmp/`` for uploads in progress, on the same file system so the final
+rename is atomic, and ``root/work/`` for the folders packages are unpacked into while they
+are checked.
 
 What a crash leaves behind, at each point of an upload:
 - while streaming: a file in ``root/tmp/`` (removed by ``cleanup_temp`` at the next start);
+- while checking: a folder in ``root/work/`` (the same);
 - after fsync, before the rename: the same;
 - after the rename, before the database commits the learnware: a complete blob nobody
   references (removed by ``gc`` at the next start);
@@ -23,6 +25,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -180,6 +183,7 @@ class BlobStore:
         self.root = Path(root)
         self.temp_dir = self.root / "tmp"
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = self.root / "work"  # unpacked packages under check (scratch folders)
         self._uploads = _KeyedLocks()
 
     @contextmanager
@@ -266,16 +270,15 @@ class BlobStore:
                     yield name
 
     def cleanup_temp(self, min_age_s: float = 0.0) -> int:
-        """Remove temp files of uploads a crash interrupted; returns how many.
+        """Remove what a crash interrupted: temp files of uploads and the scratch folders
+        of packages under check (``work_dir``, megabytes each); returns how many.
 
-        Call at start, before serving. ``min_age_s`` spares files modified more recently
+        Call at start, before serving. ``min_age_s`` spares entries modified more recently
         (for a blob directory shared with another running server).
         """
-        return sum(
-            _remove_if_older(entry, min_age_s)
-            for entry in self.temp_dir.iterdir()
-            if entry.name.endswith(_TEMP_SUFFIX)
-        )
+        temp = [entry for entry in self.temp_dir.iterdir() if entry.name.endswith(_TEMP_SUFFIX)]
+        work = list(self.work_dir.iterdir()) if self.work_dir.is_dir() else []
+        return sum(_remove_if_older(entry, min_age_s) for entry in temp + work)
 
     def gc(self, referenced: set[str], min_age_s: float = 0.0) -> int:
         """Delete blobs not in ``referenced``; returns how many.
@@ -293,10 +296,14 @@ class BlobStore:
 
 
 def _remove_if_older(path: Path, min_age_s: float) -> int:
+    """Remove a file or a whole folder unless modified within ``min_age_s``; 1 if removed."""
     try:
         if min_age_s > 0 and time.time() - path.stat().st_mtime < min_age_s:
             return 0
-        path.unlink()
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     except FileNotFoundError:
         return 0
     return 1

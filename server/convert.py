@@ -163,6 +163,8 @@ def query_spec_from_pb(query: pb.QuerySpec) -> Specification:
         metadata = json.loads(query.metadata_json or "{}")
     except json.JSONDecodeError as exc:
         raise SpecError(f"query metadata is not JSON: {exc}") from exc
+    except RecursionError:  # a hostile query nests thousands deep
+        raise SpecError("query metadata is nested too deeply") from None
     if not isinstance(metadata, dict):
         raise SpecError("query metadata must be a JSON object")
     metadata.setdefault("kind", query.kind)

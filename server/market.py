@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from server.auth import Caller
 from server.blobs import BlobStore
 from server.checker import Checker, Judgment
 from server.index import SpecIndex
+from server.key_cache import KeyCache
 from server.records import (
     KeyRecord,
     LearnwareFilter,
@@ -27,6 +27,7 @@ from server.records import (
     Page,
     Role,
     Status,
+    Visibility,
 )
 from server.settings import Limits
 from server.store import Store
@@ -42,9 +43,11 @@ from server.submission import (
 from shared import signing
 from shared.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidInput,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Revoked,
     SpecError,
     Unauthenticated,
@@ -55,7 +58,8 @@ from shared.spec.record import Specification
 
 log = logging.getLogger("lwm.market")
 
-KEY_CACHE_S = 5.0
+ACTIVE = frozenset({Status.PENDING, Status.USABLE})
+"""The statuses a contributor's quota counts (``Limits.max_active_per_key``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,24 @@ class Download:
     chunks: Iterator[tuple[int, bytes]]
 
 
+def visibility(caller: Caller) -> Visibility:
+    """The one visibility rule, for Get, List and Fetch: an admin sees every learnware;
+    anyone else sees its own at any status and everyone else's only when USABLE, so no
+    contributor reads another's REJECTED or WITHDRAWN rows, nor their reasons."""
+    if caller.role is Role.ADMIN:
+        return Visibility(own_key_id=None, others=None)
+    return Visibility(own_key_id=caller.key_id, others=frozenset({Status.USABLE}))
+
+
+def bounded_text(where: str, value: str, max_chars: int) -> str:
+    """``value`` if at most ``max_chars`` long; InvalidInput otherwise. Every free-text
+    field the market stores from a request passes here (it lands in the database and the
+    audit trail, so its size is the caller's choice unless capped)."""
+    if len(value) > max_chars:
+        raise InvalidInput(f"{where} is {len(value)} characters, the limit is {max_chars}")
+    return value
+
+
 class Market:
     """One market: ``checker`` judges uploads (and knows the schema and base models),
     ``limits`` bound every request."""
@@ -87,7 +109,7 @@ class Market:
         self.started_at = datetime.now(UTC)
         self._lock = threading.RLock()
         self._usable: dict[str, LearnwareRecord] = {}
-        self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._keys = KeyCache(store.get_key)
         self.indexes = {
             kind: SpecIndex(
                 kind, self.schema.for_kind(kind).schema_id, self.schema.for_kind(kind).spec_dim
@@ -149,17 +171,11 @@ class Market:
 
     # ------------------------------------------------------------------ keys
     def key_of(self, key_id: str) -> KeyRecord | None:
-        """The registered key, cached for ``KEY_CACHE_S``: every RPC authenticates, and a
-        database round trip per call would dominate Search. Revocations through this server
-        take effect at once (the entry is dropped); through another server sharing the
-        database, within ``KEY_CACHE_S``."""
-        now = time.monotonic()
-        cached = self._key_cache.get(key_id)
-        if cached is not None and now - cached[0] < KEY_CACHE_S:
-            return cached[1]
-        record = self.store.get_key(key_id)
-        self._key_cache[key_id] = (now, record)
-        return record
+        """The registered key, from a bounded cache (``server.key_cache``): every RPC
+        authenticates, and a database round trip per call would dominate Search.
+        Revocations through this server take effect at once (the entry is dropped);
+        through another server sharing the database, within ``KEY_CACHE_S``."""
+        return self._keys.get(key_id)
 
     def register_key(self, public_key: bytes, role: Role, name: str) -> KeyRecord:
         key = signing.load_public_key(public_key)
@@ -167,10 +183,10 @@ class Market:
             key_id=signing.key_id(key),
             public_key=signing.public_key_bytes(key),
             role=role,
-            name=name,
+            name=bounded_text("the key name", name, self.limits.max_key_name_chars),
             created_at=datetime.now(UTC),
         )
-        self._key_cache.pop(record.key_id, None)
+        self._keys.drop(record.key_id)
         return self.store.register_key(record)
 
     def revoke_key(self, caller: Caller, key_id: str, reason: str) -> KeyRecord:
@@ -179,11 +195,13 @@ class Market:
         reason goes to the audit trail. An admin may not revoke its own key (lock-out)."""
         if key_id == caller.key_id and caller.role is Role.ADMIN:
             raise InvalidInput("an admin cannot revoke its own key (lock-out); use another admin")
+        reason = bounded_text("the revoke reason", reason, self.limits.max_reason_chars)
         revoked = self.store.revoke_key(key_id, reason, by=caller.key_id)
-        self._key_cache.pop(key_id, None)
-        for learnware_id, record in list(self._usable.items()):
-            if record.contributor_key_id == key_id:
-                self._unpublish(learnware_id)
+        self._keys.drop(key_id)
+        with self._lock:  # against _conclude: it checks the key and publishes under this lock
+            for learnware_id, record in list(self._usable.items()):
+                if record.contributor_key_id == key_id:
+                    self._unpublish(learnware_id)
         return revoked
 
     def list_keys(self, include_revoked: bool) -> tuple[KeyRecord, ...]:
@@ -198,7 +216,7 @@ class Market:
         Raises an LwmError and leaves nothing behind when the upload is refused; once it
         is stored (PENDING), the judgment makes it USABLE or REJECTED with a reason."""
         upload = self._admit(caller, header)
-        with scratch_dir(self.blobs.root / "work") as workdir:
+        with scratch_dir(self.blobs.work_dir) as workdir:
             with self.blobs.provisional(header.sha256, self._owned):
                 blob = receive(self.blobs, header, chunks, self.limits)
                 package = unpack(blob, header, workdir, self.limits.package)
@@ -207,34 +225,59 @@ class Market:
             return self._conclude(stored, self.checker.judge(package, static))
 
     def _admit(self, caller: Caller, header: Header) -> Upload:
-        """The checks before any byte is received: header, registered key, duplicate."""
+        """The checks before any byte is received: header, registered key, quota, duplicate.
+
+        The quota is checked here, not at insertion: uploads of one key running at the same
+        time may pass it together (the per-key concurrency limit bounds by how many)."""
         manifest = check_header(header, caller.key_id, self.limits)
         key = self.store.get_key(caller.key_id)
         if key is None or key.revoked:
             raise Unauthenticated(f"key {caller.key_id} is not registered or was revoked")
-        existing = self.store.find_by_package(header.sha256)
+        active = self.store.count_of(key.key_id, ACTIVE)
+        if active >= self.limits.max_active_per_key:
+            raise ResourceExhausted(
+                f"key {key.key_id} has {active} learnwares PENDING or USABLE, the limit is "
+                f"{self.limits.max_active_per_key}: withdraw one first"
+            )
+        existing = self.store.find_by_package(header.sha256, with_specs=False)
         if existing is not None:
             raise AlreadyExists(f"this package is already in the market as {existing.id}")
         return Upload(header, manifest, key)
 
     def _owned(self, sha256: str) -> bool:
-        return self.store.find_by_package(sha256) is not None
+        """Whether a stored learnware keeps blob ``sha256`` (a REJECTED one keeps none)."""
+        record = self.store.find_by_package(sha256, with_specs=False)
+        return record is not None and record.status is not Status.REJECTED
 
     def _recheck(self, record: LearnwareRecord) -> LearnwareRecord:
         """Judge a PENDING learnware again from its stored package, as an upload is."""
         key = self.store.get_key(record.contributor_key_id)
         if key is None:
-            return self.store.set_status(record.id, Status.REJECTED, "contributor key unknown")
-        with scratch_dir(self.blobs.root / "work") as workdir:
+            return self._conclude(record, _refusal("contributor key unknown"))
+        with scratch_dir(self.blobs.work_dir) as workdir:
             source = self.blobs.path_of(record.package_sha256)
             package = unpack_tar(source, workdir / "package", limits=self.limits.package)
             return self._conclude(record, self.checker.check(package, key.public_key))
 
     def _conclude(self, record: LearnwareRecord, judgment: Judgment) -> LearnwareRecord:
-        """PENDING -> the judgment's status; publish when USABLE."""
-        updated = self.store.set_status(record.id, judgment.status, judgment.reason)
-        if judgment.status is Status.USABLE:
-            self._publish(updated, judgment.specs)
+        """PENDING -> the judgment's status; publish when USABLE.
+
+        The contributor's key is read again first (from the database, not the cache): one
+        revoked while its package was being checked is not published. Under the market lock,
+        so a revocation either comes before this check or unpublishes what it published.
+        A REJECTED learnware keeps its row and reason, not its bytes."""
+        with self._lock:
+            if judgment.status is Status.USABLE:
+                key = self.store.get_key(record.contributor_key_id)
+                if key is None or key.revoked:
+                    judgment = _refusal("the contributor's key was revoked during the checks")
+            updated = self.store.set_status(
+                record.id, judgment.status, judgment.reason, with_specs=False
+            )
+            if judgment.status is Status.USABLE:
+                self._publish(updated, judgment.specs)
+        if judgment.status is Status.REJECTED:
+            self.blobs.delete(record.package_sha256)
         log.info(
             "learnware %s (%s) is %s %s",
             record.id,
@@ -246,17 +289,20 @@ class Market:
 
     # ------------------------------------------------------------------ read side
     def get(self, caller: Caller, learnware_id: str) -> LearnwareRecord:
-        record = self.store.get(learnware_id)
-        self._check_visible(caller, record)
-        return record
+        return self._visible_record(caller, learnware_id)
 
     def list_page(self, caller: Caller, flt: LearnwareFilter, page_size: int, token: str) -> Page:
+        """One page of what ``caller`` may see (``visibility``), without spec bytes."""
         size = min(page_size or self.limits.default_page_size, self.limits.max_page_size)
-        if caller.role is Role.USER:  # users see what they could fetch
-            if flt.status not in (None, Status.USABLE):
-                return Page((), "")
-            flt = replace(flt, status=Status.USABLE)
-        return self.store.list(flt, size, token)
+        return self.store.list(flt, size, token, with_specs=False, visible=visibility(caller))
+
+    def _visible_record(self, caller: Caller, learnware_id: str) -> LearnwareRecord:
+        """The learnware (without spec bytes) if ``caller`` may see it; NotFound otherwise,
+        the same answer as for an unknown id, so neither its status nor reason leaks."""
+        record = self.store.get(learnware_id, with_specs=False)
+        if not visibility(caller).allows(record):
+            raise NotFound(f"learnware {learnware_id!r} is not available")
+        return record
 
     def search(
         self, caller: Caller, query: Specification, top_k: int, flt: LearnwareFilter
@@ -294,8 +340,18 @@ class Market:
         }
 
     def fetch(self, caller: Caller, learnware_id: str, offset: int) -> Download:
-        record = self.store.get(learnware_id)
-        self._check_visible(caller, record)
+        """The package of a visible learnware: users fetch USABLE ones, a contributor only
+        its own (PermissionDenied for another's), an admin any; a REJECTED one has no
+        package any more (FailedPrecondition)."""
+        record = self._visible_record(caller, learnware_id)
+        if caller.role is Role.CONTRIBUTOR and record.contributor_key_id != caller.key_id:
+            raise PermissionDenied(
+                f"a contributor may fetch only its own learnwares, not {record.id}"
+            )
+        if record.status is Status.REJECTED:
+            raise FailedPrecondition(
+                f"learnware {record.id} was rejected: its package is not kept"
+            )
         if offset < 0 or offset > record.package_size:
             raise SpecError(
                 f"offset {offset} is outside the package of {record.package_size} bytes"
@@ -321,19 +377,16 @@ class Market:
                 yield offset, data
                 offset += len(data)
 
-    def _check_visible(self, caller: Caller, record: LearnwareRecord) -> None:
-        """Users see USABLE learnwares only; a contributor sees its own, an admin all."""
-        own = record.contributor_key_id == caller.key_id
-        if caller.role is Role.ADMIN or own:
-            return
-        if record.status is not Status.USABLE:
-            raise NotFound(f"learnware {record.id} is not available ({record.status.value})")
-
     def withdraw(self, caller: Caller, learnware_id: str, reason: str) -> LearnwareRecord:
-        record = self.store.get(learnware_id)
+        """Withdraw one learnware; FailedPrecondition when it is already final (withdrawn
+        or rejected), InvalidInput for a reason over ``Limits.max_reason_chars``."""
+        reason = bounded_text("the withdraw reason", reason, self.limits.max_reason_chars)
+        record = self.store.get(learnware_id, with_specs=False)
         if caller.role is not Role.ADMIN and record.contributor_key_id != caller.key_id:
             raise PermissionDenied(f"only its contributor or an admin may withdraw {learnware_id}")
-        updated = self.store.set_status(learnware_id, Status.WITHDRAWN, reason or "withdrawn")
+        updated = self.store.set_status(
+            learnware_id, Status.WITHDRAWN, reason or "withdrawn", with_specs=False
+        )
         self._unpublish(learnware_id)
         self.store.record_event(
             "withdraw", learnware_id=learnware_id, key_id=caller.key_id, detail=reason
@@ -350,3 +403,8 @@ class Market:
             started_at=self.started_at,
             uptime_s=(datetime.now(UTC) - self.started_at).total_seconds(),
         )
+
+
+def _refusal(reason: str) -> Judgment:
+    """A REJECTED judgment the market makes itself (no package check behind it)."""
+    return Judgment(Status.REJECTED, reason, manifest=None, specs=[], seconds=0.0)

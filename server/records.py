@@ -106,6 +106,22 @@ class LearnwareFilter:
 
 
 @dataclass(frozen=True)
+class Visibility:
+    """Which learnwares a caller may see (``server.market.visibility`` is the one rule).
+
+    ``own_key_id``: the caller's own learnwares, at any status; ``others``: the statuses at
+    which everyone else's are visible (None: every status, for an admin)."""
+
+    own_key_id: str | None
+    others: frozenset[Status] | None
+
+    def allows(self, record: LearnwareRecord) -> bool:
+        if self.own_key_id is not None and record.contributor_key_id == self.own_key_id:
+            return True
+        return self.others is None or record.status in self.others
+
+
+@dataclass(frozen=True)
 class Page:
     items: tuple[LearnwareRecord, ...]
     next_page_token: str  # "" when there is no further page

@@ -22,6 +22,9 @@ class Limits:
     default_page_size: int = 50
     max_top_k: int = 100
     default_top_k: int = 10
+    max_reason_chars: int = 2000  # a withdraw or revoke reason (stored, and in the audit trail)
+    max_key_name_chars: int = 200  # a registered key's name
+    max_active_per_key: int = 100  # learnwares one key may have PENDING or USABLE at once
 
     def __post_init__(self) -> None:
         if not (0 < self.max_chunk_bytes <= MAX_MESSAGE_BYTES // 2):
@@ -29,7 +32,15 @@ class Limits:
                 f"max_chunk_bytes must be in (0, {MAX_MESSAGE_BYTES // 2}], "
                 f"got {self.max_chunk_bytes}"
             )
-        for name in ("max_page_size", "default_page_size", "max_top_k", "default_top_k"):
+        for name in (
+            "max_page_size",
+            "default_page_size",
+            "max_top_k",
+            "default_top_k",
+            "max_reason_chars",
+            "max_key_name_chars",
+            "max_active_per_key",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -48,8 +48,9 @@ from server.records import (
     SpecRecord,
     Status,
     StoreStats,
+    Visibility,
 )
-from shared.errors import AlreadyExists, InvalidInput, NotFound
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000  # larger requests are cut to this (a page is held in memory)
@@ -151,18 +152,30 @@ class Store:
                 _refuse_duplicate(session, record)  # lost a race to a concurrent insert
             raise InvalidInput(_constraint_message(record, error)) from None
 
-    def get(self, learnware_id: str) -> LearnwareRecord:
+    def get(self, learnware_id: str, *, with_specs: bool = True) -> LearnwareRecord:
+        """The learnware; NotFound if absent. ``with_specs`` False never reads the spec
+        bytes (Get and Fetch answer from the row alone: a spec file can be megabytes)."""
         with self._reading() as session:
-            return _get_row(session, learnware_id).to_record()
+            return _get_row(session, learnware_id, with_specs).to_record(with_specs)
 
-    def find_by_package(self, package_sha256: str) -> LearnwareRecord | None:
+    def find_by_package(
+        self, package_sha256: str, *, with_specs: bool = True
+    ) -> LearnwareRecord | None:
+        query = select(LearnwareRow).where(LearnwareRow.package_sha256 == package_sha256)
+        if with_specs:
+            query = query.options(selectinload(LearnwareRow.specs))
         with self._reading() as session:
-            row = session.scalar(
-                select(LearnwareRow)
-                .where(LearnwareRow.package_sha256 == package_sha256)
-                .options(selectinload(LearnwareRow.specs))
-            )
-            return None if row is None else row.to_record()
+            row = session.scalar(query)
+            return None if row is None else row.to_record(with_specs)
+
+    def count_of(self, contributor_key_id: str, statuses: frozenset[Status]) -> int:
+        """How many learnwares of one contributor are at one of ``statuses`` (quotas)."""
+        query = select(func.count()).where(
+            LearnwareRow.contributor_key_id == contributor_key_id,
+            LearnwareRow.status.in_(sorted(statuses)),
+        )
+        with self._reading() as session:
+            return int(session.scalar(query) or 0)
 
     def list(
         self,
@@ -171,18 +184,20 @@ class Store:
         page_token: str = "",
         *,
         with_specs: bool = True,
+        visible: Visibility | None = None,
     ) -> Page:
         """One page of learnwares in (created_at, id) order, oldest first.
 
         ``page_size`` 0 means DEFAULT_PAGE_SIZE; above MAX_PAGE_SIZE it is cut. The token
-        is tied to the filter: reusing it with another filter, or a damaged token, raises
-        InvalidInput. Keyset paging: rows added while paging appear at the end, none is
-        skipped or repeated.
+        is tied to the filter and ``visible``: reusing it with another filter, or a damaged
+        token, raises InvalidInput. Keyset paging: rows added while paging appear at the
+        end, none is skipped or repeated. ``visible`` keeps only the rows a caller may see
+        (None: all); ``with_specs`` False never reads the spec bytes.
         """
         flt = filter or LearnwareFilter()
         size = _page_size(page_size)
-        fingerprint = _fingerprint(flt)
-        query = select(LearnwareRow).where(*_conditions(flt))
+        fingerprint = _fingerprint(flt, visible)
+        query = select(LearnwareRow).where(*_conditions(flt), *_visible(visible))
         if page_token:
             after_at, after_id = _decode_token(page_token, fingerprint)
             query = query.where(
@@ -201,16 +216,22 @@ class Store:
         return Page(items=items, next_page_token=token)
 
     def set_status(
-        self, learnware_id: str, status: Status, reason: str = "", *, key_id: str | None = None
+        self,
+        learnware_id: str,
+        status: Status,
+        reason: str = "",
+        *,
+        key_id: str | None = None,
+        with_specs: bool = True,
     ) -> LearnwareRecord:
-        """Move a learnware along its life cycle (``TRANSITIONS``); InvalidInput otherwise.
-        ``key_id`` names who asked, for the audit trail."""
+        """Move a learnware along its life cycle (``TRANSITIONS``); FailedPrecondition
+        otherwise (e.g. withdrawing twice). ``key_id`` names who asked, for the audit trail."""
         new = Status(status)
         with self._writing() as session:
-            row = _get_row(session, learnware_id)
+            row = _get_row(session, learnware_id, with_specs)
             if new not in TRANSITIONS[row.status]:
                 allowed = ", ".join(sorted(TRANSITIONS[row.status])) or "nothing (final)"
-                raise InvalidInput(
+                raise FailedPrecondition(
                     f"learnware {learnware_id} is {row.status} and cannot become {new}; "
                     f"allowed: {allowed}"
                 )
@@ -222,7 +243,7 @@ class Store:
                 f"{row.status} -> {new}" + (f": {reason}" if reason else ""),
             )
             row.status, row.reason, row.updated_at = new, reason, utcnow()
-            return row.to_record()
+            return row.to_record(with_specs)
 
     def specs_of(self, learnware_id: str) -> tuple[SpecRecord, ...]:
         with self._reading() as session:
@@ -253,9 +274,11 @@ class Store:
             last = batch[-1][0]
 
     def referenced_blobs(self) -> set[str]:
-        """sha256 of every stored package (any status: rows are never deleted), for gc."""
+        """sha256 of every stored package whose blob is kept, for gc: any status but
+        REJECTED (a rejected learnware's row stays, with its reason, but not its bytes)."""
+        query = select(LearnwareRow.package_sha256).where(LearnwareRow.status != Status.REJECTED)
         with self._reading() as session:
-            return set(session.scalars(select(LearnwareRow.package_sha256)))
+            return set(session.scalars(query))
 
     # ---- keys -----------------------------------------------------------------------
 
@@ -403,8 +426,9 @@ def _constraint_message(record: LearnwareRecord, error: DbIntegrityError) -> str
     return f"learnware {record.id} was not stored: {first_line}"
 
 
-def _get_row(session: Session, learnware_id: str) -> LearnwareRow:
-    row = session.get(LearnwareRow, learnware_id, options=[selectinload(LearnwareRow.specs)])
+def _get_row(session: Session, learnware_id: str, with_specs: bool = True) -> LearnwareRow:
+    options = [selectinload(LearnwareRow.specs)] if with_specs else []
+    row = session.get(LearnwareRow, learnware_id, options=options)
     if row is None:
         raise NotFound(f"no learnware {learnware_id!r}")
     return row
@@ -443,14 +467,27 @@ def _conditions(flt: LearnwareFilter) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def _visible(visible: Visibility | None) -> list[ColumnElement[bool]]:
+    """``Visibility.allows`` as SQL: the caller's own rows, or others' at allowed statuses."""
+    if visible is None or visible.others is None:
+        return []
+    others = LearnwareRow.status.in_(sorted(visible.others))
+    if visible.own_key_id is None:
+        return [others]
+    return [or_(LearnwareRow.contributor_key_id == visible.own_key_id, others)]
+
+
 def _page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidInput(f"page_size must be >= 0, got {requested}")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _fingerprint(flt: LearnwareFilter) -> str:
-    return hashlib.sha256(repr(flt).encode()).hexdigest()[:12]
+def _fingerprint(flt: LearnwareFilter, visible: Visibility | None = None) -> str:
+    """What a page token is tied to (stable across processes: no set order in it)."""
+    others = None if visible is None or visible.others is None else sorted(visible.others)
+    scope = None if visible is None else (visible.own_key_id, others)
+    return hashlib.sha256(repr((flt, scope)).encode()).hexdigest()[:12]
 
 
 def _encode_token(last: LearnwareRecord, fingerprint: str) -> str:

@@ -72,6 +72,11 @@ class Revoked(LwmError, status="FAILED_PRECONDITION", exit_code=14):
     """A key was revoked: what it signed can no longer be trusted."""
 
 
+class FailedPrecondition(LwmError, status="FAILED_PRECONDITION", exit_code=15):
+    """The thing exists but is not in a state that allows the action (withdrawing a
+    learnware twice, fetching a rejected one)."""
+
+
 class IntegrityError(LwmError, status="INVALID_ARGUMENT", exit_code=11):
     """Bytes do not match their hash or signature (tampered or corrupt learnware)."""
 

@@ -261,3 +261,26 @@ def test_provisional_serialises_uploads_of_the_same_bytes(blobs: BlobStore) -> N
         thread.join()
 
     assert most[0] == 1 and len(blobs._uploads) == 0
+
+
+def test_cleanup_removes_the_scratch_folders_a_crash_left(blobs: BlobStore) -> None:
+    # Prepare: what a server killed mid-check leaves: an unpacked package under work/.
+    package = blobs.work_dir / "submit-crashed" / "package"
+    package.mkdir(parents=True)
+    (package / "adapter_model.safetensors").write_bytes(b"x" * 10_000)
+    kept = blobs.put_bytes(b"complete")
+
+    # Execute: what the server does at start.
+    removed = blobs.cleanup_temp()
+
+    assert removed == 1
+    assert list(blobs.work_dir.iterdir()) == []
+    assert list(blobs.iter_shas()) == [kept.sha256]
+
+
+def test_many_distinct_failed_uploads_leave_no_lock_behind(blobs: BlobStore) -> None:
+    for n in range(500):  # an attacker's unvalidated shas, each upload failing
+        with pytest.raises(IntegrityError), blobs.provisional(sha(b"%d" % n), lambda _: False):
+            raise IntegrityError("the bytes do not match the announced sha256")
+
+    assert len(blobs._uploads) == 0

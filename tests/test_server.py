@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -16,24 +17,31 @@ from builders import (
     build_learnware,
     flip_byte,
     random_rkme_spec,
+    rebuild_learnware,
     rkme_schema,
     train_lora_adapter,
     write_raw_spec,
     write_specs,
 )
 from market_fixtures import market_server
+from sqlalchemy import event
 
+from client.market import query_spec
 from server.auth import Caller
 from server.blobs import BlobStore
-from server.checker import Checker, describe_base_models
+from server.checker import Checker, Judgment, describe_base_models
+from server.db import SpecRow
+from server.key_cache import KeyCache
 from server.market import Market
-from server.records import LearnwareFilter, Role, Status
+from server.records import KeyRecord, LearnwareFilter, LearnwareRecord, Role, Status
 from server.settings import Limits
 from server.store import Store
 from server.submission import Header
 from shared import signing
 from shared.errors import (
     AlreadyExists,
+    FailedPrecondition,
+    IntegrityError,
     InvalidInput,
     LwmError,
     ModelUnavailable,
@@ -368,13 +376,13 @@ def test_revoking_a_contributor_withdraws_its_learnwares_from_users(world):
 # ---------------------------------------------------------------- the market without gRPC
 
 
-def direct_market(world, root: Path) -> Market:
+def direct_market(world, root: Path, limits: Limits | None = None) -> Market:
     """A ``Market`` over its own database and blobs (no server), the smoke run off."""
     home = world["market"].running.market.checker.home
     bases = describe_base_models(["tiny"], home)
     checker = Checker(MarketSchema(rkme=world["schema"]), bases, home, run_smoke=False)
     store = Store.open(f"sqlite:///{root / 'market.db'}")
-    return Market(store, BlobStore(root / "blobs"), checker, Limits())
+    return Market(store, BlobStore(root / "blobs"), checker, limits or Limits())
 
 
 def upload_of(lw: Path, key_id: str) -> tuple[Header, list[tuple[int, bytes]]]:
@@ -404,7 +412,7 @@ def test_identical_uploads_at_once_store_one_learnware_and_keep_its_blob(world, 
     assert len(stored) == 1 and stored[0].status is Status.USABLE
     assert all(isinstance(o, AlreadyExists) for o in outcomes if o not in stored)
     assert market.blobs.exists(header.sha256) and len(market.blobs._uploads) == 0
-    assert not list((market.blobs.root / "work").iterdir())  # no scratch folder left
+    assert not list(market.blobs.work_dir.iterdir())  # no scratch folder left
 
 
 def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch):
@@ -429,3 +437,217 @@ def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch
     query = random_rkme_spec(world["schema"], seed=777)
     hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
     assert [h.record.id for h in hits] == [pending.id]
+
+
+# ---------------------------------------------------------------- hostile callers (issue 12)
+
+BOB = Caller("id-bob", Role.CONTRIBUTOR, "bob")
+UMA = Caller("id-uma", Role.USER, "uma")
+ADMIN = Caller("id-admin", Role.ADMIN, "admin")
+
+
+def market_with_alice(world, root: Path, **limits: int) -> tuple[Market, Caller]:
+    """A direct market with alice registered as a contributor, and alice as a caller."""
+    market = direct_market(world, root, Limits(**limits))
+    public = signing.public_key_bytes(world["alice"].public_key())
+    key = market.register_key(public, Role.CONTRIBUTOR, "alice")
+    return market, Caller(key.key_id, Role.CONTRIBUTOR, "alice")
+
+
+def submit_new(world, market: Market, caller: Caller, seed: int | None = None) -> LearnwareRecord:
+    header, chunks = upload_of(package(world, seed=seed), caller.key_id)
+    return market.submit(caller, header, chunks)
+
+
+def rejection(reason: str) -> Judgment:
+    return Judgment(Status.REJECTED, reason, manifest=None, specs=[], seconds=0.0)
+
+
+def listed(market: Market, caller: Caller) -> set[str]:
+    return {r.id for r in market.list_page(caller, LearnwareFilter(), 100, "").items}
+
+
+def test_one_visibility_rule_for_get_list_and_fetch(world, tmp_path, monkeypatch):
+    market, alice = market_with_alice(world, tmp_path)
+    usable = submit_new(world, market, alice)
+    withdrawn = market.withdraw(alice, submit_new(world, market, alice).id, "superseded")
+    monkeypatch.setattr(market.checker, "judge", lambda *_: rejection("smoke run failed"))
+    rejected = submit_new(world, market, alice)
+
+    assert listed(market, BOB) == listed(market, UMA) == {usable.id}
+    assert listed(market, alice) == listed(market, ADMIN) == {usable.id, withdrawn.id, rejected.id}
+    for hidden in (withdrawn, rejected):
+        for caller in (BOB, UMA):
+            with pytest.raises(NotFound):
+                market.get(caller, hidden.id)
+            with pytest.raises(NotFound):
+                market.fetch(caller, hidden.id, 0)
+    assert market.get(alice, rejected.id).reason == "smoke run failed"
+    with pytest.raises(PermissionDenied, match="only its own"):
+        market.fetch(BOB, usable.id, 0)
+    stored = market.blobs.path_of(usable.package_sha256).read_bytes()
+    for caller in (UMA, alice, ADMIN):
+        assert b"".join(d for _, d in market.fetch(caller, usable.id, 0).chunks) == stored
+    with pytest.raises(FailedPrecondition, match="rejected"):
+        market.fetch(alice, rejected.id, 0)
+
+
+def test_rejected_learnwares_keep_their_row_not_their_blob(world, tmp_path, monkeypatch):
+    market, alice = market_with_alice(world, tmp_path)
+    monkeypatch.setattr(market.checker, "judge", lambda *_: rejection("smoke run failed"))
+
+    rejected = submit_new(world, market, alice)
+
+    assert market.store.get(rejected.id).status is Status.REJECTED
+    assert market.store.get(rejected.id).reason == "smoke run failed"
+    assert not market.blobs.exists(rejected.package_sha256)
+
+
+def test_withdraw_reasons_and_names_are_capped_and_withdrawing_twice_fails(world, tmp_path):
+    market, alice = market_with_alice(world, tmp_path)
+    lw = submit_new(world, market, alice)
+
+    with pytest.raises(InvalidInput, match="the limit is 2000"):
+        market.withdraw(alice, lw.id, "x" * (8 * 1024 * 1024))
+    assert market.store.get(lw.id).status is Status.USABLE
+    market.withdraw(alice, lw.id, "superseded")
+    with pytest.raises(FailedPrecondition, match="WITHDRAWN"):
+        market.withdraw(alice, lw.id, "again")
+    with pytest.raises(InvalidInput, match="revoke reason"):
+        market.revoke_key(ADMIN, alice.key_id, "x" * 2001)
+    _, public = signing.generate_keypair()
+    with pytest.raises(InvalidInput, match="key name"):
+        market.register_key(signing.public_key_bytes(public), Role.USER, "n" * 201)
+    assert market.store.get_key(alice.key_id).revoked is False
+
+
+def test_withdrawing_twice_answers_failed_precondition(world):
+    alice = world["market"].client("alice")
+    reply = alice.submit(package(world))
+    alice.withdraw(reply.id, "gone")
+    with pytest.raises(LwmError) as excinfo:
+        alice.withdraw(reply.id, "again")
+    assert excinfo.value.status == "FAILED_PRECONDITION"
+
+
+def test_a_contributor_revoked_during_its_checks_is_not_published(world, tmp_path, monkeypatch):
+    market, alice = market_with_alice(world, tmp_path)
+    judge = market.checker.judge
+
+    def judge_while_revoked(package_dir, static):
+        market.revoke_key(ADMIN, alice.key_id, "key stolen")
+        return judge(package_dir, static)
+
+    monkeypatch.setattr(market.checker, "judge", judge_while_revoked)
+    stored = submit_new(world, market, alice, seed=4343)
+
+    assert stored.status is Status.REJECTED and "revoked" in stored.reason
+    query = random_rkme_spec(world["schema"], seed=4343)
+    assert market.search(UMA, query, 5, LearnwareFilter()) == []
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # 200k characters, 100k levels
+
+
+def test_deeply_nested_json_is_invalid_argument_not_internal(world, tmp_path):
+    # A manifest (under its size limit) and a search query's metadata, over gRPC.
+    header = pb.SubmitHeader(
+        manifest_json=DEEP_JSON.encode(),
+        signature=bytes(64),
+        contributor_key_id=_alice_id(world),
+        total_size=10,
+        sha256="0" * 64,
+    )
+    with pytest.raises(InvalidInput, match="deep"):
+        _raw_submit(world, "alice", header, [])
+    uma = world["market"].client("uma")
+    request = pb.SearchRequest(spec=query_spec(random_rkme_spec(world["schema"], seed=3)))
+    request.spec.metadata_json = DEEP_JSON
+    with pytest.raises(InvalidInput, match="deep"):
+        uma._call(uma.stub.Search, request)
+    # A spec file's metadata, in a correctly signed package.
+    from safetensors.numpy import save_file
+
+    market, alice = market_with_alice(world, tmp_path)
+    spec_file = tmp_path / "deep.safetensors"
+    vector = random_rkme_spec(world["schema"], seed=9).vector
+    save_file({"rkme": np.ascontiguousarray(vector)}, str(spec_file), {"lwm.spec.rkme": DEEP_JSON})
+    lw = rebuild_learnware(package(world), tmp_path / "deep", world["alice"], spec_file=spec_file)
+    header_, chunks = upload_of(lw, alice.key_id)
+    with pytest.raises(InvalidInput, match="deep"):
+        market.submit(alice, header_, chunks)
+    assert market.store.stats().learnwares == 0 and not list(market.blobs.iter_shas())
+
+
+def test_start_removes_scratch_folders_a_crash_left(world, tmp_path):
+    market = direct_market(world, tmp_path)
+    crashed = market.blobs.work_dir / "submit-crashed" / "package"
+    crashed.mkdir(parents=True)
+    (crashed / "adapter_model.safetensors").write_bytes(b"x" * 10_000)
+
+    market.start()
+
+    assert list(market.blobs.work_dir.iterdir()) == []
+
+
+def test_a_contributor_quota_counts_pending_and_usable(world, tmp_path):
+    market, alice = market_with_alice(world, tmp_path, max_active_per_key=2)
+    first = submit_new(world, market, alice)
+    submit_new(world, market, alice)
+
+    with pytest.raises(ResourceExhausted, match="the limit is 2"):
+        submit_new(world, market, alice)
+    market.withdraw(alice, first.id, "make room")
+    assert submit_new(world, market, alice).status is Status.USABLE
+
+
+def test_list_get_and_fetch_never_load_spec_bytes(world, tmp_path):
+    market, alice = market_with_alice(world, tmp_path)
+    lw = submit_new(world, market, alice)
+    loaded: list[object] = []
+
+    def on_load(target: object, _context: object) -> None:
+        loaded.append(target)
+
+    event.listen(SpecRow, "load", on_load)
+    try:
+        page = market.list_page(UMA, LearnwareFilter(), 10, "")
+        got = market.get(UMA, lw.id)
+        data = b"".join(d for _, d in market.fetch(UMA, lw.id, 0).chunks)
+        market.withdraw(alice, lw.id, "done")
+    finally:
+        event.remove(SpecRow, "load", on_load)
+
+    assert [r.id for r in page.items] == [lw.id] and got.name == lw.name
+    assert len(data) == lw.package_size
+    assert loaded == []
+
+
+def test_unknown_key_ids_and_failed_uploads_leave_nothing_in_memory(world, tmp_path):
+    market, alice = market_with_alice(world, tmp_path)
+    for n in range(2000):  # key ids anyone can send before a signature is checked
+        assert market.key_of(f"unknown-{n}") is None
+    header, chunks = upload_of(package(world), alice.key_id)
+    for n in range(50):  # uploads announcing shas their bytes do not have
+        bad = dataclasses.replace(header, sha256=hashlib.sha256(b"%d" % n).hexdigest())
+        with pytest.raises(IntegrityError):
+            market.submit(alice, bad, chunks)
+
+    assert len(market._keys) == 0
+    assert len(market.blobs._uploads) == 0 and not list(market.blobs.temp_dir.iterdir())
+
+
+def test_the_key_cache_is_bounded_and_drops_the_least_recently_used():
+    loads: list[str] = []
+
+    def load(key_id: str) -> KeyRecord:
+        loads.append(key_id)
+        return KeyRecord(key_id, bytes(32), Role.USER, key_id)
+
+    cache = KeyCache(load, capacity=3)
+    for key_id in "abcd":
+        cache.get(key_id)
+    cache.get("b")  # still cached, and now the most recently used
+    cache.get("a")  # evicted first, loaded again
+
+    assert len(cache) == 3 and loads == ["a", "b", "c", "d", "a"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -29,9 +29,10 @@ from server.records import (
     SpecRecord,
     Status,
     StoreStats,
+    Visibility,
 )
 from server.store import TRANSITIONS, Store
-from shared.errors import AlreadyExists, InvalidInput, NotFound
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 
 PG_ENV = "LWM_TEST_POSTGRES_URL"
 T0 = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -310,7 +311,9 @@ def test_life_cycle(store: Store, source: Status) -> None:
             assert changed.updated_at > record.updated_at
             assert store.get(record.id) == changed
         else:
-            with pytest.raises(InvalidInput, match=f"is {source} and cannot become {target}"):
+            with pytest.raises(
+                FailedPrecondition, match=f"is {source} and cannot become {target}"
+            ):
                 store.set_status(record.id, target, "nope")
             assert store.get(record.id) == record
     with pytest.raises(NotFound):
@@ -467,3 +470,74 @@ def test_open_refuses_unusable_urls_and_makes_the_folder(tmp_path: Path) -> None
     with Store.open(f"sqlite:///{tmp_path / 'new' / 'dir' / 'market.db'}") as store:
         assert store.stats().learnwares == 0
     assert (tmp_path / "new" / "dir" / "market.db").is_file()
+
+
+def _mixed(store: Store) -> dict[str, Status]:
+    """Learnwares of key-a and key-b at every status; id -> status."""
+    made = {}
+    for n, (owner, status) in enumerate(
+        [(owner, status) for owner in ("key-a", "key-b") for status in Status], start=1
+    ):
+        record = learnware(n, contributor_key_id=owner, status=status, reason=f"why {n}")
+        made[store.add_learnware(record).id] = status
+    return made
+
+
+def test_list_keeps_only_what_the_caller_may_see(store: Store) -> None:
+    made = _mixed(store)
+    usable = frozenset({Status.USABLE})
+    contributor_a = Visibility(own_key_id="key-a", others=usable)
+    user = Visibility(own_key_id="id-uma", others=usable)
+
+    seen_by_a = store.list(page_size=100, visible=contributor_a).items
+    seen_by_user = {r.id for r in store.list(page_size=100, visible=user).items}
+    seen_by_admin = {r.id for r in store.list(page_size=100, visible=Visibility(None, None)).items}
+
+    others = [r for r in seen_by_a if r.contributor_key_id != "key-a"]
+    assert [r.status for r in others] == [Status.USABLE]  # no REJECTED/WITHDRAWN of key-b
+    assert len(seen_by_a) == len(Status) + 1  # all of its own, the USABLE one of key-b
+    assert seen_by_user == {i for i, status in made.items() if status is Status.USABLE}
+    assert seen_by_admin == set(made)
+    assert all(contributor_a.allows(r) for r in seen_by_a)
+    withdrawn = LearnwareFilter(status=Status.WITHDRAWN)
+    assert {r.contributor_key_id for r in store.list(withdrawn, visible=contributor_a).items} == {
+        "key-a"
+    }
+    first = store.list(page_size=1, visible=contributor_a)
+    with pytest.raises(InvalidInput, match="other filters"):  # a token is tied to its scope
+        store.list(page_size=1, page_token=first.next_page_token, visible=user)
+
+
+def test_reads_without_specs_never_load_spec_bytes(store: Store) -> None:
+    made = _mixed(store)
+    loaded: list[object] = []
+
+    def on_load(target: object, _context: object) -> None:
+        loaded.append(target)
+
+    event.listen(SpecRow, "load", on_load)
+    try:
+        some = next(iter(made))
+        listed = store.list(page_size=100, with_specs=False).items
+        got = store.get(some, with_specs=False)
+        found = store.find_by_package(got.package_sha256, with_specs=False)
+        pending = next(i for i, status in made.items() if status is Status.PENDING)
+        changed = store.set_status(pending, Status.WITHDRAWN, "gone", with_specs=False)
+        assert loaded == []
+        assert len(listed) == len(made) and all(r.specs == () for r in listed)
+        assert got.specs == () and found == got and changed.status is Status.WITHDRAWN
+        assert store.get(some).specs and loaded  # the full read does load them
+    finally:
+        event.remove(SpecRow, "load", on_load)
+
+
+def test_rejected_packages_are_not_referenced_and_quotas_count_active(store: Store) -> None:
+    made = _mixed(store)
+    rows = {r.id: r for r in store.list(page_size=100).items}
+
+    referenced = store.referenced_blobs()
+
+    kept = {rows[i].package_sha256 for i, status in made.items() if status is not Status.REJECTED}
+    assert referenced == kept
+    active = frozenset({Status.PENDING, Status.USABLE})
+    assert store.count_of("key-a", active) == 2 and store.count_of("key-c", active) == 0

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.canonical import canonical_json
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, LwmError
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SPDX_ID = r"[A-Za-z0-9][A-Za-z0-9.+-]*"
@@ -32,6 +32,19 @@ def parse_json(data: bytes | str, where: str) -> Any:
         return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise InvalidInput(f"{where} is not valid JSON: {err}") from err
+    except RecursionError:  # "[[[[…" thousands deep: the parser gives up, the caller's fault
+        raise InvalidInput(f"{where} is nested too deeply to parse") from None
+
+
+def loads_untrusted(raw: bytes, where: str, error: type[LwmError] = InvalidInput) -> Any:
+    """UTF-8 JSON from outside the process; any failure to parse it (bad bytes, bad JSON,
+    nesting deep enough to exhaust the parser) is ``error`` naming ``where``."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{where}: not valid JSON: {err}") from err
+    except RecursionError:  # "[[[[…" thousands deep
+        raise error(f"{where}: JSON nested too deeply") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import stat
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import BinaryIO
 from shared import signing
 from shared.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound, ResourceExhausted
 from shared.files import building
+from shared.learnware._check import loads_untrusted
 from shared.learnware.layout import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -358,10 +358,7 @@ def _check_payload_content(root: Path) -> None:
     """Safetensors are safetensors (not renamed pickles); the peft config is a JSON object."""
     read_safetensors_header(root / ADAPTER_WEIGHTS)
     read_safetensors_header(root / SPEC)
-    try:
-        config = json.loads((root / ADAPTER_CONFIG).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IntegrityError(f"{ADAPTER_CONFIG}: not valid JSON: {err}") from err
+    config = loads_untrusted((root / ADAPTER_CONFIG).read_bytes(), ADAPTER_CONFIG, IntegrityError)
     if not isinstance(config, dict):
         raise IntegrityError(f"{ADAPTER_CONFIG}: must be a JSON object")
 

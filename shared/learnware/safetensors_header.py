@@ -66,6 +66,8 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise IntegrityError(f"{path.name}: not safetensors (bad header JSON: {err})") from err
+    except RecursionError:  # a hostile header nests thousands deep
+        raise IntegrityError(f"{path.name}: not safetensors (header nested too deeply)") from None
     if not isinstance(header, dict):
         raise IntegrityError(f"{path.name}: not safetensors (header is not an object)")
     return _tensors(path.name, header, data_bytes=size - 8 - length)

@@ -162,6 +162,8 @@ def specs_from_bytes(data: bytes) -> list[Specification]:
             parsed = json.loads(raw_meta)
         except json.JSONDecodeError as exc:
             raise SpecError(f"spec metadata of {name!r} is not JSON: {exc}") from exc
+        except RecursionError:  # a hostile file nests thousands deep
+            raise SpecError(f"spec metadata of {name!r} is nested too deeply") from None
         spec = Specification.from_metadata(parsed, tensors[name])
         if spec.kind != name:
             raise SpecError(f"spec tensor {name!r} holds metadata of kind {spec.kind!r}")
