@@ -82,6 +82,7 @@ def build_server(settings: ServerSettings) -> RunningServer:
         settings.limits.package,
         smoke_timeout_s=settings.smoke_timeout_s,
         run_smoke=settings.run_smoke,
+        spec_limits=settings.limits.spec,
     )
     store = Store.open(settings.db_url)
     market = Market(store, BlobStore(settings.blobs_dir), checker, settings.limits)

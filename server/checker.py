@@ -4,8 +4,10 @@
    importing, unpickling or running anything from the package: files, hashes and signature
    (``verify_package``), the base model is one this market serves (id and weight hash), every
    spec parses, is finite and has the market schema's kind, id and dim and agrees with the
-   manifest, the peft config is a plain LoRA config (policy below), and every adapter tensor
-   is a LoRA tensor whose shape fits its base-model module and the config's ``r``.
+   manifest, its privacy report, n and norm are possible (``shared.spec.claims``: a forged
+   noise would buy a negative distance and the top of every ranking), the peft config is a
+   plain LoRA config (policy below), and every adapter tensor is a LoRA tensor whose shape
+   fits its base-model module and the config's ``r``.
 2. ``run_smoke`` (``server/smoke.py``): base model + adapter with plain
    ``PeftModel.from_pretrained`` in a *subprocess* with a timeout, a few greedy tokens,
    finite logits. The subprocess isolates crashes, hangs and memory blow-ups from the server.
@@ -18,7 +20,8 @@
 
 Failures raise the project's errors: ``IntegrityError`` (hashes, signature, file set, pickle),
 ``ResourceExhausted`` (sizes), ``SchemaMismatch`` (spec schema or base model not accepted),
-``SpecError`` (spec malformed or disagreeing with the manifest), ``InvalidInput`` (adapter).
+``SpecError`` (spec malformed, disagreeing with the manifest, or claiming noise, n or a norm
+its mechanism cannot give), ``InvalidInput`` (adapter).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from shared.learnware import (
     verify_package,
 )
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SPEC
+from shared.spec.claims import SpecLimits, check_claims
 from shared.spec.record import Specification, specs_from_bytes
 from shared.spec.schema import MarketSchema
 
@@ -135,14 +139,16 @@ def check_static(
     base_models: Mapping[str, AcceptedBase],
     limits: PackageLimits,
     trusted_public_key: signing.Ed25519PublicKey | bytes,
+    spec_limits: SpecLimits | None = None,
 ) -> StaticResult:
     """All checks that need no model: raises an ``LwmError`` naming the first problem.
 
     ``base_models`` is keyed by ``model_id``. ``trusted_public_key`` is the registered key
     of the contributor (raw 32 bytes or a key object); there is no unsigned mode.
+    ``spec_limits`` defaults to ``SpecLimits()``.
     """
     verified = _verify(package_dir, limits, trusted_public_key)
-    return _check_contents(verified, market, base_models)
+    return _check_contents(verified, market, base_models, spec_limits or SpecLimits())
 
 
 def _verify(
@@ -153,12 +159,15 @@ def _verify(
 
 
 def _check_contents(
-    verified: VerifiedPackage, market: MarketSchema, base_models: Mapping[str, AcceptedBase]
+    verified: VerifiedPackage,
+    market: MarketSchema,
+    base_models: Mapping[str, AcceptedBase],
+    spec_limits: SpecLimits,
 ) -> StaticResult:
     manifest = verified.manifest
     base = _accepted_base(manifest, base_models)
     spec_bytes = verified.file(SPEC).read_bytes()
-    specs = _check_specs(spec_bytes, manifest, market)
+    specs = _check_specs(spec_bytes, manifest, market, spec_limits)
     config = check_config(verified.file(ADAPTER_CONFIG))
     modules = check_adapter(verified.file(ADAPTER_WEIGHTS), config, base)
     signer = verified.signer_key_id or ""  # never empty: _verify always passes a key
@@ -182,7 +191,7 @@ def _accepted_base(manifest: Manifest, base_models: Mapping[str, AcceptedBase]) 
 
 
 def _check_specs(
-    spec_bytes: bytes, manifest: Manifest, market: MarketSchema
+    spec_bytes: bytes, manifest: Manifest, market: MarketSchema, spec_limits: SpecLimits
 ) -> tuple[Specification, ...]:
     try:
         specs = specs_from_bytes(spec_bytes)
@@ -192,7 +201,9 @@ def _check_specs(
         raise SpecError(f"{SPEC}: unreadable ({type(err).__name__}: {err})") from err
     for spec in specs:
         try:
-            spec.check_against(market.for_kind(spec.kind))
+            schema = market.for_kind(spec.kind)
+            spec.check_against(schema)
+            check_claims(spec, schema, spec_limits)
         except LwmError as err:
             raise type(err)(f"{SPEC}: {err}") from err
     _match_manifest(manifest, specs)
@@ -242,11 +253,13 @@ class Checker:
         limits: PackageLimits | None = None,
         smoke_timeout_s: float = 120.0,
         run_smoke: bool = True,
+        spec_limits: SpecLimits | None = None,
     ) -> None:
         self.schema = schema
         self.base_models = dict(base_models)
         self.home = home
         self.limits = limits or PackageLimits()
+        self.spec_limits = spec_limits or SpecLimits()
         self.smoke_timeout_s = smoke_timeout_s
         self.smoke_enabled = run_smoke
 
@@ -255,7 +268,12 @@ class Checker:
     ) -> StaticResult:
         """The first stage: raises an ``LwmError`` naming the first problem."""
         return check_static(
-            Path(package_dir), self.schema, self.base_models, self.limits, contributor_public_key
+            Path(package_dir),
+            self.schema,
+            self.base_models,
+            self.limits,
+            contributor_public_key,
+            self.spec_limits,
         )
 
     def judge(self, package_dir: Path, static: StaticResult) -> Judgment:
@@ -279,7 +297,9 @@ class Checker:
         try:
             verified = _verify(Path(package_dir), self.limits, key)
             manifest = verified.manifest
-            static = _check_contents(verified, self.schema, self.base_models)
+            static = _check_contents(
+                verified, self.schema, self.base_models, self.spec_limits
+            )
         except LwmError as err:
             return _rejected(err, one_line(str(err)), manifest, [], start)
         return self._judge(Path(package_dir), static, start)

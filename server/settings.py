@@ -7,6 +7,7 @@ from pathlib import Path
 
 from shared.errors import InvalidInput
 from shared.learnware import PackageLimits
+from shared.spec.claims import SpecLimits
 from shared.transport import MAX_MESSAGE_BYTES
 
 _MIB = 1024 * 1024
@@ -25,6 +26,7 @@ class Limits:
     max_reason_chars: int = 2000  # a withdraw or revoke reason (stored, and in the audit trail)
     max_key_name_chars: int = 200  # a registered key's name
     max_active_per_key: int = 100  # learnwares one key may have PENDING or USABLE at once
+    spec: SpecLimits = field(default_factory=SpecLimits)
 
     def __post_init__(self) -> None:
         if not (0 < self.max_chunk_bytes <= MAX_MESSAGE_BYTES // 2):

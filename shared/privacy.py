@@ -94,13 +94,18 @@ class DPReport:
     @property
     def mechanism_name(self) -> str:
         """The mechanism's short name ("dp-sgd", "gaussian", "none"): at most 64 chars."""
-        return self.mechanism.split(" (", 1)[0].strip()[:64] or "none"
+        return mechanism_name(self.mechanism)
 
     def history(self) -> list[tuple[float, float, int]]:
         """This release as entries of an opacus RDP accountant's history."""
         if self.epsilon is None:
             return []
         return [(self.noise_multiplier, self.sample_rate, self.steps)]
+
+
+def mechanism_name(mechanism: str) -> str:
+    """The short name of a mechanism description: the words before " (", at most 64 chars."""
+    return mechanism.split(" (", 1)[0].strip()[:64] or "none"
 
 
 def gaussian_noise_multiplier(budget: PrivacyBudget) -> float:

@@ -262,6 +262,24 @@ def short_spec(kit: Kit, path: Path) -> Path:
     return write_raw_spec(path, "rkme", good.vector[:256].copy(), {**good.metadata(), "dim": 256})
 
 
+def forged_noise_spec(kit: Kit, path: Path) -> Path:
+    """The ranking hijack of issue 12: honest vector, a large self-declared noise_std (its
+    distance would drop by dim·noise_std² = 2,048 and rank first for every query)."""
+    good = random_rkme_spec(kit.market.rkme)  # type: ignore[arg-type]
+    meta = good.metadata()
+    forged = {**meta, "privacy": {**meta["privacy"], "noise_std": 2.0}}
+    return write_raw_spec(path, "rkme", good.vector.copy(), forged)
+
+
+def few_texts_spec(kit: Kit, path: Path) -> Path:
+    return write_specs(path, [random_rkme_spec(kit.market.rkme, n=5)])  # type: ignore[arg-type]
+
+
+def long_vector_spec(kit: Kit, path: Path) -> Path:
+    good = random_rkme_spec(kit.market.rkme)  # type: ignore[arg-type]
+    return write_raw_spec(path, "rkme", good.vector * 50, good.metadata())
+
+
 def other_weights_base(kit: Kit) -> ModelRef:
     return ModelRef(model_id=kit.manifest.base_model.model_id, sha256="ab" * 32)
 
@@ -348,6 +366,21 @@ STATIC_CASES: dict[str, tuple[Edit, type[LwmError], str]] = {
         with_spec_file(short_spec),
         SpecError,
         r"spec has 256 entries, schema rkme-\w+ expects 512",
+    ),
+    "spec claims a large noise_std": (
+        with_raw_spec(forged_noise_spec),
+        SpecError,
+        r"spec\.safetensors: noise_std=2 disagrees with the accountant's 0\.036\d* for epsilon=4",
+    ),
+    "spec of too few texts": (
+        with_spec_file(few_texts_spec),
+        SpecError,
+        r"spec\.safetensors: the spec summarises 5 texts; this market needs at least 10",
+    ),
+    "spec vector norm impossible for its noise": (
+        with_raw_spec(long_vector_spec),
+        SpecError,
+        r"spec\.safetensors: rkme vector norm \S+ is impossible for its claimed noise std 0\.036",
     ),
     "manifest disagrees with the spec file": (
         manifest_n_999,

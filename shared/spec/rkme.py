@@ -59,12 +59,20 @@ def features(embeddings: np.ndarray, schema: RkmeSchema) -> np.ndarray:
     return np.concatenate([np.cos(z), np.sin(z)], axis=1) * scale
 
 
+def sensitivity(n: int) -> float:
+    """L2 sensitivity of the mean of n unit-norm features (replace one text): 2/n."""
+    return 2.0 / n
+
+
 def noise_std(n: int, budget: PrivacyBudget) -> tuple[float, float]:
-    """(noise multiplier, per-coordinate noise std) of the DP mean of n feature vectors."""
+    """(noise multiplier, per-coordinate noise std) of the DP mean of n feature vectors.
+
+    The one calibration of RKME noise: the client releases with it and the market checks
+    every submitted spec's declared noise against it (``shared.spec.claims``)."""
     if not budget.is_private:
         return 0.0, 0.0
     sigma = gaussian_noise_multiplier(budget)
-    return sigma, sigma * 2.0 / n
+    return sigma, sigma * sensitivity(n)
 
 
 def make_rkme_spec(
@@ -91,7 +99,7 @@ def make_rkme_spec(
         delta=budget.delta,
         noise_multiplier=sigma,
         noise_std=std,
-        details={"sensitivity": 2.0 / n},
+        details={"sensitivity": sensitivity(n)},
     )
     return Specification(
         kind="rkme", schema_id=schema.schema_id, vector=mean.astype(np.float32), n=n, privacy=report

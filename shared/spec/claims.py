@@ -1,0 +1,207 @@
+"""A spec's claims about itself, checked against what its mechanism can produce (issue 12).
+
+RKME distances subtract each spec's expected squared noise, ``dim·noise_std²``
+(``shared.spec.ranking``), and ``noise_std`` comes from the spec's own metadata. A spec that
+claims more noise than its release had gets a negative distance and ranks first for every
+query: -20 and -2,754 were measured with a forged ``noise_std``. So nothing in a spec's
+privacy report is taken on its word:
+
+- the noise is recomputed from (epsilon, delta, n, mechanism) with the one calibration the
+  client releases with (``shared.spec.rkme.noise_std``, ``shared.privacy``), and a report
+  that disagrees beyond ``NOISE_RTOL`` is refused; a spec without DP claims no noise;
+- PAVE's DP-SGD report (noise multiplier, sample rate, steps) must be the schema's recipe at
+  this n and give the claimed epsilon in the RDP accountant. PAVE ranks by cosine and never
+  reads the noise, so this guards the privacy claim, not the ranking;
+- every holder summarised has at least ``SpecLimits.min_n`` texts: the correction grows as
+  1/n², so tiny holders could inflate it at will;
+- an RKME vector's norm must be possible for the claimed noise (``rkme_norm_bounds``): above
+  the upper bound is no mean of unit features plus that noise; below the lower bound the
+  claimed noise is not in the vector, and the correction would be a free bonus.
+
+The market runs ``check_claims`` in its static checks (``server.checker``); a client may run
+it on its own spec before submitting and on any spec it is shown.
+
+What it cannot stop: within the declared noise, a vector's *direction* is the submitter's
+choice, so a spec with large honest noise (tiny epsilon, few texts) that points its "noise"
+at where queries lie still ranks well. The bounds limit how far, not whether.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.dpsgd import poisson_sample_rate
+from shared.errors import InvalidInput, SpecError
+from shared.privacy import DPReport, PrivacyBudget, mechanism_name, rdp_epsilon
+from shared.spec import pave, rkme
+from shared.spec.record import Specification
+from shared.spec.schema import PaveSchema, SpecSchema
+
+#: Relative tolerance between a declared and a recomputed noise (or epsilon). opacus'
+#: calibration is a bisection that stops within 0.01 of epsilon, so installs of other
+#: opacus versions may differ in the third digit; 1% lets them agree and leaves a forger at
+#: most 2% of the correction.
+NOISE_RTOL = 1e-2
+#: Tail of the chi-square bounds on the noise norm: an honest spec fails with probability
+#: below 2·exp(-TAIL_LOG) = 2e-13 (Laurent and Massart 2000, Lemma 1).
+TAIL_LOG = 30.0
+#: float32 rounding of a released vector's norm (D=512: ~1e-6), generously.
+NORM_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """What a market asks of every spec it accepts.
+
+    ``min_n``: the fewest texts a spec (or each holder of a federated spec) may summarise.
+    Its DP noise correction is ``dim·(2σ/n)²``: at n=10 and epsilon 4 that is already 28,
+    against squared distances between domains of at most 2.
+    """
+
+    min_n: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_n, bool) or not isinstance(self.min_n, int) or self.min_n < 1:
+            raise InvalidInput(f"SpecLimits.min_n must be an int >= 1, got {self.min_n!r}")
+
+
+def check_claims(
+    spec: Specification, schema: SpecSchema, limits: SpecLimits | None = None
+) -> None:
+    """Raise ``SpecError`` unless ``spec``'s privacy report, n and norm are possible.
+
+    ``schema`` is the market's schema of the spec's kind (``Specification.check_against``
+    passed). Calibrating the RKME noise of a new (epsilon, delta) costs opacus about a
+    second; it is cached.
+    """
+    sizes = holder_sizes(spec)
+    smallest = min(sizes)
+    minimum = (limits or SpecLimits()).min_n
+    if smallest < minimum:
+        who = "the spec" if len(sizes) == 1 else "a holder of the spec"
+        raise SpecError(f"{who} summarises {smallest} texts; this market needs at least {minimum}")
+    if spec.kind == "rkme":
+        std = _check_rkme_report(spec.privacy, sizes)
+        _check_rkme_norm(spec, std)
+    elif isinstance(schema, PaveSchema):
+        _check_pave_report(spec.privacy, schema, sizes)
+    else:
+        raise SpecError(f"no {spec.kind} schema given to check a {spec.kind} spec against")
+
+
+def holder_sizes(spec: Specification) -> tuple[int, ...]:
+    """The n of each holder a spec summarises: ``(spec.n,)``, or a federated merge's list
+    (``details["holder_n"]``, written by ``client.federation.server_app.merge_specs``)."""
+    raw = spec.privacy.details.get("holder_n")
+    if raw is None:
+        return (spec.n,)
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"holder_n must be a non-empty list of text counts, got {raw!r:.80}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in raw):
+        raise SpecError("holder_n must hold positive integers")
+    if sum(raw) != spec.n:
+        raise SpecError(f"holder_n sums to {sum(raw)}, the spec says n={spec.n}")
+    return tuple(raw)
+
+
+def rkme_noise_std(sizes: tuple[int, ...], budget: PrivacyBudget) -> float:
+    """Per-coordinate noise std of an RKME release of holders of ``sizes`` texts under
+    ``budget``: one holder's ``rkme.noise_std``, or the n-weighted merge's
+    sqrt(sum (n_i/N)² std_i²) (independent noises)."""
+    total = sum(sizes)
+    var = sum(
+        count * (n / total) ** 2 * rkme.noise_std(n, budget)[1] ** 2
+        for n, count in Counter(sizes).items()
+    )
+    return math.sqrt(var)
+
+
+def rkme_norm_bounds(std: float, dim: int) -> tuple[float, float]:
+    """(lowest, highest) L2 norm an honest RKME vector of ``dim`` entries can have.
+
+    v = mu + z with ||mu|| <= 1 (a mean of unit-norm features) and z ~ N(0, std²·I), so
+    ||z|| - 1 <= ||v|| <= ||z|| + 1, and the chi-square tails bound ||z||²/std² within
+    dim ± 2·sqrt(dim·x) (+ 2x above) but with probability exp(-x) each, x = ``TAIL_LOG``.
+    """
+    spread = 2.0 * math.sqrt(dim * TAIL_LOG)
+    low = std * math.sqrt(max(0.0, dim - spread)) - 1.0
+    high = std * math.sqrt(dim + spread + 2.0 * TAIL_LOG) + 1.0
+    return max(0.0, low - NORM_SLACK), high + NORM_SLACK
+
+
+def _check_rkme_report(report: DPReport, sizes: tuple[int, ...]) -> float:
+    """The RKME noise std the report must declare (raises when it does not)."""
+    _same(report.sample_rate, 1.0, "sample_rate", "an RKME release is one Gaussian release")
+    _same(report.steps, 1, "steps", "an RKME release is one Gaussian release")
+    if report.epsilon is None:
+        _check_no_noise(report)
+        return 0.0
+    budget = PrivacyBudget(report.epsilon, report.delta)
+    _check_mechanism(report, rkme.MECHANISM)
+    sigma, _ = rkme.noise_std(sizes[0], budget)
+    std = rkme_noise_std(sizes, budget)
+    _close(report.noise_multiplier, sigma, "noise_multiplier", report)
+    _close(report.noise_std, std, "noise_std", report)
+    return std
+
+
+def _check_rkme_norm(spec: Specification, std: float) -> None:
+    norm = float(np.linalg.norm(spec.vector.astype(np.float64)))
+    low, high = rkme_norm_bounds(std, spec.dim)
+    if not (low <= norm <= high):
+        raise SpecError(
+            f"rkme vector norm {norm:.4g} is impossible for its claimed noise std {std:.4g} "
+            f"(a mean of unit features plus that noise has norm in [{low:.4g}, {high:.4g}])"
+        )
+
+
+def _check_pave_report(report: DPReport, schema: PaveSchema, sizes: tuple[int, ...]) -> None:
+    _same(report.steps, schema.steps, "steps", "the schema's recipe")
+    rates = {poisson_sample_rate(n, schema.batch_size) for n in sizes}
+    if not any(math.isclose(report.sample_rate, r, rel_tol=1e-9) for r in rates):
+        raise SpecError(
+            f"pave sample_rate {report.sample_rate!r} is not the schema's recipe at n "
+            f"{sorted(set(sizes))[:5]} (batch {schema.batch_size}: {sorted(rates)[:5]})"
+        )
+    _same(report.noise_std, 0.0, "noise_std", "PAVE declares no per-coordinate noise")
+    if report.epsilon is None:
+        _check_no_noise(report)
+        return
+    _check_mechanism(report, pave.MECHANISM)
+    sigma = report.noise_multiplier
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise SpecError(f"a DP pave spec needs a noise multiplier > 0, got {sigma!r}")
+    PrivacyBudget(report.epsilon, report.delta)  # PrivacyError for an impossible pair
+    _close(report.epsilon, rdp_epsilon(report.history(), report.delta), "epsilon", report)
+
+
+def _check_no_noise(report: DPReport) -> None:
+    """A release without DP (epsilon None) adds no noise and says so."""
+    _same(report.noise_std, 0.0, "noise_std", "a spec without DP has no noise")
+    _same(report.noise_multiplier, 0.0, "noise_multiplier", "a spec without DP has no noise")
+    if mechanism_name(report.mechanism) != "none":
+        raise SpecError(f"a spec without DP names mechanism {report.mechanism!r:.80}, not none")
+
+
+def _check_mechanism(report: DPReport, expected: str) -> None:
+    if report.mechanism_name != mechanism_name(expected):
+        raise SpecError(
+            f"mechanism {report.mechanism!r:.80} is not this kind's {mechanism_name(expected)!r}"
+        )
+
+
+def _same(declared: float, expected: float, name: str, why: str) -> None:
+    if declared != expected:
+        raise SpecError(f"{name}={declared!r} refused: {why} ({name}={expected!r})")
+
+
+def _close(declared: float, expected: float, name: str, report: DPReport) -> None:
+    if not math.isclose(declared, expected, rel_tol=NOISE_RTOL):
+        raise SpecError(
+            f"{name}={declared:.6g} disagrees with the accountant's {expected:.6g} for "
+            f"epsilon={report.epsilon}, delta={report.delta}"
+        )
