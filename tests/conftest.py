@@ -21,3 +21,25 @@ from shared.home import Home  # noqa: E402
 def lwm_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     """One cache home per test session, so the tiny model is built once and then reused."""
     return Home(tmp_path_factory.mktemp("lwm-home"))
+
+
+# The files that take longest go first, so pytest-xdist (``--dist loadfile``, files handed
+# out in collection order) does not start one of them last while the other worker idles.
+LONGEST_FIRST = (
+    "test_simulate.py",
+    "test_federation.py",
+    "test_federation_deployment.py",
+    "test_federation_quality.py",
+    "test_identification_real.py",
+    "test_user.py",
+    "test_cli.py",
+    "test_server.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file is kept
