@@ -3,8 +3,8 @@
 Why in the handlers and not in a server interceptor: a server interceptor sees the method
 and metadata but not ``context.auth_context()`` (the TLS peer), and it cannot tell the
 handler who the caller is. So each handler starts with
-``caller = auth.require(context, METHOD, roles)``; ``abort_with`` is the one place project
-errors become gRPC status codes on the server.
+``caller = auth.require(context, METHOD, roles, request)``; ``abort_with`` is the one place
+project errors become gRPC status codes on the server.
 
 Every authenticated RPC needs the signed metadata of ``shared.signing`` (key id, timestamp,
 nonce, signature over the method, the request body's hash and this market's id); an mTLS
