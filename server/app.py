@@ -28,6 +28,7 @@ from server.settings import ServerSettings
 from server.store import Store
 from shared import transport
 from shared.home import Home
+from shared.market_identity import server_market_id
 from shared.proto import market_pb2, market_pb2_grpc
 
 log = logging.getLogger("lwm.server")
@@ -94,8 +95,10 @@ def build_server(settings: ServerSettings) -> RunningServer:
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=transport.message_size_options(),
     )
+    tls_files = _tls_files(settings)
     refs = [b.ref for b in base_models.values()]
-    market_pb2_grpc.add_MarketServicer_to_server(MarketService(market, refs), server)
+    service = MarketService(market, refs, server_market_id(tls_files))
+    market_pb2_grpc.add_MarketServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = market_pb2.DESCRIPTOR.services_by_name["Market"].full_name
@@ -106,12 +109,8 @@ def build_server(settings: ServerSettings) -> RunningServer:
             (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     credentials = None
-    if settings.tls_dir is not None:
-        from server.pki import open_server_dir
-
-        credentials = transport.server_credentials(
-            open_server_dir(settings.tls_dir), settings.require_client_cert
-        )
+    if tls_files is not None:
+        credentials = transport.server_credentials(tls_files, settings.require_client_cert)
     port = transport.add_port(server, settings.address, credentials)
     server.start()
     for name in ("", service_name):
@@ -123,6 +122,15 @@ def build_server(settings: ServerSettings) -> RunningServer:
         "mTLS" if settings.require_client_cert else "TLS" if credentials else "INSECURE",
     )
     return RunningServer(server, market, port, health_servicer, settings)
+
+
+def _tls_files(settings: ServerSettings) -> transport.ServerTlsFiles | None:
+    """The server's TLS files (``None``: plain text, loopback only)."""
+    if settings.tls_dir is None:
+        return None
+    from server.pki import open_server_dir
+
+    return open_server_dir(settings.tls_dir)
 
 
 def _ensure_admin(market: Market, public_key: bytes) -> None:

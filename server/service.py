@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from server import convert
 from server.auth import MARKET_ROLES, Authenticator, Caller, abort_with, market_method
@@ -28,9 +29,10 @@ T = TypeVar("T")
 
 
 class MarketService(market_pb2_grpc.MarketServicer):
-    def __init__(self, market: Market, base_models: list[ModelRef]) -> None:
+    def __init__(self, market: Market, base_models: list[ModelRef], market_id: str) -> None:
+        """``market_id``: what clients sign for (``shared.market_identity.server_market_id``)."""
         self.market = market
-        self.auth = Authenticator(market.key_of)
+        self.auth = Authenticator(market.key_of, market_id)
         self._schema = convert.schema_to_pb(market.schema, base_models, market.limits)
         self._infos: dict[str, tuple[object, pb.LearnwareInfo]] = {}
 
@@ -59,13 +61,22 @@ class MarketService(market_pb2_grpc.MarketServicer):
             log.exception("internal error")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})")
 
-    def _caller(self, context: grpc.ServicerContext, name: str) -> Caller:
-        return self.auth.require(context, market_method(name), MARKET_ROLES[name])
+    def _caller(
+        self, context: grpc.ServicerContext, name: str, request: Message | None
+    ) -> Caller:
+        return self.auth.require(context, market_method(name), MARKET_ROLES[name], request)
 
-    def _answer(self, context: grpc.ServicerContext, name: str, handle: Callable[[Caller], T]) -> T:
-        """Authenticate for method ``name``, then ``handle(caller)`` inside ``_guard``."""
+    def _answer(
+        self,
+        context: grpc.ServicerContext,
+        name: str,
+        request: Message,
+        handle: Callable[[Caller], T],
+    ) -> T:
+        """Authenticate the call to method ``name`` carrying ``request`` (the signature
+        covers it), then ``handle(caller)`` inside ``_guard``."""
         with self._guard(context):
-            return handle(self._caller(context, name))
+            return handle(self._caller(context, name, request))
         raise AssertionError("unreachable")  # _guard aborts, which raises
 
     def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.Schema:
@@ -74,20 +85,24 @@ class MarketService(market_pb2_grpc.MarketServicer):
     def Submit(
         self, request_iterator: Iterable[pb.SubmitRequest], context: grpc.ServicerContext
     ) -> pb.SubmitResponse:
-        def handle(caller: Caller) -> pb.SubmitResponse:
+        with self._guard(context):
+            # The signature covers the first message (the header naming the package's sha256
+            # and size), so it is read before the caller is known.
             messages = iter(request_iterator)
-            header = convert.header_from_pb(next(messages, None))
+            first = next(messages, None)
+            caller = self._caller(context, "Submit", first)
+            header = convert.header_from_pb(first)
             record = self.market.submit(caller, header, _chunks(messages))
             return pb.SubmitResponse(
                 id=record.id, status=convert.status_to_pb(record.status), reason=record.reason
             )
-
-        return self._answer(context, "Submit", handle)
+        raise AssertionError("unreachable")  # _guard aborts, which raises
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.LearnwareInfo:
         return self._answer(
             context,
             "Get",
+            request,
             lambda caller: self._info(self.market.get(caller, request.id)),
         )
 
@@ -100,7 +115,7 @@ class MarketService(market_pb2_grpc.MarketServicer):
                 next_page_token=page.next_page_token,
             )
 
-        return self._answer(context, "List", handle)
+        return self._answer(context, "List", request, handle)
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         def handle(caller: Caller) -> pb.SearchResponse:
@@ -110,13 +125,13 @@ class MarketService(market_pb2_grpc.MarketServicer):
                 results=[convert.search_hit_to_pb(h, self._info(h.record)) for h in hits]
             )
 
-        return self._answer(context, "Search", handle)
+        return self._answer(context, "Search", request, handle)
 
     def Fetch(
         self, request: pb.FetchRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchChunk]:
         with self._guard(context):
-            caller = self._caller(context, "Fetch")
+            caller = self._caller(context, "Fetch", request)
             download = self.market.fetch(caller, request.id, request.offset)
             info = self._info(download.record)
             yield pb.FetchChunk(header=convert.fetch_header_to_pb(download, info))
@@ -131,7 +146,7 @@ class MarketService(market_pb2_grpc.MarketServicer):
         def handle(caller: Caller) -> pb.LearnwareInfo:
             return self._info(self.market.withdraw(caller, request.id, request.reason))
 
-        return self._answer(context, "Withdraw", handle)
+        return self._answer(context, "Withdraw", request, handle)
 
     def RegisterKey(
         self, request: pb.RegisterKeyRequest, context: grpc.ServicerContext
@@ -142,12 +157,13 @@ class MarketService(market_pb2_grpc.MarketServicer):
                 self.market.register_key(request.public_key, role, request.name)
             )
 
-        return self._answer(context, "RegisterKey", handle)
+        return self._answer(context, "RegisterKey", request, handle)
 
     def RevokeKey(self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
         return self._answer(
             context,
             "RevokeKey",
+            request,
             lambda caller: convert.key_to_pb(
                 self.market.revoke_key(caller, request.key_id, request.reason)
             ),
@@ -160,10 +176,12 @@ class MarketService(market_pb2_grpc.MarketServicer):
             keys = self.market.list_keys(include_revoked=request.include_revoked)
             return pb.ListKeysResponse(keys=[convert.key_to_pb(k) for k in keys])
 
-        return self._answer(context, "ListKeys", handle)
+        return self._answer(context, "ListKeys", request, handle)
 
     def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.Stats:
-        return self._answer(context, "GetStats", lambda _: convert.stats_to_pb(self.market.stats()))
+        return self._answer(
+            context, "GetStats", request, lambda _: convert.stats_to_pb(self.market.stats())
+        )
 
 
 def _chunks(messages: Iterator[pb.SubmitRequest]) -> Iterator[tuple[int, bytes]]:

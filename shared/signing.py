@@ -4,25 +4,35 @@ Why Ed25519: small (32-byte keys, 64-byte signatures), deterministic, no paramet
 wrong. Keys are identified by ``key_id`` (first 16 hex chars of sha256 of the raw 32-byte
 public key) everywhere: manifests, the market's key registry and request metadata.
 
-Request authentication (no grpc import here; the server's interceptor and the client's
-channel call these): the caller sends three ASCII metadata entries
+Request authentication (no grpc import here; the server's ``Authenticator`` and the client's
+``SigningInterceptor`` call these): the caller sends four ASCII metadata entries
 
 * ``lwm-key-id``: its key id,
 * ``lwm-timestamp``: Unix time in whole seconds, decimal,
-* ``lwm-signature``: hex of Ed25519 over ``b"lwm-auth-v1\\n" + method + b"\\n" + timestamp``,
+* ``lwm-nonce``: 128 random bits as 32 lowercase hex chars, fresh for every call,
+* ``lwm-signature``: hex of Ed25519 over ``auth_payload``: the lines ``lwm-auth-v2``,
+  method, body sha256, market id, timestamp and nonce, joined by ``\n``.
 
-where ``method`` is the full gRPC method path (``"/learnware.market.v1.Market/Submit"``),
-as an interceptor sees it in ``handler_call_details.method``. The signature binds caller,
-method and time (±``window_s``), not the body: TLS keeps captured metadata from being
-replayed inside the window, as in Flower's node authentication.
+``method`` is the full gRPC method path (``"/learnware.market.v1.Market/Submit"``). The
+body is ``request_body(message)``: the request message's deterministic protobuf bytes (of a
+client stream, its first message: Submit's header names the package's sha256 and size, so
+the chunks are bound through it). The market id is ``shared.transport``'s name for the
+market the client meant to reach (the sha256 of its TLS certificate), so a signature
+captured by one market is worthless at another. Why all of it: a signature over method and
+time alone could be replayed with another body (an admin's RegisterKey registering the
+attacker's key) or at another market; the nonce lets the market refuse a second use of the
+same signature inside the ±``window_s`` time window (``server.auth.ReplayCache``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -32,11 +42,14 @@ from shared.errors import IntegrityError, InvalidInput, NotFound, Unauthenticate
 from shared.files import read_file, write_atomically
 
 __all__ = [
+    "AUTH_ENTRIES",
     "AUTH_KEY_ID",
+    "AUTH_NONCE",
     "AUTH_SIGNATURE",
     "AUTH_TIMESTAMP",
     "Ed25519PrivateKey",
     "Ed25519PublicKey",
+    "SignedRequest",
     "auth_metadata",
     "auth_payload",
     "check_auth_metadata",
@@ -45,6 +58,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "public_key_bytes",
+    "request_body",
     "save_private_key",
     "save_public_key",
     "sign",
@@ -54,7 +68,11 @@ __all__ = [
 AUTH_KEY_ID = "lwm-key-id"
 AUTH_TIMESTAMP = "lwm-timestamp"
 AUTH_SIGNATURE = "lwm-signature"
-_AUTH_TAG = b"lwm-auth-v1\n"
+AUTH_NONCE = "lwm-nonce"
+AUTH_ENTRIES = (AUTH_KEY_ID, AUTH_TIMESTAMP, AUTH_NONCE, AUTH_SIGNATURE)
+"""Every metadata name a signed request carries, in the order ``auth_metadata`` sends them."""
+_AUTH_TAG = "lwm-auth-v2"
+NONCE_HEX_CHARS = 32  # 128 bits
 RAW_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
@@ -177,20 +195,52 @@ def verify(public_key: Ed25519PublicKey, signature: bytes, payload: bytes) -> No
 # ---------------------------------------------------------------- request metadata
 
 
-def auth_payload(method: str, timestamp: str) -> bytes:
+class _Message(Protocol):
+    """A protobuf message, as far as signing needs one (no protobuf import here)."""
+
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+
+
+def request_body(message: _Message | None) -> bytes:
+    """The bytes a request signature hashes: ``message``'s deterministic serialization
+    (``b""`` for none: a client stream that sends nothing). Client and server both call this,
+    the server on the message it parsed, so both sides hash the same bytes."""
+    return b"" if message is None else message.SerializeToString(deterministic=True)
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What a verified request signature says: who, when and with which one-time nonce."""
+
+    key_id: str
+    timestamp: int
+    nonce: str
+
+
+def auth_payload(method: str, body: bytes, market_id: str, timestamp: str, nonce: str) -> bytes:
     """The bytes a request signature covers (layout in the module docstring)."""
-    return _AUTH_TAG + method.encode("utf-8") + b"\n" + timestamp.encode("ascii")
+    fields = (_AUTH_TAG, method, hashlib.sha256(body).hexdigest(), market_id, timestamp, nonce)
+    if any("\n" in field for field in fields):
+        raise InvalidInput("request signature fields may not contain a newline")
+    return "\n".join(fields).encode("utf-8")
 
 
 def auth_metadata(
-    private_key: Ed25519PrivateKey, method: str, now: float | None = None
+    private_key: Ed25519PrivateKey,
+    method: str,
+    body: bytes,
+    market_id: str,
+    now: float | None = None,
 ) -> list[tuple[str, str]]:
-    """gRPC metadata that authenticates one call to ``method`` (full path) at ``now``."""
+    """gRPC metadata that authenticates one call to ``method`` (full path) carrying
+    ``body`` (``request_body`` of its message) at the market ``market_id``, at ``now``."""
     timestamp = str(int(time.time() if now is None else now))
-    signature = sign(private_key, auth_payload(method, timestamp))
+    nonce = secrets.token_hex(NONCE_HEX_CHARS // 2)
+    signature = sign(private_key, auth_payload(method, body, market_id, timestamp, nonce))
     return [
         (AUTH_KEY_ID, key_id(private_key.public_key())),
         (AUTH_TIMESTAMP, timestamp),
+        (AUTH_NONCE, nonce),
         (AUTH_SIGNATURE, signature.hex()),
     ]
 
@@ -213,6 +263,17 @@ def _parse_timestamp(raw: str) -> int:
     return int(raw)
 
 
+def _check_nonce(raw: str) -> str:
+    hex_digits = set("0123456789abcdef")
+    size_ok = NONCE_HEX_CHARS <= len(raw) <= 2 * NONCE_HEX_CHARS and len(raw) % 2 == 0
+    if not (size_ok and set(raw) <= hex_digits):
+        raise Unauthenticated(
+            f"{AUTH_NONCE} must be {NONCE_HEX_CHARS} to {2 * NONCE_HEX_CHARS} lowercase hex "
+            "chars, whole bytes (at least 128 random bits)"
+        )
+    return raw
+
+
 def _lookup(
     lookup_public_key: Callable[[str], Ed25519PublicKey | None], kid: str
 ) -> Ed25519PublicKey | None:
@@ -226,20 +287,25 @@ def check_auth_metadata(
     metadata: Mapping[str, str | bytes],
     lookup_public_key: Callable[[str], Ed25519PublicKey | None],
     method: str,
+    body: bytes,
+    market_id: str,
     now: float | None = None,
     window_s: float = 300.0,
-) -> str:
-    """Authenticate one call; return the caller's key id or raise ``Unauthenticated``.
+) -> SignedRequest:
+    """Authenticate one call; return what its signature says or raise ``Unauthenticated``.
 
     ``lookup_public_key(key_id)`` returns the registered, *unrevoked* key or ``None`` (it may
-    also raise ``NotFound``). Refused: missing entries, a timestamp more than ``window_s``
-    seconds from ``now`` (either way: clocks drift), an unknown key, a bad signature.
-    Authorisation (roles) is the caller's next step.
+    also raise ``NotFound``). Refused: missing entries, a malformed nonce, a timestamp more
+    than ``window_s`` seconds from ``now`` (either way: clocks drift), an unknown key, a
+    signature that is not over this ``method``, ``body`` and ``market_id``. Whether the nonce
+    was used before (replay) and authorisation (roles) are the caller's next steps.
     """
     kid = _entry(metadata, AUTH_KEY_ID)
     raw_ts = _entry(metadata, AUTH_TIMESTAMP)
+    nonce = _check_nonce(_entry(metadata, AUTH_NONCE))
     raw_sig = _entry(metadata, AUTH_SIGNATURE)
-    skew = _parse_timestamp(raw_ts) - (time.time() if now is None else now)
+    timestamp = _parse_timestamp(raw_ts)
+    skew = timestamp - (time.time() if now is None else now)
     if abs(skew) > window_s:
         raise Unauthenticated(
             f"stale {AUTH_TIMESTAMP}: {skew:+.0f} s from the server's clock "
@@ -253,7 +319,10 @@ def check_auth_metadata(
     except ValueError as err:
         raise Unauthenticated(f"{AUTH_SIGNATURE} is not hex") from err
     try:
-        verify(public_key, signature, auth_payload(method, raw_ts))
+        verify(public_key, signature, auth_payload(method, body, market_id, raw_ts, nonce))
     except IntegrityError as err:
-        raise Unauthenticated(f"bad request signature for key {kid} on {method}") from err
-    return kid
+        raise Unauthenticated(
+            f"bad request signature for key {kid} on {method}: not made for this request "
+            "body at this market"
+        ) from err
+    return SignedRequest(kid, timestamp, nonce)

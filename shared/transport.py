@@ -1,21 +1,25 @@
 """gRPC transport for the market and its clients: TLS/mTLS credentials, the loopback-only
 rule for ``--insecure``, and the message-size options both sides must agree on.
 
-Why the loopback rule: without TLS, request metadata (key id, timestamp, signature) can be
-captured and replayed within the ±300 s window, and downloads could be altered in flight.
-On 127.0.0.0/8 or ::1 nothing leaves the machine, so plain text is acceptable for tests and
-demos; anywhere else it is refused, never merely warned about. Host names other than
-``localhost`` are refused without a DNS lookup: what a name resolves to can change.
+Why the loopback rule: without TLS, anyone on the path could read what is sent and alter
+downloads in flight, and nothing would say which market answers. On 127.0.0.0/8 or ::1
+nothing leaves the machine, so plain text is acceptable for tests and demos; anywhere else
+it is refused, never merely warned about. Host names other than ``localhost`` are refused
+without a DNS lookup: what a name resolves to can change.
 
-This module imports only grpc and cryptography so the CLI can use it cheaply.
+With a signing key, every call is signed for the market the channel reaches
+(``shared.market_identity``: the sha256 of the TLS certificate it presents).
+
+This module imports only grpc and the standard library so the CLI can use it cheaply.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -25,6 +29,7 @@ import grpc
 from shared import signing
 from shared.errors import InvalidInput, LwmError, Unavailable, error_for_status
 from shared.files import read_file
+from shared.market_identity import MarketIdentity
 from shared.signing import Ed25519PrivateKey
 
 __all__ = [
@@ -218,16 +223,25 @@ def channel(
     if insecure:
         if ca or client_cert or client_key:
             raise InvalidInput("--insecure cannot be combined with --ca or a client certificate")
-        check_insecure_address(address)
+        parsed = check_insecure_address(address)
         log.warning("INSECURE: connecting without TLS to %s (loopback only)", address)
         chan = grpc.insecure_channel(address, options=all_options)
     else:
-        parse_address(address)
+        parsed = parse_address(address)
         creds = channel_credentials(ca, client_cert, client_key)
         chan = grpc.secure_channel(address, creds, options=all_options)
     if signing_key is None:
         return chan
-    return grpc.intercept_channel(chan, SigningInterceptor(signing_key))
+    identity = MarketIdentity(
+        parsed.host,
+        parsed.port,
+        ca=ca,
+        client_cert=client_cert,
+        client_key=client_key,
+        insecure=insecure,
+        server_name=dict(options).get("grpc.ssl_target_name_override"),
+    )
+    return grpc.intercept_channel(chan, SigningInterceptor(signing_key, identity))
 
 
 # ---------------------------------------------------------------- client side
@@ -252,25 +266,32 @@ class SigningInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``shared.signing.auth_metadata`` for the called method to every outgoing call.
+    """Adds ``shared.signing.auth_metadata`` for the called method, the request (of a client
+    stream: its first message) and the market ``market_id()`` names to every outgoing call.
 
-    Signed at call start with a fresh timestamp, so a long stream stays valid; public RPCs
-    (GetSchema, health) get it too, which the server simply ignores.
+    Signed at call start with a fresh timestamp and nonce, so a long stream stays valid;
+    public RPCs (GetSchema, health) get it too, which the server simply ignores.
     """
 
     def __init__(
-        self, private_key: signing.Ed25519PrivateKey, clock: Callable[[], float] = time.time
+        self,
+        private_key: signing.Ed25519PrivateKey,
+        market_id: Callable[[], str],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = private_key
+        self._market_id = market_id
         self._clock = clock
 
-    def _sign(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+    def _sign(self, details: grpc.ClientCallDetails, request: Any) -> grpc.ClientCallDetails:
         method = details.method
         if isinstance(method, bytes):
             method = method.decode("ascii")
-        auth_names = {signing.AUTH_KEY_ID, signing.AUTH_TIMESTAMP, signing.AUTH_SIGNATURE}
-        metadata = [(k, v) for k, v in (details.metadata or ()) if k not in auth_names]
-        metadata.extend(signing.auth_metadata(self._key, method, now=self._clock()))
+        metadata = [(k, v) for k, v in (details.metadata or ()) if k not in signing.AUTH_ENTRIES]
+        body = signing.request_body(request)
+        metadata.extend(
+            signing.auth_metadata(self._key, method, body, self._market_id(), now=self._clock())
+        )
         return _ClientCallDetails(
             method,
             details.timeout,
@@ -281,16 +302,25 @@ class SigningInterceptor(
         )
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._sign(details), request)
+        return continuation(self._sign(details, request), request)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._sign(details), request)
+        return continuation(self._sign(details, request), request)
 
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._sign(details), requests)
+        first, requests = _peek(requests)
+        return continuation(self._sign(details, first), requests)
 
     def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._sign(details), requests)
+        first, requests = _peek(requests)
+        return continuation(self._sign(details, first), requests)
+
+
+def _peek(requests: Any) -> tuple[Any, Iterator[Any]]:
+    """The first message of a request stream (None if empty) and the whole stream again."""
+    iterator = iter(requests)
+    first = next(iterator, None)
+    return first, iterator if first is None else itertools.chain([first], iterator)
 
 
 def as_lwm_error(err: grpc.RpcError, address: str) -> LwmError:

@@ -15,10 +15,12 @@ import pytest
 from server import auth, pki
 from server.records import KeyRecord, Role
 from shared import errors, signing, transport
+from shared.market_identity import INSECURE_MARKET_ID, server_market_id
 from shared.proto import market_pb2, market_pb2_grpc
 
 TIMEOUT = 10.0
 GET = auth.market_method("Get")
+GET_X = signing.request_body(market_pb2.GetRequest(id="x"))
 
 
 class _Market(market_pb2_grpc.MarketServicer):
@@ -30,8 +32,10 @@ class _Market(market_pb2_grpc.MarketServicer):
     def __init__(self, authenticator: auth.Authenticator) -> None:
         self._auth = authenticator
 
-    def _require(self, context: grpc.ServicerContext, name: str) -> auth.Caller:
-        return self._auth.require(context, auth.market_method(name), auth.MARKET_ROLES[name])
+    def _require(self, context: grpc.ServicerContext, name: str, request: Any) -> auth.Caller:
+        return self._auth.require(
+            context, auth.market_method(name), auth.MARKET_ROLES[name], request
+        )
 
     def GetSchema(self, request, context):  # noqa: N802 (gRPC's names)
         return market_pb2.Schema(protocol_version="1")
@@ -40,7 +44,7 @@ class _Market(market_pb2_grpc.MarketServicer):
         with auth.status_on_error(context):
             if request.id.startswith("raise:"):
                 raise getattr(errors, request.id.removeprefix("raise:"))("boom: one line")
-            caller = self._require(context, "Get")
+            caller = self._require(context, "Get", request)
             return market_pb2.LearnwareInfo(
                 contributor_key_id=caller.key_id,
                 contributor_name=caller.name,
@@ -49,13 +53,14 @@ class _Market(market_pb2_grpc.MarketServicer):
 
     def Submit(self, request_iterator, context):  # noqa: N802
         with auth.status_on_error(context):
-            caller = self._require(context, "Submit")
-            count = sum(1 for _ in request_iterator)
+            first = next(request_iterator, None)
+            caller = self._require(context, "Submit", first)
+            count = 1 + sum(1 for _ in request_iterator)
             return market_pb2.SubmitResponse(id=caller.key_id, reason=str(count))
 
     def Fetch(self, request, context):  # noqa: N802
         with auth.status_on_error(context):
-            caller = self._require(context, "Fetch")
+            caller = self._require(context, "Fetch", request)
         yield market_pb2.FetchChunk(header=market_pb2.FetchHeader(id=caller.key_id))
 
 
@@ -92,7 +97,7 @@ def registry() -> Registry:
 
 @pytest.fixture(scope="module")
 def port(registry: Registry) -> Iterator[int]:
-    with serve(_Market(auth.Authenticator(registry.records.get))) as bound:
+    with serve(_Market(auth.Authenticator(registry.records.get, INSECURE_MARKET_ID))) as bound:
         yield bound
 
 
@@ -111,7 +116,8 @@ def stub(
 ) -> market_pb2_grpc.MarketStub:
     chan = transport.channel(f"127.0.0.1:{port}", insecure=True)
     if key is not None:
-        chan = grpc.intercept_channel(chan, transport.SigningInterceptor(key, clock=clock))
+        signer = transport.SigningInterceptor(key, lambda: INSECURE_MARKET_ID, clock=clock)
+        chan = grpc.intercept_channel(chan, signer)
     return market_pb2_grpc.MarketStub(chan)
 
 
@@ -167,7 +173,8 @@ def test_mtls_common_name_is_recorded(registry: Registry, keys, tmp_path) -> Non
     cert, key = pki.issue_client_files(tmp_path, "hospital-a")
     creds = transport.server_credentials(layout, require_client_auth=True)
 
-    with serve(_Market(auth.Authenticator(registry.records.get)), creds) as bound:
+    authenticator = auth.Authenticator(registry.records.get, server_market_id(layout))
+    with serve(_Market(authenticator), creds) as bound:
         chan = transport.channel(
             f"localhost:{bound}",
             ca=layout.ca_cert,
@@ -200,8 +207,12 @@ def test_unknown_and_revoked_keys_are_unauthenticated(port: int, keys, who: str)
     assert "unknown or revoked key" in error.details()
 
 
+def _signed(key: signing.Ed25519PrivateKey, method: str = GET) -> list[tuple[str, str]]:
+    return signing.auth_metadata(key, method, GET_X, INSECURE_MARKET_ID)
+
+
 def _tampered(key: signing.Ed25519PrivateKey, method: str) -> list[tuple[str, str]]:
-    metadata = dict(signing.auth_metadata(key, method))
+    metadata = dict(_signed(key, method))
     sig = bytearray(bytes.fromhex(metadata[signing.AUTH_SIGNATURE]))
     sig[0] ^= 1
     metadata[signing.AUTH_SIGNATURE] = sig.hex()
@@ -213,13 +224,12 @@ def _tampered(key: signing.Ed25519PrivateKey, method: str) -> list[tuple[str, st
     [
         pytest.param(lambda key: _tampered(key, GET), id="flipped-bit"),
         pytest.param(
-            lambda key: signing.auth_metadata(key, auth.market_method("Fetch")),
+            lambda key: _signed(key, auth.market_method("Fetch")),
             id="signed-for-another-method",
         ),
         pytest.param(
             lambda key: (
-                signing.auth_metadata(signing.generate_keypair()[0], GET)[:1]
-                + signing.auth_metadata(key, GET)[1:]
+                _signed(signing.generate_keypair()[0])[:1] + _signed(key)[1:]
             ),
             id="another-key-id",
         ),
@@ -245,7 +255,9 @@ def test_stale_timestamp_is_unauthenticated(port: int, keys) -> None:
 
 
 def test_server_clock_is_injected(registry: Registry, keys) -> None:
-    ahead = auth.Authenticator(registry.records.get, clock=lambda: time.time() + 301)
+    ahead = auth.Authenticator(
+        registry.records.get, INSECURE_MARKET_ID, clock=lambda: time.time() + 301
+    )
 
     with serve(_Market(ahead)) as bound:
         error = fails(
@@ -263,7 +275,7 @@ def test_user_may_not_submit(port: int, keys) -> None:
 
 
 def test_repeated_auth_metadata_is_refused(port: int, keys) -> None:
-    metadata = signing.auth_metadata(keys["user"], GET) + [(signing.AUTH_KEY_ID, "x")]
+    metadata = _signed(keys["user"]) + [(signing.AUTH_KEY_ID, "x")]
 
     error = fails(
         lambda: stub(port).Get(market_pb2.GetRequest(id="x"), timeout=TIMEOUT, metadata=metadata)
@@ -311,21 +323,25 @@ def test_grpc_status_falls_back_to_internal() -> None:
 
 
 def test_check_without_grpc_and_caller_is_frozen(registry: Registry, keys) -> None:
-    authenticator = auth.Authenticator(registry.records.get, clock=lambda: 1_790_000_000.0)
-    metadata = dict(signing.auth_metadata(keys["contributor"], GET, now=1_790_000_100.0))
+    authenticator = auth.Authenticator(registry.records.get, "m", clock=lambda: 1_790_000_000.0)
 
-    caller = authenticator.check(metadata, GET, {Role.CONTRIBUTOR}, tls_common_name="cn")
+    def metadata() -> dict[str, str]:
+        return dict(signing.auth_metadata(keys["contributor"], GET, b"", "m", now=1_790_000_100))
+
+    caller = authenticator.check(metadata(), GET, {Role.CONTRIBUTOR}, b"", tls_common_name="cn")
 
     assert caller == auth.Caller(kid(keys["contributor"]), Role.CONTRIBUTOR, "st-mary", "cn")
     with pytest.raises(FrozenInstanceError):
         caller.role = Role.ADMIN  # type: ignore[misc]
     with pytest.raises(errors.PermissionDenied, match="role CONTRIBUTOR may not Get"):
-        authenticator.check(metadata, GET, {Role.USER})
+        authenticator.check(metadata(), GET, {Role.USER}, b"")
 
 
 def test_interceptor_replaces_spoofed_auth_and_keeps_other_metadata(keys) -> None:
     seen: list[Any] = []
-    interceptor = transport.SigningInterceptor(keys["user"], clock=lambda: 1_790_000_000.0)
+    interceptor = transport.SigningInterceptor(
+        keys["user"], lambda: "m", clock=lambda: 1_790_000_000.0
+    )
     details = transport._ClientCallDetails(
         GET, 5.0, [("x-trace", "t1"), (signing.AUTH_KEY_ID, "spoof")], None, None, None
     )

@@ -123,7 +123,8 @@ class _Servicer(market_pb2_grpc.MarketServicer):
 
     def GetSchema(self, request, context):  # noqa: N802 (gRPC's method names)
         metadata = dict(context.invocation_metadata())
-        caller = signing.check_auth_metadata(metadata, self._keys.get, f"/{SERVICE}/GetSchema")
+        method, body = f"/{SERVICE}/GetSchema", signing.request_body(request)
+        caller = signing.check_auth_metadata(metadata, self._keys.get, method, body, "m").key_id
         return market_pb2.Schema(
             spec_kinds=[
                 market_pb2.SpecKindSchema(kind="rkme", schema_id="rkme-v1", params_json="{}")
@@ -160,7 +161,7 @@ def market() -> Iterator[tuple[market_pb2_grpc.MarketStub, signing.Ed25519Privat
 
 def test_real_server_answers_get_schema_with_signed_metadata(market) -> None:
     stub, private = market
-    metadata = signing.auth_metadata(private, f"/{SERVICE}/GetSchema")
+    metadata = signing.auth_metadata(private, f"/{SERVICE}/GetSchema", b"", "m")
 
     schema = stub.GetSchema(market_pb2.GetSchemaRequest(), metadata=metadata, timeout=10)
 

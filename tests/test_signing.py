@@ -15,6 +15,8 @@ from shared.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound,
 
 METHOD = "/learnware.market.v1.Market/Submit"
 NOW = 1_790_000_000.0
+BODY = b"\x0a\x05header"
+MARKET = "tls-cert-sha256:" + "ab" * 32
 
 
 @pytest.fixture
@@ -158,76 +160,120 @@ def _registry(*publics: signing.Ed25519PublicKey):
 def test_auth_metadata_round_trips(keypair) -> None:
     private, public = keypair
 
-    metadata = signing.auth_metadata(private, METHOD, now=NOW)
+    metadata = signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW)
 
-    assert [name for name, _ in metadata] == ["lwm-key-id", "lwm-timestamp", "lwm-signature"]
+    assert [name for name, _ in metadata] == [
+        "lwm-key-id", "lwm-timestamp", "lwm-nonce", "lwm-signature"
+    ]
     assert all(value.isascii() for _, value in metadata)
-    kid = signing.check_auth_metadata(dict(metadata), _registry(public), METHOD, now=NOW + 10)
-    assert kid == signing.key_id(public)
+    signed = signing.check_auth_metadata(
+        dict(metadata), _registry(public), METHOD, BODY, MARKET, now=NOW + 10
+    )
+    assert signed == signing.SignedRequest(
+        signing.key_id(public), int(NOW), dict(metadata)["lwm-nonce"]
+    )
+    assert len(signed.nonce) == 32  # 128 bits, fresh each call
+    assert signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW)[2][1] != signed.nonce
 
 
 def test_auth_metadata_accepts_bytes_values(keypair) -> None:
     private, public = keypair
-    metadata = {k: v.encode() for k, v in signing.auth_metadata(private, METHOD, now=NOW)}
+    signed = signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW)
+    metadata = {k: v.encode() for k, v in signed}
 
-    assert signing.check_auth_metadata(metadata, _registry(public), METHOD, now=NOW)
+    assert signing.check_auth_metadata(metadata, _registry(public), METHOD, BODY, MARKET, now=NOW)
 
 
 def test_auth_rejects_unknown_key(keypair) -> None:
     private, _ = keypair
     _, stranger = signing.generate_keypair()
-    metadata = dict(signing.auth_metadata(private, METHOD, now=NOW))
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
 
     with pytest.raises(Unauthenticated, match="unknown or revoked"):
-        signing.check_auth_metadata(metadata, _registry(stranger), METHOD, now=NOW)
+        signing.check_auth_metadata(
+            metadata, _registry(stranger), METHOD, BODY, MARKET, now=NOW
+        )
 
 
 def test_auth_treats_lookup_not_found_as_unknown(keypair) -> None:
     private, _ = keypair
-    metadata = dict(signing.auth_metadata(private, METHOD, now=NOW))
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
 
     def lookup(kid: str) -> signing.Ed25519PublicKey | None:
         raise NotFound(kid)
 
     with pytest.raises(Unauthenticated, match="unknown or revoked"):
-        signing.check_auth_metadata(metadata, lookup, METHOD, now=NOW)
+        signing.check_auth_metadata(metadata, lookup, METHOD, BODY, MARKET, now=NOW)
 
 
 def test_auth_rejects_signature_for_another_method_or_tampered(keypair) -> None:
     private, public = keypair
-    metadata = dict(signing.auth_metadata(private, METHOD, now=NOW))
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
     lookup = _registry(public)
 
     with pytest.raises(Unauthenticated, match="bad request signature"):
-        signing.check_auth_metadata(metadata, lookup, "/learnware.market.v1.Market/Withdraw", NOW)
+        signing.check_auth_metadata(
+            metadata, lookup, "/learnware.market.v1.Market/Withdraw", BODY, MARKET, NOW
+        )
     flipped = dict(metadata, **{"lwm-signature": "00" + metadata["lwm-signature"][2:]})
     with pytest.raises(Unauthenticated, match="bad request signature"):
-        signing.check_auth_metadata(flipped, lookup, METHOD, now=NOW)
+        signing.check_auth_metadata(flipped, lookup, METHOD, BODY, MARKET, now=NOW)
     not_hex = dict(metadata, **{"lwm-signature": "zz"})
     with pytest.raises(Unauthenticated, match="not hex"):
-        signing.check_auth_metadata(not_hex, lookup, METHOD, now=NOW)
+        signing.check_auth_metadata(not_hex, lookup, METHOD, BODY, MARKET, now=NOW)
 
 
 @pytest.mark.parametrize("skew", [-301, 301, 10_000])
 def test_auth_rejects_stale_or_future_timestamps(keypair, skew: int) -> None:
     private, public = keypair
-    metadata = dict(signing.auth_metadata(private, METHOD, now=NOW))
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
 
     with pytest.raises(Unauthenticated, match="stale"):
-        signing.check_auth_metadata(metadata, _registry(public), METHOD, now=NOW + skew)
+        signing.check_auth_metadata(
+            metadata, _registry(public), METHOD, BODY, MARKET, now=NOW + skew
+        )
 
 
 def test_auth_rejects_missing_or_malformed_entries(keypair) -> None:
     private, public = keypair
-    metadata = dict(signing.auth_metadata(private, METHOD, now=NOW))
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
     lookup = _registry(public)
 
-    for name in ("lwm-key-id", "lwm-timestamp", "lwm-signature"):
+    for name in ("lwm-key-id", "lwm-timestamp", "lwm-nonce", "lwm-signature"):
         partial = {k: v for k, v in metadata.items() if k != name}
         with pytest.raises(Unauthenticated, match=f"missing {name}"):
-            signing.check_auth_metadata(partial, lookup, METHOD, now=NOW)
+            signing.check_auth_metadata(partial, lookup, METHOD, BODY, MARKET, now=NOW)
     for bad in ("1.5e9", "-5", "", "12a"):
         with pytest.raises(Unauthenticated):
             signing.check_auth_metadata(
-                dict(metadata, **{"lwm-timestamp": bad}), lookup, METHOD, now=NOW
+                dict(metadata, **{"lwm-timestamp": bad}), lookup, METHOD, BODY, MARKET, NOW
             )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"body": BODY + b"\x01"}, id="another-body"),
+        pytest.param({"market_id": "tls-cert-sha256:" + "cd" * 32}, id="another-market"),
+    ],
+)
+def test_auth_binds_body_and_market(keypair, change: dict) -> None:
+    private, public = keypair
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
+    expected = {"body": BODY, "market_id": MARKET, **change}
+
+    with pytest.raises(Unauthenticated, match="bad request signature"):
+        signing.check_auth_metadata(
+            metadata, _registry(public), METHOD, expected["body"], expected["market_id"], NOW
+        )
+
+
+@pytest.mark.parametrize("nonce", ["ab" * 8, "AB" * 16, "zz" * 16, "ab" * 33])
+def test_auth_rejects_short_or_malformed_nonces(keypair, nonce: str) -> None:
+    private, public = keypair
+    metadata = dict(signing.auth_metadata(private, METHOD, BODY, MARKET, now=NOW))
+
+    with pytest.raises(Unauthenticated, match="lwm-nonce must be"):
+        signing.check_auth_metadata(
+            dict(metadata, **{"lwm-nonce": nonce}), _registry(public), METHOD, BODY, MARKET, NOW
+        )
