@@ -201,7 +201,7 @@ def overhead(args: argparse.Namespace, home: Home, workdir: Path) -> dict[str, A
     )
     data = holder_data(settings)
     paths = write_holders(data, workdir / "data")
-    key = new_key(workdir / "coordinator.key")
+    key = new_key(workdir / "coordinator.key", home)
     fed = federation_config(settings, paths, key, home, workdir / "federated")
     local = local_training(fed, data.parts, home)
     federated = federated_training(fed)

@@ -1,4 +1,5 @@
-"""``lwm search``, ``lwm fetch``, ``lwm generate``, ``lwm evaluate``: the user's commands.
+"""``lwm search``, ``lwm fetch``, ``lwm generate``, ``lwm evaluate``, ``lwm trust``: the
+user's commands.
 
 Attached by ``client.cli`` (``register``). Commands parse options, call ``client.user`` and
 print; every ``LwmError`` becomes one line on stderr and its exit code in ``client.cli.main``.
@@ -44,6 +45,18 @@ RevokedOpt = Annotated[
     Path | None,
     typer.Option("--revoked-keys", help="File of revoked contributor key ids, one a line."),
 ]
+TrustOpt = Annotated[
+    Path | None,
+    typer.Option("--trust", help="Your trust store of pinned keys (default: HOME/trust.json)."),
+]
+RequirePinnedOpt = Annotated[
+    bool,
+    typer.Option("--require-pinned", help="Refuse keys not pinned yet (no trust on first use)."),
+]
+trust_app = typer.Typer(
+    help="Contributor keys you trust: your pins and those pinned on first use.",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -52,6 +65,10 @@ def register(app: typer.Typer) -> None:
     app.command("fetch")(fetch)
     app.command("generate")(generate)
     app.command("evaluate")(evaluate)
+    app.add_typer(trust_app, name="trust")
+    trust_app.command("add")(trust_add)
+    trust_app.command("list")(trust_list)
+    trust_app.command("remove")(trust_remove)
 
 
 def connection(
@@ -84,8 +101,14 @@ def _home(home: str | None) -> Any:
     return Home.resolve(home)
 
 
+def _trust(home: str | None, path: Path | None, require_pinned: bool = False) -> Any:
+    from client.trust import TrustStore
+
+    return TrustStore.at(_home(home), path, require_pinned=require_pinned)
+
+
 def _revoked(path: Path | None) -> frozenset[str]:
-    from client.user import read_revoked_keys
+    from client.trust import read_revoked_keys
 
     return frozenset() if path is None else read_revoked_keys(path)
 
@@ -177,13 +200,17 @@ def fetch(
     key: KeyOpt,
     base_model: BaseModelOpt = None,
     revoked_keys: RevokedOpt = None,
+    trust: TrustOpt = None,
+    require_pinned: RequirePinnedOpt = False,
     ca: CaOpt = None,
     insecure: InsecureOpt = False,
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Download ID (resumable), verify hash, signature and base model, unpack into --out."""
+    """Download ID (resumable), verify hash, signature, trusted key and base model, unpack
+    into --out."""
+    from client.trust import shown_name
     from client.user import fetch_learnware
 
     conn = connection(server, key, ca, insecure, cert, cert_key)
@@ -194,12 +221,16 @@ def fetch(
         home=_home(home),
         base_model=base_model,
         revoked_keys=_revoked(revoked_keys),
+        trust=_trust(home, trust, require_pinned),
     )
     m = fetched.manifest
+    self_named = ""
+    if m.contributor.name != fetched.signer.name:
+        self_named = f" (its manifest says {shown_name(m.contributor.name)})"
     print(
         f"fetched {fetched.id} ({m.name}, {m.domain}) into {fetched.path}\n"
         f"  sha256 {fetched.package_sha256[:16]}… ({fetched.package_size} bytes) ok; "
-        f"signature of contributor {m.contributor.name} (key {fetched.contributor_key_id}) ok\n"
+        f"signature of {fetched.signer.describe()} ok{self_named}\n"
         f"  base model {m.base_model.model_id} ({m.base_model.sha256[:12]}) "
         f"present here as {fetched.base_model.name}"
     )
@@ -214,6 +245,7 @@ def _load(
     ca: Path | None,
     insecure: bool,
     revoked_keys: Path | None,
+    trust: Path | None,
 ) -> Any:
     from client.run import load_learnware
 
@@ -224,6 +256,7 @@ def _load(
         base_model=base_model,
         conn=conn,
         revoked_keys=_revoked(revoked_keys),
+        trust=_trust(home, trust),
     )
 
 
@@ -237,12 +270,13 @@ def generate(
     ca: CaOpt = None,
     insecure: InsecureOpt = False,
     revoked_keys: RevokedOpt = None,
+    trust: TrustOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the learnware (base model + adapter) on --prompt; prints the continuation."""
     from client.run import generate as run
 
-    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys)
+    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys, trust)
     print(run(learnware, prompt, max_new_tokens))
 
 
@@ -259,6 +293,7 @@ def evaluate(
     ca: CaOpt = None,
     insecure: InsecureOpt = False,
     revoked_keys: RevokedOpt = None,
+    trust: TrustOpt = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -267,7 +302,7 @@ def evaluate(
     from shared.data import load_dataset
 
     dataset = load_dataset(data)  # bad data fails before any model loads
-    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys)
+    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys, trust)
     result = run(
         learnware,
         list(dataset.records),
@@ -296,3 +331,48 @@ def _print_evaluation(name: str, result: LearnwareEvaluation) -> None:
                 line += f", accuracy {e.accuracy:.3f} (norm {e.accuracy_norm:.3f})"
                 line += f" over {e.n_labels} labels"
         print(f"{line}; {e.n_records} records, {e.seconds:.1f} s")
+
+
+# ---------------------------------------------------------------- lwm trust
+
+
+def trust_add(
+    pub: Annotated[Path, typer.Argument(help="The contributor's public key file (PEM or raw).")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Who it is (default: the file's stem).")
+    ] = None,
+    trust: TrustOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Pin a contributor key you checked yourself: trusted at every market and for folders."""
+    from client.trust import shown_name
+
+    pin = _trust(home, trust).add(pub, name or pub.stem)
+    print(f"pinned key {pin.key_id} as {shown_name(pin.name)}")
+
+
+def trust_list(
+    trust: TrustOpt = None, as_json: JsonOpt = False, home: HomeOpt = None
+) -> None:
+    """Every pinned key: yours, and those pinned on first use at a market."""
+    from client.trust import shown_name
+
+    pins = _trust(home, trust).pins()
+    if as_json:
+        print(json.dumps([asdict(p) for p in pins], indent=2))
+        return
+    if not pins:
+        print("no pinned keys")
+    for pin in pins:
+        where = "yours" if pin.market is None else f"first use at {pin.market}"
+        print(f"{pin.key_id}  {shown_name(pin.name)}  ({where}, {pin.added_at})")
+
+
+def trust_remove(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key id to forget.")],
+    trust: TrustOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Forget every pin of KEY_ID (yours and first-use ones)."""
+    removed = _trust(home, trust).remove(key_id)
+    print(f"removed {removed} pin(s) of key {key_id}")

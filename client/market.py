@@ -151,8 +151,12 @@ class MarketClient:
     def fetch(self, learnware_id: str, out_tar: Path) -> pb.FetchHeader:
         """Download the package tar to ``out_tar``, resuming a partial ``out_tar.part``.
 
-        The finished file's size and sha256 are checked against the header before it is
-        renamed into place; a mismatch deletes the partial download and raises.
+        Never more than the header's ``total_size`` reaches the disk: a stream that sends
+        more (or jumps, or sends bytes before its header) is cancelled, the partial file
+        deleted and ``IntegrityError`` raised. The finished file's size and sha256 are
+        checked against the header before it is renamed into place; a mismatch deletes the
+        partial download and raises. A broken connection keeps the ``.part`` (a prefix of
+        what the header announced) for the next call to resume.
         """
         part = out_tar.with_name(out_tar.name + ".part")
         offset = part.stat().st_size if part.exists() else 0
@@ -161,12 +165,16 @@ class MarketClient:
             with part.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
+        request = pb.FetchRequest(id=learnware_id, offset=offset)
+        stream = self.stub.Fetch(request, timeout=UPLOAD_TIMEOUT_S)
         try:
-            request = pb.FetchRequest(id=learnware_id, offset=offset)
-            stream = self.stub.Fetch(request, timeout=UPLOAD_TIMEOUT_S)
             header = _consume(stream, part, offset, digest)
         except grpc.RpcError as err:
             raise transport.as_lwm_error(err, self.conn.address) from None
+        except IntegrityError as err:
+            stream.cancel()
+            part.unlink(missing_ok=True)
+            raise IntegrityError(f"download of {learnware_id} refused: {err}; deleted") from None
         if part.stat().st_size != header.total_size or digest.hexdigest() != header.sha256:
             part.unlink(missing_ok=True)
             raise IntegrityError(
@@ -225,19 +233,34 @@ def _upload(header: pb.SubmitHeader, tar: Any, chunk: int) -> Iterator[pb.Submit
 
 
 def _consume(stream: Any, part: Path, offset: int, digest: Any) -> pb.FetchHeader:
+    """Append the stream's chunks to ``part``, never past the header's ``total_size``."""
     header: pb.FetchHeader | None = None
     with part.open("ab") as out:
         for message in stream:
             if message.WhichOneof("msg") == "header":
+                if header is not None:
+                    raise IntegrityError("the market sent a second fetch header")
                 header = message.header
+                if offset > header.total_size:
+                    raise IntegrityError(
+                        f"the partial download holds {offset} bytes, more than the "
+                        f"{header.total_size} the market announces"
+                    )
                 continue
+            if header is None:
+                raise IntegrityError("the market sent bytes before the fetch header")
+            data = message.chunk.data
             if message.chunk.offset != offset:
                 raise IntegrityError(
                     f"fetch stream jumped to offset {message.chunk.offset}, expected {offset}"
                 )
-            out.write(message.chunk.data)
-            digest.update(message.chunk.data)
-            offset += len(message.chunk.data)
+            if offset + len(data) > header.total_size:
+                raise IntegrityError(
+                    f"the market sent more than the {header.total_size} bytes it announced"
+                )
+            out.write(data)
+            digest.update(data)
+            offset += len(data)
     if header is None:
         raise IntegrityError("the market sent no fetch header")
     return header

@@ -3,7 +3,10 @@ scores).
 
 Split from ``client.user`` (search and verified fetch): loading is the first moment any
 code touches the weights, and it happens only on a ``VerifiedLearnware``, one that
-``fetch_learnware`` just checked or ``check_folder`` re-checked; nothing is checked twice.
+``fetch_learnware`` just checked or ``check_folder`` checked (a folder gets the market's
+package checks and a pinned key); nothing is checked twice. The one check that needs the
+base model, every adapter tensor against its module's shape (the market's
+``check_adapter``), runs here, between loading the base model and loading the adapters.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from client.market import Connection, MarketClient
+from client.trust import TrustStore
 from client.user import VerifiedLearnware, check_folder, check_id, fetch_learnware
 from shared.errors import InvalidInput
 from shared.home import Home
 from shared.learnware import Manifest
+from shared.learnware.adapter_policy import (
+    AcceptedBase,
+    check_adapter,
+    check_config,
+    describe_model,
+)
+from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from shared.models import LocalModel
 
 #: peft's name for the one adapter ``PeftModel.from_pretrained`` loads when given none.
@@ -53,16 +64,18 @@ def load_learnware(
     base_model: str | Path | None = None,
     conn: Connection | MarketClient | None = None,
     revoked_keys: Collection[str] = (),
+    trust: TrustStore | None = None,
 ) -> LoadedLearnware:
     """Load a learnware folder, a learnware id (fetched and verified into the cache), or a
     ``VerifiedLearnware`` as is.
 
-    A folder is taken as one ``fetch_learnware`` verified (its signature was checked then);
-    ``check_folder`` re-checks its hashes and base model before anything is loaded. Only
-    safetensors weights are ever read.
+    A folder goes through ``check_folder`` (hashes, signature with a key pinned in ``trust``,
+    adapter policy, base model) before anything is loaded. Only safetensors weights are
+    ever read. ``trust`` None is the trust store in ``home``.
     """
     home = home or Home.resolve()
-    verified = _verified(source, home, base_model, conn, revoked_keys)
+    trust = trust or TrustStore.at(home)
+    verified = _verified(source, home, base_model, conn, revoked_keys, trust)
     return load_learnwares({DEFAULT_ADAPTER: verified}, home=home)[DEFAULT_ADAPTER]
 
 
@@ -86,6 +99,9 @@ def load_learnwares(
     names = list(learnwares)
     base = learnwares[names[0]].base_model
     loaded = load_causal_lm(base.name, home or Home.resolve())
+    shapes = describe_model(base.name, base.ref, loaded.model)
+    for verified in learnwares.values():
+        _check_tensors(verified, shapes)
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
@@ -102,12 +118,20 @@ def load_learnwares(
     }
 
 
+def _check_tensors(verified: VerifiedLearnware, shapes: AcceptedBase) -> None:
+    """The market's tensor policy: every tensor a LoRA part of a real module of this base
+    model, shaped as the config's ``r`` says (safetensors header only)."""
+    config = check_config(verified.path / ADAPTER_CONFIG)
+    check_adapter(verified.path / ADAPTER_WEIGHTS, config, shapes)
+
+
 def _verified(
     source: str | Path | VerifiedLearnware,
     home: Home,
     base_model: str | Path | None,
     conn: Connection | MarketClient | None,
     revoked_keys: Collection[str],
+    trust: TrustStore,
 ) -> VerifiedLearnware:
     """Check ``source`` exactly once: fetched now (checked by the fetch) or a folder."""
     if isinstance(source, VerifiedLearnware):
@@ -125,8 +149,11 @@ def _verified(
                 home=home,
                 base_model=base_model,
                 revoked_keys=revoked_keys,
+                trust=trust,
             )
-    return check_folder(folder, home=home, base_model=base_model, revoked_keys=revoked_keys)
+    return check_folder(
+        folder, home=home, base_model=base_model, revoked_keys=revoked_keys, trust=trust
+    )
 
 
 def generate(learnware: LoadedLearnware, prompt: str, max_new_tokens: int = 32) -> str:

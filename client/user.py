@@ -8,25 +8,30 @@ Trust: ``fetch_learnware`` trusts nothing it downloaded until it is checked, in 
 and nothing is loaded or executed before all checks pass:
 
 1. before any download: the learnware's base model (id + weight sha256) is one this user
-   has (a built-in model, or ``base_model=`` a local copy), and its contributor key is not
-   on the user's revocation list;
-2. the tar's size and sha256 match the market's header (``MarketClient.fetch``);
-3. the contributor's public key sent by the market hashes to the key id the market names,
-   the tar unpacks safely, every file matches the signed manifest, the signature verifies
-   with that key and the manifest names the same key (``verify_package``), and the signed
-   manifest is the one the market announced;
+   has (a built-in model, or ``base_model=`` a local copy), its contributor key is not
+   on the user's revocation list, and the user's trust store does not refuse it
+   (``client.trust``: a pinned name now announced with another key; any unpinned key when
+   pins are required);
+2. never more than the announced size is written, and the tar's size and sha256 match the
+   market's header (``MarketClient.fetch``);
+3. the contributor's public key sent by the market hashes to the key id the market names
+   and the trust store accepts it (the pinned key for that id, or a first use), the tar
+   unpacks safely, every file matches the signed manifest, the signature verifies with
+   that key and the manifest names the same key (``verify_package``), the adapter config
+   passes the market's policy (``check_config``), and the signed manifest is the one the
+   market announced;
 4. the signed manifest's base model is (still) the one from step 1.
+
+Only then is a first-use key pinned. The signer is reported as the market registry's name
+for the key plus its key id (``Signer``), never as the name the manifest gives itself.
+
+A local folder (``check_folder``) gets the same package checks: files and hashes, the
+signature with the key the user pinned for its key id (``UntrustedKey`` when none is), and
+the adapter policy; ``client.run`` checks the adapter tensors against the loaded base model.
 
 A failed check deletes everything downloaded and raises with the reason. A broken
 connection (or Ctrl-C) keeps the partial ``.part`` file so the same call resumes it.
-
-Revocation policy: a learnware signed by a revoked contributor key is refused. A revoked
-key may have been stolen, and nothing dates a signature, so its old signatures prove
-nothing either. The market drops such learnwares from search and refuses to serve them
-(``Fetch`` answers FAILED_PRECONDITION, naming the revoked key). A user may also refuse keys
-of their own (``revoked_keys``, ``lwm fetch --revoked-keys FILE``, e.g. published by an admin
-from ``lwm admin list-keys --all``): checked before anything is downloaded and again on the
-signed manifest, so it holds even against a market that was never told.
+Revoked keys are refused first (``client.trust.refuse_revoked``, whose docstring says why).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pathlib import Path
 
 from client.market import Connection, MarketClient, status_name
 from client.specs import SpecMaker
+from client.trust import Signer, TrustStore, market_identity, refuse_revoked
 from shared import signing
 from shared.errors import (
     AlreadyExists,
@@ -53,7 +59,15 @@ from shared.errors import (
     Unavailable,
 )
 from shared.home import Home
-from shared.learnware import Manifest, VerifiedPackage, unpack_tar, verify_package
+from shared.learnware import (
+    Manifest,
+    VerifiedPackage,
+    read_manifest,
+    unpack_tar,
+    verify_package,
+)
+from shared.learnware.adapter_policy import check_config
+from shared.learnware.layout import ADAPTER_CONFIG
 from shared.models import LocalModel
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
 from shared.proto import market_pb2 as pb
@@ -257,12 +271,16 @@ class VerifiedLearnware:
 
 @dataclass(frozen=True)
 class FetchedLearnware(VerifiedLearnware):
-    """A freshly fetched folder: signature, hashes and base model all checked."""
+    """A freshly fetched folder: signature, hashes, trust and base model all checked.
+
+    ``signer`` is who signed it as the user should read it: the market registry's name
+    and the key id, and how the key is trusted."""
 
     id: str
     contributor_key_id: str
     package_sha256: str
     package_size: int
+    signer: Signer
 
 
 def fetch_learnware(
@@ -273,23 +291,29 @@ def fetch_learnware(
     home: Home | None = None,
     base_model: str | Path | None = None,
     revoked_keys: Collection[str] = (),
+    trust: TrustStore | None = None,
 ) -> FetchedLearnware:
     """Download, verify and unpack learnware ``learnware_id`` into new folder ``out_dir``.
 
     ``out_dir`` must not exist (or be an empty folder); it appears, complete, only when every
-    check (module docstring) passed. Raises ``ModelUnavailable`` (base model missing or other
-    weights), ``IntegrityError`` (tampered, wrongly signed, revoked key), ``AlreadyExists``,
-    ``NotFound``; on ``Unavailable`` the partial download stays for a resume.
+    check (module docstring) passed. ``trust`` None is the trust store in ``home``. Raises
+    ``ModelUnavailable`` (base model missing or other weights), ``IntegrityError`` (tampered,
+    wrongly signed, revoked key, more bytes than announced), ``UntrustedKey`` (a key the
+    trust store refuses), ``AlreadyExists``, ``NotFound``; on ``Unavailable`` the partial
+    download stays for a resume.
     """
     home = home or Home.resolve()
+    trust = trust or TrustStore.at(home)
     check_id(learnware_id)
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AlreadyExists(f"{out} exists and is not an empty folder")
     with _client(conn) as client:
+        market = market_identity(client.conn.address, client.conn.ca)
         info = client.get(learnware_id)
         with _refusing(learnware_id, "nothing was downloaded"):
             refuse_revoked(info.contributor_key_id, revoked_keys)
+            trust.check(market, info.contributor_key_id, info.contributor_name, None)
             wanted = info.base_model
             base = resolve_base_model(wanted.model_id, wanted.sha256, home, base_model)
         staging = out.parent / f".{out.name}.fetch-{learnware_id}"
@@ -305,12 +329,15 @@ def fetch_learnware(
             raise
     try:
         with _refusing(learnware_id, "download deleted"):
-            package = _verify(header, staging, learnware_id, base, revoked_keys)
+            refuse_revoked(header.contributor_key_id, revoked_keys)
+            public_key, signer = _trusted_key(header, trust, market)
+            package = _verify(header, staging, learnware_id, base, public_key)
             if out.exists():
                 out.rmdir()
             os.rename(package.path, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    trust.remember(signer)
     return FetchedLearnware(
         path=out,
         manifest=package.manifest,
@@ -319,6 +346,7 @@ def fetch_learnware(
         contributor_key_id=header.contributor_key_id,
         package_sha256=header.sha256,
         package_size=header.total_size,
+        signer=signer,
     )
 
 
@@ -328,19 +356,27 @@ def check_folder(
     home: Home | None = None,
     base_model: str | Path | None = None,
     revoked_keys: Collection[str] = (),
+    trust: TrustStore | None = None,
 ) -> VerifiedLearnware:
-    """Re-check a folder ``fetch_learnware`` made earlier before anything loads it.
+    """The market's package checks on a local folder (one ``fetch_learnware`` made earlier,
+    or one from anywhere) before anything loads it.
 
-    Its signature was checked at fetch time; here every file is hashed against the manifest
-    again, the contributor key is checked against ``revoked_keys`` and the base model matched
-    (``IntegrityError``, ``ModelUnavailable``).
+    Every file is hashed against the manifest, the signature verified with the key the user
+    pinned for the manifest's key id (``UntrustedKey`` when none is: a fetch pins its key,
+    ``lwm trust add`` pins any), the key checked against ``revoked_keys``, the adapter config
+    against the market's policy, and the base model matched (``IntegrityError``,
+    ``InvalidInput``, ``ModelUnavailable``). ``trust`` None is the trust store in ``home``.
     """
+    home = home or Home.resolve()
     path = Path(folder).expanduser()
-    manifest = verify_package(path, None).manifest
-    refuse_revoked(manifest.contributor.key_id, revoked_keys)
-    wanted = manifest.base_model
-    base = resolve_base_model(wanted.model_id, wanted.sha256, home or Home.resolve(), base_model)
-    return VerifiedLearnware(path, manifest, base)
+    key_id = read_manifest(path).contributor.key_id  # which key to verify with
+    refuse_revoked(key_id, revoked_keys)
+    public_key = (trust or TrustStore.at(home)).key_for_folder(key_id)
+    package = verify_package(path, public_key)
+    check_config(package.file(ADAPTER_CONFIG))
+    wanted = package.manifest.base_model
+    base = resolve_base_model(wanted.model_id, wanted.sha256, home, base_model)
+    return VerifiedLearnware(path, package.manifest, base)
 
 
 @contextmanager
@@ -360,24 +396,34 @@ def check_id(learnware_id: str) -> str:
     return learnware_id
 
 
-def _verify(
-    header: pb.FetchHeader,
-    staging: Path,
-    learnware_id: str,
-    base: LocalModel,
-    revoked_keys: Collection[str],
-) -> VerifiedPackage:
-    if header.id != learnware_id:
-        raise IntegrityError(f"the market answered with learnware {header.id!r}")
-    refuse_revoked(header.contributor_key_id, revoked_keys)
+def _trusted_key(
+    header: pb.FetchHeader, trust: TrustStore, market: str
+) -> tuple[signing.Ed25519PublicKey, Signer]:
+    """The key the market sent, once it hashes to the key id it names and the user's trust
+    store accepts it (under the registry's name for it, as the market sent it)."""
     public_key = signing.load_public_key(header.contributor_public_key)
     if signing.key_id(public_key) != header.contributor_key_id:
         raise IntegrityError(
             f"the market's public key for contributor {header.contributor_key_id} hashes to "
             f"key id {signing.key_id(public_key)}"
         )
+    raw = signing.public_key_bytes(public_key)
+    signer = trust.check(market, header.contributor_key_id, header.info.contributor_name, raw)
+    return public_key, signer
+
+
+def _verify(
+    header: pb.FetchHeader,
+    staging: Path,
+    learnware_id: str,
+    base: LocalModel,
+    public_key: signing.Ed25519PublicKey,
+) -> VerifiedPackage:
+    if header.id != learnware_id:
+        raise IntegrityError(f"the market answered with learnware {header.id!r}")
     unpack_tar(staging / "package.tar", staging / "package")
     package = verify_package(staging / "package", public_key)
+    check_config(package.file(ADAPTER_CONFIG))
     manifest = package.manifest
     if manifest.contributor.key_id != header.contributor_key_id:  # verify_package checks too
         raise IntegrityError(f"manifest names contributor key {manifest.contributor.key_id}")
@@ -390,19 +436,3 @@ def _verify(
             f"not the {header.info.base_model.model_id} the market listed and you have"
         )
     return package
-
-
-def refuse_revoked(key_id: str, revoked_keys: Collection[str]) -> None:
-    """``IntegrityError`` when ``key_id`` is on the user's list of revoked keys."""
-    if key_id in revoked_keys:
-        raise IntegrityError(f"contributor key {key_id} is on your revoked-keys list")
-
-
-def read_revoked_keys(path: str | Path) -> frozenset[str]:
-    """Key ids, one per line (blank lines and ``#`` comments ignored; first word counts)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise InvalidInput(f"cannot read revoked-keys file {path}: {err.strerror}") from err
-    words = (line.split("#", 1)[0].split() for line in lines)
-    return frozenset(w[0] for w in words if w)

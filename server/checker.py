@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.adapter_policy import AcceptedBase, check_adapter, check_config
 from server.records import Status
 from server.smoke import SmokeResult, one_line, run_smoke
 from shared import signing
@@ -48,6 +47,12 @@ from shared.learnware import (
     PackageLimits,
     VerifiedPackage,
     verify_package,
+)
+from shared.learnware.adapter_policy import (
+    AcceptedBase,
+    check_adapter,
+    check_config,
+    describe_model,
 )
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SPEC
 from shared.spec.claims import SpecLimits, check_claims
@@ -109,19 +114,10 @@ class Judgment:
 
 def describe_base_model(name: str, home: Home) -> AcceptedBase:
     """Load base model ``name`` once and record its identity and module shapes (seconds)."""
-    import torch
-
     from shared.models import load_causal_lm
 
     loaded = load_causal_lm(name, home)
-    linear: dict[str, tuple[int, int]] = {}
-    embedding: dict[str, tuple[int, int]] = {}
-    for path, module in loaded.model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            linear[path] = (module.out_features, module.in_features)
-        elif isinstance(module, torch.nn.Embedding):
-            embedding[path] = (module.embedding_dim, module.num_embeddings)
-    return AcceptedBase(name, loaded.ref, linear, embedding)
+    return describe_model(name, loaded.ref, loaded.model)
 
 
 def describe_base_models(names: list[str], home: Home) -> dict[str, AcceptedBase]:

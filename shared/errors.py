@@ -81,6 +81,11 @@ class IntegrityError(LwmError, status="INVALID_ARGUMENT", exit_code=11):
     """Bytes do not match their hash or signature (tampered or corrupt learnware)."""
 
 
+class UntrustedKey(IntegrityError, status="FAILED_PRECONDITION", exit_code=15):
+    """A signature holds, but with a key the user does not trust (not pinned, or another
+    key than the one pinned for that id or name): the learnware is refused."""
+
+
 class ResourceExhausted(LwmError, status="RESOURCE_EXHAUSTED", exit_code=12):
     """A size or rate limit was hit."""
 

@@ -31,6 +31,7 @@ from client.federation.config import FederationConfig, Holder, MarketSettings
 from client.finetune import FinetuneConfig
 from client.publish import LearnwareCard
 from client.run import load_learnware
+from client.trust import TrustStore
 from shared import signing
 from shared.data import Record, load_domain, split
 from shared.home import Home
@@ -112,10 +113,12 @@ def write_holders(data: HolderData, folder: Path) -> list[Path]:
     return paths
 
 
-def new_key(path: Path) -> Path:
-    """A fresh Ed25519 key at ``path``: it signs the learnwares (no market is involved)."""
-    key, _ = signing.generate_keypair()
+def new_key(path: Path, home: Home) -> Path:
+    """A fresh Ed25519 key at ``path``: it signs the learnwares (no market is involved), and
+    is pinned in ``home``'s trust store, since loading a folder checks its signer."""
+    key, public = signing.generate_keypair()
     signing.save_private_key(path, key)
+    TrustStore.at(home).add(signing.public_key_bytes(public), path.stem)
     return path
 
 
@@ -196,7 +199,7 @@ def compare(
     tell = progress or (lambda _stage: None)
     data = holder_data(settings)
     paths = write_holders(data, workdir / "data")
-    key = new_key(workdir / "coordinator.key")
+    key = new_key(workdir / "coordinator.key", home)
     fed = federation_config(settings, paths, key, home, workdir / "federated")
     seconds: dict[str, float] = {}
     solos, base = [], float("nan")

@@ -54,7 +54,7 @@ def data() -> HolderData:
 @pytest.fixture(scope="module")
 def fed(data, lwm_home, tmp_path_factory) -> FederationConfig:
     folder = tmp_path_factory.mktemp("fed-quality")
-    key = new_key(folder / "coordinator.key")
+    key = new_key(folder / "coordinator.key", lwm_home)
     paths = write_holders(data, folder / "data")
     return federation_config(SETTINGS, paths, key, lwm_home, folder / "federated")
 

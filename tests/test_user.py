@@ -23,7 +23,8 @@ from client.evaluate import evaluate as evaluate_learnware
 from client.market import MarketClient
 from client.run import generate, load_learnware
 from client.specs import SpecMaker
-from client.user import fetch_learnware, private_search, refuse_revoked, resolve_base_model
+from client.trust import TrustStore, refuse_revoked
+from client.user import fetch_learnware, private_search, resolve_base_model
 from server.records import Role
 from shared import signing
 from shared.data import load_domain, split
@@ -250,9 +251,14 @@ def test_a_package_not_signed_by_the_announced_key_is_refused(world, lwm_home):
     ]
     for key_id, needle in cases:
         out = world["tmp"] / f"swapped-{key_id}"
+        trust = TrustStore(world["tmp"] / f"trust-{key_id}.json")  # first use: no pin refuses
         with pytest.raises(IntegrityError, match=needle) as excinfo:
             fetch_learnware(
-                _SwappedKeyClient(conn, mallory, key_id), world["ids"]["law"], out, home=lwm_home
+                _SwappedKeyClient(conn, mallory, key_id),
+                world["ids"]["law"],
+                out,
+                home=lwm_home,
+                trust=trust,
             )
         assert "download deleted" in str(excinfo.value)
         _nothing_left(out)

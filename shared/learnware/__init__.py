@@ -19,6 +19,7 @@ from shared.learnware.package import (
     Package,
     VerifiedPackage,
     build_package,
+    read_manifest,
     signing_payload,
     verify_package,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "VerifiedPackage",
     "build_package",
     "pack_tar",
+    "read_manifest",
     "read_safetensors_header",
     "signing_payload",
     "unpack_tar",

@@ -46,7 +46,14 @@ from shared.learnware.layout import (
 from shared.learnware.manifest import FileEntry, Manifest
 from shared.learnware.safetensors_header import read_safetensors_header
 
-__all__ = ["Package", "VerifiedPackage", "build_package", "signing_payload", "verify_package"]
+__all__ = [
+    "Package",
+    "VerifiedPackage",
+    "build_package",
+    "read_manifest",
+    "signing_payload",
+    "verify_package",
+]
 
 DOMAIN_TAG = b"lwm-learnware-v1\n"
 _BLOCK = 1024 * 1024
@@ -293,6 +300,14 @@ def verify_package(
     if trusted_public_key is not None:
         signer = _check_signature(manifest, signature, trusted_public_key)
     return VerifiedPackage(root, manifest, signature, signer)
+
+
+def read_manifest(path: str | Path, *, limits: PackageLimits | None = None) -> Manifest:
+    """A learnware directory's manifest, parsed strictly but NOT verified (no hashes, no
+    signature): only to learn which key to call ``verify_package`` with."""
+    root = Path(path)
+    _check_entries(root)
+    return _read_manifest(root, limits or PackageLimits())
 
 
 def _check_entries(root: Path) -> None:

@@ -1,5 +1,9 @@
 """What an adapter may be: the ``adapter_config.json`` policy and the tensor checks.
 
+One policy for both sides: the market applies it to every upload (``server.checker``) and
+the user to every learnware before it loads (``client.user``, ``client.run``), so a local
+folder or a fake market's package meets the same rules as the market's own checks.
+
 Read from JSON and safetensors *headers* only: nothing from the package is imported,
 unpickled or run. A config is accepted only as plain LoRA (options that add non-LoRA
 weights, rewrite base weights or name code are refused; unknown options pass only when
@@ -18,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
-from shared.learnware import TensorInfo, read_safetensors_header
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from shared.learnware.safetensors_header import TensorInfo, read_safetensors_header
 from shared.models.refs import ModelRef
 
 #: peft saves adapter tensors of a causal LM as ``base_model.model.<module path>.<part>``.
@@ -57,6 +61,21 @@ class AcceptedBase:
     ref: ModelRef
     module_shapes: dict[str, tuple[int, int]]
     embedding_shapes: dict[str, tuple[int, int]]
+
+
+def describe_model(name: str, ref: ModelRef, model: Any) -> AcceptedBase:
+    """The module shapes of a loaded torch ``model`` (its ``nn.Linear``s and
+    ``nn.Embedding``s) as the tensor checks want them; reads shapes only."""
+    import torch
+
+    linear: dict[str, tuple[int, int]] = {}
+    embedding: dict[str, tuple[int, int]] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            linear[path] = (module.out_features, module.in_features)
+        elif isinstance(module, torch.nn.Embedding):
+            embedding[path] = (module.embedding_dim, module.num_embeddings)
+    return AcceptedBase(name, ref, linear, embedding)
 
 
 # ---------------------------------------------------------------- adapter_config.json policy
