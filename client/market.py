@@ -21,6 +21,7 @@ import grpc
 from shared import signing, transport
 from shared.errors import IntegrityError
 from shared.learnware import Manifest, write_tar
+from shared.market_identity import INSECURE_MARKET_ID, MarketIdentity
 from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
 from shared.proto import market_pb2_grpc
@@ -67,6 +68,25 @@ class MarketClient:
         )
         self.stub = market_pb2_grpc.MarketStub(self.channel)
         self._schema: RemoteSchema | None = None
+        self._market_id: str | None = None
+
+    def market_id(self) -> str:
+        """Which market this is, as the user's trust store keys its pins: the sha256 of the
+        TLS certificate it presents (``shared.market_identity``, one handshake, kept); without
+        TLS nothing proves which market answers, so the address names it."""
+        if self._market_id is None:
+            if self.conn.insecure:
+                self._market_id = f"{INSECURE_MARKET_ID}:{self.conn.address}"
+            else:
+                address = transport.parse_address(self.conn.address)
+                self._market_id = MarketIdentity(
+                    address.host,
+                    address.port,
+                    ca=self.conn.ca,
+                    client_cert=self.conn.client_cert,
+                    client_key=self.conn.client_key,
+                )()
+        return self._market_id
 
     def close(self) -> None:
         self.channel.close()

@@ -23,8 +23,9 @@ signed manifest, so it holds even against a market that was never told.
 That check (``refuse_revoked``) comes before any pin is consulted.
 
 With ``require_pinned`` (``lwm fetch --require-pinned``) a key with no pin at all is refused
-before anything is downloaded. A market is identified by its address and, when the user
-gives one, the sha256 of its CA certificate (so a new market on a reused port is new).
+before anything is downloaded. A market is identified by the sha256 of the TLS certificate
+it presents (``MarketClient.market_id``, ``shared.market_identity``: a proxy or a fake
+market cannot present the real one's), by its address when it is reached without TLS.
 
 The signer is always shown as the registry's name (data the market sent, escaped when not
 plain ASCII: a Cyrillic 'о' in a hospital's name shows as ``\\u043e``) plus its key id, never
@@ -33,7 +34,6 @@ as the name a manifest gives itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -82,13 +82,6 @@ class Signer:
 def shown_name(name: str) -> str:
     """A name as a human should read it: anything but printable ASCII is escaped."""
     return name if name.isascii() and name.isprintable() else ascii(name)
-
-
-def market_identity(address: str, ca: Path | None) -> str:
-    """Where a market is, and which CA vouches for it when the user names one."""
-    if ca is None:
-        return address
-    return f"{address} ca:{hashlib.sha256(Path(ca).read_bytes()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from client.market import Connection, MarketClient, status_name
 from client.specs import SpecMaker
-from client.trust import Signer, TrustStore, market_identity, refuse_revoked
+from client.trust import Signer, TrustStore, refuse_revoked
 from shared import signing
 from shared.errors import (
     AlreadyExists,
@@ -309,7 +309,7 @@ def fetch_learnware(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AlreadyExists(f"{out} exists and is not an empty folder")
     with _client(conn) as client:
-        market = market_identity(client.conn.address, client.conn.ca)
+        market = client.market_id()
         info = client.get(learnware_id)
         with _refusing(learnware_id, "nothing was downloaded"):
             refuse_revoked(info.contributor_key_id, revoked_keys)

@@ -29,7 +29,7 @@ from market_fixtures import market_server
 
 from client.market import MarketClient
 from client.run import load_learnware
-from client.trust import TrustStore, market_identity
+from client.trust import TrustStore
 from client.user import fetch_learnware
 from server.records import Role
 from shared import signing
@@ -203,8 +203,8 @@ def test_first_use_pins_the_key_under_the_registry_name(world, lwm_home, tmp_pat
     assert (first.signer.name, first.signer.key_id) == (HOSPITAL, _key_id(world, "hospital"))
     assert first.signer.how == "first use: pinned now"
     (pin,) = trust.pins()
-    market = world["market"]
-    assert pin.market == market_identity(market.address, market.layout.ca_cert)
+    assert pin.market == world["uma"].market_id()
+    assert pin.market.startswith("tls-cert-sha256:")
     assert bytes.fromhex(pin.public_key) == _public(world, "hospital")
     again = fetch_learnware(world["uma"], learnware_id, tmp_path / "b", home=lwm_home, trust=trust)
     assert again.signer.how == "pinned on first use at this market" and len(trust.pins()) == 1
