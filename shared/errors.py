@@ -72,7 +72,7 @@ class Revoked(LwmError, status="FAILED_PRECONDITION", exit_code=14):
     """A key was revoked: what it signed can no longer be trusted."""
 
 
-class FailedPrecondition(LwmError, status="FAILED_PRECONDITION", exit_code=15):
+class FailedPrecondition(LwmError, status="FAILED_PRECONDITION", exit_code=16):
     """The thing exists but is not in a state that allows the action (withdrawing a
     learnware twice, fetching a rejected one)."""
 
