@@ -22,7 +22,8 @@ lint: venv
 	$(BIN)/mypy shared server client
 
 # Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests kept
-# together so its module fixtures (a market server, a trained adapter) are built once.
+# together so its module fixtures (a market server, a trained adapter) are built once; the
+# files that start Ray take turns (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 # No network here: Hugging Face libraries must fail fast instead of trying the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -23,23 +24,26 @@ def lwm_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     return Home(tmp_path_factory.mktemp("lwm-home"))
 
 
-# The files that take longest go first, so pytest-xdist (``--dist loadfile``, files handed
-# out in collection order) does not start one of them last while the other worker idles.
-LONGEST_FIRST = (
-    "test_simulate.py",
-    "test_federation.py",
-    "test_federation_deployment.py",
-    "test_federation_quality.py",
-    "test_identification_real.py",
-    "test_user.py",
-    "test_cli.py",
-    "test_server.py",
-)
+# Under pytest-xdist the files that start a Ray cluster (Flower's simulation engine) take
+# turns: two Ray clusters starting at once on two busy cores timed out waiting for their GCS
+# (seen in CI). A module of one of these files holds an exclusive file lock, shared by the
+# workers of one run, from its first fixture to its last test.
+RAY_FILES = ("test_simulate.py", "test_federation.py", "test_federation_quality.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+@pytest.fixture(scope="module", autouse=True)
+def _one_ray_cluster_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    if request.path.name not in RAY_FILES:
+        yield
+        return
+    import fcntl
 
-    items.sort(key=rank)  # stable: the order inside a file is kept
+    lock = tmp_path_factory.getbasetemp().parent / "ray.lock"  # one per run, all workers
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
