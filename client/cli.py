@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from shared.cli_options import HomeOpt, console
-from shared.errors import LwmError
+from shared.errors import InvalidInput, LwmError
 
 app = typer.Typer(
     help="SLM learnware market: DP specifications, signed LoRA learnwares, private search.",
@@ -243,7 +243,8 @@ def keys_new(
 
 
 def main() -> None:
-    """Console entry point: LwmError -> one line on stderr and the error's exit code."""
+    """Console entry point: LwmError -> one line on stderr and the error's exit code; an
+    OSError on a path the caller gave -> one line and exit 2 (never a traceback)."""
     # Library progress bars (HF weight loading) would drown ours and break one-line errors.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -253,6 +254,10 @@ def main() -> None:
     except LwmError as exc:
         print(f"lwm: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a path the caller gave: not writable, a file not a folder, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lwm: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(InvalidInput.exit_code)
     except KeyboardInterrupt:
         print("lwm: interrupted", file=sys.stderr)
         sys.exit(130)

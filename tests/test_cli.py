@@ -104,6 +104,8 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
         (["spec", "make", "D", "--epsilon", "0", "--out", "x.safetensors"], 4, "epsilon"),
         (["spec", "make", "D", "--kind", "nope", "--out", "x.safetensors"], 5, "nope"),
         (["spec", "rank", "NOFILE", "NOFILE"], 4, "not found"),
+        (["keys", "new", "alice", "--out", "D"], 2, "File exists"),  # --out is a file
+        (["keys", "new", "../alice"], 2, "plain file stem"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, needle):
