@@ -2,8 +2,8 @@
 
 1. upload and download of a ~50 MB adapter through Submit/Fetch (TLS, hashing, fsync,
    unpack, static checks; smoke run off) against raw gRPC streaming of the same bytes over
-   the same TLS transport and chunk size (a bare byte-stream service): the ratio is what the
-   market's own work costs;
+   the same TLS transport and chunk size (a bare byte-stream service on a plain gRPC server
+   with the market's certificate): the ratio is what the market's own work costs;
 2. Search latency p50/p95/p99 at M = 10,000 USABLE learnwares with 16 concurrent clients,
    each with its own channel, and sustained searches per second.
 
@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,8 +45,8 @@ from market_fixtures import MarketUnderTest, market_server  # noqa: E402
 
 from client.market import Connection, MarketClient  # noqa: E402
 from server.app import limit_blas_threads  # noqa: E402
-from server.pki import init_server_dir  # noqa: E402
-from server.records import LearnwareRecord, Role, SpecRecord, Status  # noqa: E402
+from server.pki import init_server_dir, open_server_dir  # noqa: E402
+from server.records import KeyRecord, LearnwareRecord, Role, SpecRecord, Status  # noqa: E402
 from server.store import Store  # noqa: E402
 from shared import signing, transport  # noqa: E402
 from shared.home import Home  # noqa: E402
@@ -101,9 +102,28 @@ def transfer(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: 
 
 
 def _transfer(args: argparse.Namespace, home: Home, tmp: Path, market: MarketUnderTest) -> dict:  # type: ignore[type-arg]
-    running, layout = market.running, market.layout
+    layout = market.layout
     raw = raw_handlers()
-    running.server.add_generic_rpc_handlers((raw,))  # type: ignore[attr-defined]
+    raw_server = grpc.server(ThreadPoolExecutor(4), options=transport.message_size_options())
+    raw_server.add_generic_rpc_handlers((raw,))
+    tls = transport.server_credentials(open_server_dir(layout.dir), False)
+    raw_port = transport.add_port(raw_server, "127.0.0.1:0", tls)
+    raw_server.start()
+    try:
+        return _measure_transfer(args, home, tmp, market, raw, raw_port)
+    finally:
+        raw_server.stop(0)
+
+
+def _measure_transfer(  # type: ignore[type-arg]
+    args: argparse.Namespace,
+    home: Home,
+    tmp: Path,
+    market: MarketUnderTest,
+    raw: grpc.GenericRpcHandler,
+    raw_port: int,
+) -> dict:
+    running, layout = market.running, market.layout
     address = f"localhost:{running.port}"
     private, public = signing.generate_keypair()
     signing.save_private_key(tmp / "c.key", private)
@@ -111,7 +131,7 @@ def _transfer(args: argparse.Namespace, home: Home, tmp: Path, market: MarketUnd
     package = big_package(home, tmp, args.mb, private)
     data = pack_tar(package)
     client = MarketClient(Connection(address, key_path=tmp / "c.key", ca=layout.ca_cert))
-    channel = transport.channel(address, ca=layout.ca_cert)
+    channel = transport.channel(f"localhost:{raw_port}", ca=layout.ca_cert)
     up = channel.stream_unary(f"/{RAW_SERVICE}/Upload")
     down = channel.unary_stream(f"/{RAW_SERVICE}/Download")
     raw.payload["data"] = data  # type: ignore[attr-defined]
@@ -147,9 +167,11 @@ def _transfer(args: argparse.Namespace, home: Home, tmp: Path, market: MarketUnd
     return rows
 
 
-def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: ignore[type-arg]
-    layout = init_server_dir(tmp / "srv2")
-    db = f"sqlite:///{tmp / 's.db'}"
+def seed_learnwares(db: str, home: Home, tmp: Path, count: int) -> None:
+    """``count`` USABLE learnwares with RKME specs around 50 centres, written straight into
+    the store at ``db`` (one real package's manifest each; the market never opens the
+    packages to search): a big market without a day of uploads."""
+    tmp.mkdir(parents=True, exist_ok=True)
     private, public = signing.generate_keypair()
     package = build_learnware(
         tmp / "one",
@@ -162,9 +184,12 @@ def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # typ
     schema = rkme_schema(home)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(50, schema.input_dim))
-    started = time.perf_counter()
     with Store.open(db) as store:
         now = datetime.now(UTC)
+        raw_key = signing.public_key_bytes(public)  # registered: the market serves only
+        store.register_key(  # learnwares whose contributor key is registered and not revoked
+            KeyRecord(signing.key_id(raw_key), raw_key, Role.CONTRIBUTOR, "seed", created_at=now)
+        )
         base = LearnwareRecord(
             id="",
             name="synthetic",
@@ -185,7 +210,7 @@ def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # typ
             created_at=now,
             updated_at=now,
         )
-        for i in range(args.learnwares):
+        for i in range(count):
             x = centres[i % 50] + 0.5 * rng.normal(size=(32, schema.input_dim))
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             from shared.privacy import PrivacyBudget
@@ -200,6 +225,13 @@ def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # typ
                     specs=(SpecRecord("rkme", spec.schema_id, spec.dim, specs_to_bytes([spec])),),
                 )
             )
+
+
+def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # type: ignore[type-arg]
+    layout = init_server_dir(tmp / "srv2")
+    db = f"sqlite:///{tmp / 's.db'}"
+    started = time.perf_counter()
+    seed_learnwares(db, home, tmp / "seed", args.learnwares)
     print(
         f"inserted {args.learnwares} learnwares in {time.perf_counter() - started:.0f} s",
         flush=True,

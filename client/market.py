@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
@@ -132,20 +132,9 @@ class MarketClient:
     # ------------------------------------------------------------------ contributor
     def submit(self, package_dir: Path) -> pb.SubmitResponse:
         """Stream the canonical tar of ``package_dir``; returns the market's verdict."""
-        manifest_json = (package_dir / "manifest.json").read_bytes()
-        signature = (package_dir / "signature").read_bytes()
         chunk = self.schema().max_chunk_bytes
         with tempfile.TemporaryFile() as tar:
-            digest = write_tar(package_dir, tar)
-            header = pb.SubmitHeader(
-                manifest_json=manifest_json,
-                signature=signature,
-                contributor_key_id=Manifest.from_json(manifest_json).contributor.key_id,
-                total_size=digest.size,
-                sha256=digest.sha256,
-            )
-            tar.seek(0)
-            requests = _upload(header, tar, chunk)
+            requests = upload_requests(package_dir, tar, chunk)
             return self._call(self.stub.Submit, requests, timeout=UPLOAD_TIMEOUT_S)
 
     def withdraw(self, learnware_id: str, reason: str = "") -> pb.LearnwareInfo:
@@ -241,13 +230,29 @@ def query_spec(spec: Specification) -> pb.QuerySpec:
     )
 
 
-def _upload(header: pb.SubmitHeader, tar: Any, chunk: int) -> Iterator[pb.SubmitRequest]:
+def upload_requests(package_dir: Path, tar: BinaryIO, chunk: int) -> Iterator[pb.SubmitRequest]:
+    """A Submit stream: the header (naming the package's size and sha256), then the
+    canonical tar of ``package_dir`` (written now to ``tar``, a scratch file) in
+    ``chunk``-byte pieces. The package is read here, so a broken one raises here and not
+    inside gRPC's sending thread."""
+    manifest_json = (package_dir / "manifest.json").read_bytes()
+    signature = (package_dir / "signature").read_bytes()
+    digest = write_tar(package_dir, tar)
+    header = pb.SubmitHeader(
+        manifest_json=manifest_json,
+        signature=signature,
+        contributor_key_id=Manifest.from_json(manifest_json).contributor.key_id,
+        total_size=digest.size,
+        sha256=digest.sha256,
+    )
+    tar.seek(0)
+    return _upload(header, tar, chunk)
+
+
+def _upload(header: pb.SubmitHeader, tar: BinaryIO, chunk: int) -> Iterator[pb.SubmitRequest]:
     yield pb.SubmitRequest(header=header)
     offset = 0
-    while True:
-        data = tar.read(chunk)
-        if not data:
-            return
+    while data := tar.read(chunk):
         yield pb.SubmitRequest(chunk=pb.Chunk(offset=offset, data=data))
         offset += len(data)
 

@@ -4,21 +4,27 @@
 ``serve_forever`` adds the SIGTERM/SIGINT handling of ``lwm server start``: health goes
 NOT_SERVING, in-flight calls get ``grace_s`` to finish (an unfinished upload is rolled
 back: nothing of it was committed), then the process exits 0.
+
+gRPC runs on ``grpc.aio`` in an event loop of its own thread (``server.service`` says why:
+a stalled call must cost a coroutine, not a thread); the market's work runs in the service's
+thread pools. Callers of ``build_server`` stay synchronous.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
+from server.auth import MARKET_SERVICE
 from server.blobs import BlobStore
 from server.checker import Checker, describe_base_models
 from server.market import Market
@@ -29,24 +35,49 @@ from server.store import Store
 from shared import transport
 from shared.home import Home
 from shared.market_identity import server_market_id
-from shared.proto import market_pb2, market_pb2_grpc
 
 log = logging.getLogger("lwm.server")
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread; ``run`` waits for a coroutine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="lwm-grpc", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    server: grpc.aio.Server
     market: Market
+    service: MarketService
     port: int
     health: Any
     settings: ServerSettings
+    _loop: _LoopThread
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: NOT_SERVING first, then let in-flight calls finish."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.settings.grace_s if grace_s is None else grace_s).wait()
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        self._loop.run(self._stop(grace))
+        self._loop.close()
+        self.service.close()
         self.market.store.close()
+
+    async def _stop(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
 
 
 def limit_blas_threads() -> None:
@@ -64,8 +95,6 @@ def limit_blas_threads() -> None:
 
 
 def build_server(settings: ServerSettings) -> RunningServer:
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
     from shared.spec.defaults import default_schema
 
     home = Home.resolve(settings.home_dir)
@@ -90,38 +119,57 @@ def build_server(settings: ServerSettings) -> RunningServer:
     if settings.admin_pub is not None:
         _ensure_admin(market, settings.admin_pub.read_bytes())
     market.start()
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="lwm-rpc"),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=transport.message_size_options(),
-    )
     tls_files = _tls_files(settings)
     refs = [b.ref for b in base_models.values()]
-    service = MarketService(market, refs, server_market_id(tls_files))
-    market_pb2_grpc.add_MarketServicer_to_server(service, server)
-    health_servicer = health.HealthServicer()
+    service = MarketService(market, refs, server_market_id(tls_files), settings.calls)
+    loop = _LoopThread()
+    try:
+        server, port, health = loop.run(_start_grpc(settings, service, tls_files))
+    except BaseException:
+        loop.close()
+        service.close()
+        store.close()
+        raise
+    log.info(
+        "serving on %s (port %d, %s)",
+        settings.address,
+        port,
+        "mTLS" if settings.require_client_cert else "TLS" if tls_files else "INSECURE",
+    )
+    return RunningServer(server, market, service, port, health, settings, loop)
+
+
+async def _start_grpc(
+    settings: ServerSettings, service: MarketService, tls_files: transport.ServerTlsFiles | None
+) -> tuple[grpc.aio.Server, int, Any]:
+    """The started ``grpc.aio`` server (built on its loop), its port and health servicer."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    calls = settings.calls
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=calls.max_concurrent_rpcs,
+        options=[
+            *transport.message_size_options(),
+            ("grpc.server_handshake_timeout_ms", int(calls.handshake_s * 1000)),
+        ],
+    )
+    server.add_generic_rpc_handlers((service.handler(),))
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = market_pb2.DESCRIPTOR.services_by_name["Market"].full_name
     if settings.reflection:
         from grpc_reflection.v1alpha import reflection
 
         reflection.enable_server_reflection(
-            (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (MARKET_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     credentials = None
     if tls_files is not None:
         credentials = transport.server_credentials(tls_files, settings.require_client_cert)
     port = transport.add_port(server, settings.address, credentials)
-    server.start()
-    for name in ("", service_name):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "serving on %s (port %d, %s)",
-        settings.address,
-        port,
-        "mTLS" if settings.require_client_cert else "TLS" if credentials else "INSECURE",
-    )
-    return RunningServer(server, market, port, health_servicer, settings)
+    await server.start()
+    for name in ("", MARKET_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
 
 
 def _tls_files(settings: ServerSettings) -> transport.ServerTlsFiles | None:

@@ -43,6 +43,7 @@ __all__ = [
     "MARKET_SERVICE",
     "Authenticator",
     "Caller",
+    "Credentials",
     "ReplayCache",
     "abort_with",
     "grpc_status",
@@ -105,6 +106,22 @@ def _tls_common_name(auth_context: Mapping[str, Sequence[bytes]] | None) -> str 
     for value in values:
         return value.decode("utf-8", "replace")
     return None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a call presents: its metadata and, under mTLS, the client certificate's CN."""
+
+    metadata: tuple[tuple[str, str | bytes], ...]
+    tls_common_name: str | None
+
+    @classmethod
+    def of(cls, context: grpc.ServicerContext | grpc.aio.ServicerContext) -> Credentials:
+        """Read from a call's context (a plain or an asyncio one)."""
+        return cls(
+            tuple(context.invocation_metadata() or ()),
+            _tls_common_name(context.auth_context()),
+        )
 
 
 class ReplayCache:
@@ -195,7 +212,7 @@ class Authenticator:
 
     def require(
         self,
-        context: grpc.ServicerContext,
+        context: grpc.ServicerContext | grpc.aio.ServicerContext,
         method: str,
         roles: set[Role] | frozenset[Role],
         request: Message | None,
@@ -206,14 +223,24 @@ class Authenticator:
         Raises ``Unauthenticated`` (missing/unknown/revoked key, bad signature, stale
         timestamp, replay), ``ResourceExhausted`` (replay cache full) or
         ``PermissionDenied`` (role not in ``roles``; ADMIN always passes).
-        The handler turns them into a status with ``abort_with`` / ``status_on_error``.
         """
+        return self.authenticate(Credentials.of(context), method, roles, request)
+
+    def authenticate(
+        self,
+        credentials: Credentials,
+        method: str,
+        roles: set[Role] | frozenset[Role],
+        request: Message | None,
+    ) -> Caller:
+        """``require`` with the credentials already read from the call (the market server
+        reads them on its event loop and checks them in a worker thread)."""
         return self.check(
-            _metadata(context.invocation_metadata()),
+            _metadata(credentials.metadata),
             method,
             roles,
             signing.request_body(request),
-            tls_common_name=_tls_common_name(context.auth_context()),
+            tls_common_name=credentials.tls_common_name,
         )
 
     def check(

@@ -52,6 +52,51 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CallLimits:
+    """What one caller may hold of the server, in time and in calls (issue 12: stalls).
+
+    Deadlines bound what the *client* controls: how long it takes to send its request (or a
+    stream's header), the silence between two messages of a stream (either direction), and a
+    whole upload or download. The server's own work (a search, a smoke run) is not cut.
+    Concurrency limits: calls in flight from one address (checked before the request is
+    read, so it needs no key), calls and streams in flight per key (after authentication),
+    and gRPC's own cap over all calls, health checks included, kept far above the per-address
+    limit so that one address can never starve the health service.
+    """
+
+    first_message_s: float = 10.0
+    idle_s: float = 30.0
+    stream_call_s: float = 3600.0
+    handshake_s: float = 10.0  # a TLS handshake that has not finished by then is dropped
+    max_calls_per_address: int = 256
+    max_calls_per_key: int = 64
+    max_streams_per_key: int = 4  # Submit and Fetch calls of one key at once
+    max_concurrent_rpcs: int = 4096
+    workers: int = 16  # threads for requests (search, list, ...)
+    transfer_workers: int = 16  # threads for uploads and downloads (and judging)
+
+    def __post_init__(self) -> None:
+        for name in ("first_message_s", "idle_s", "stream_call_s", "handshake_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in (
+            "max_calls_per_address",
+            "max_calls_per_key",
+            "max_streams_per_key",
+            "max_concurrent_rpcs",
+            "workers",
+            "transfer_workers",
+        ):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_concurrent_rpcs <= self.max_calls_per_address:
+            raise InvalidInput(
+                "max_concurrent_rpcs must exceed max_calls_per_address (health must answer "
+                "while one address holds all it may)"
+            )
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Everything ``serve`` needs. ``base_models`` are model names (``tiny``, ``smollm2-135m``
     or folders) whose adapters the market accepts; ``pave_model`` is the PAVE spec model."""
@@ -69,8 +114,7 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     run_smoke: bool = True
     smoke_timeout_s: float = 120.0
-    workers: int = 16
-    max_concurrent_rpcs: int = 64
+    calls: CallLimits = field(default_factory=CallLimits)
     reflection: bool = False
     grace_s: float = 10.0
     admin_pub: Path | None = None  # registered as ADMIN at start when given
@@ -78,5 +122,3 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not self.base_models:
             raise InvalidInput("the market needs at least one base model")
-        if self.workers < 1 or self.max_concurrent_rpcs < 1:
-            raise InvalidInput("workers and max_concurrent_rpcs must be >= 1")

@@ -94,6 +94,11 @@ class Unavailable(LwmError, status="UNAVAILABLE", exit_code=13):
     """The market could not be reached."""
 
 
+class DeadlineExceeded(LwmError, status="DEADLINE_EXCEEDED", exit_code=18):
+    """A call took longer than allowed: the caller sent too slowly (the market cut it), or
+    the market answered too slowly (the client's own deadline)."""
+
+
 _BY_STATUS: dict[str, type[LwmError]] = {
     "INVALID_ARGUMENT": InvalidInput,
     "FAILED_PRECONDITION": SchemaMismatch,
@@ -103,7 +108,7 @@ _BY_STATUS: dict[str, type[LwmError]] = {
     "PERMISSION_DENIED": PermissionDenied,
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "UNAVAILABLE": Unavailable,
-    "DEADLINE_EXCEEDED": Unavailable,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
 }
 
 

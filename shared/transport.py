@@ -176,7 +176,7 @@ def channel_credentials(
 
 
 def add_port(
-    server: grpc.Server,
+    server: grpc.Server | grpc.aio.Server,
     address: str,
     credentials: grpc.ServerCredentials | None,
 ) -> int:

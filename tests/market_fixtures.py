@@ -11,7 +11,7 @@ from client.market import Connection, MarketClient
 from server.app import RunningServer, build_server
 from server.pki import ServerDirLayout, init_server_dir
 from server.records import Role
-from server.settings import ServerSettings
+from server.settings import CallLimits, ServerSettings
 from shared import signing
 from shared.home import Home
 
@@ -43,7 +43,9 @@ class MarketUnderTest:
 
 
 @contextmanager
-def market_server(tmp: Path, home: Home, *, run_smoke: bool = True) -> Iterator[MarketUnderTest]:
+def market_server(
+    tmp: Path, home: Home, *, run_smoke: bool = True, calls: CallLimits | None = None
+) -> Iterator[MarketUnderTest]:
     layout = init_server_dir(tmp / "server")
     settings = ServerSettings(
         address="127.0.0.1:0",
@@ -54,6 +56,7 @@ def market_server(tmp: Path, home: Home, *, run_smoke: bool = True) -> Iterator[
         run_smoke=run_smoke,
         admin_pub=layout.admin_pub,
         grace_s=0,
+        calls=calls or CallLimits(),
     )
     running = build_server(settings)
     keys = tmp / "keys"
