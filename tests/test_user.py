@@ -361,7 +361,8 @@ def test_cli_search_fetch_generate_evaluate(world, lwm_home, tmp_path):
     assert found["results"][0]["domain"] == "finance"
     assert set(found["timing"]) == {"spec_s", "network_s", "total_s"}
     table = lwm(
-        world, lwm_home, "search", str(data), *_market_args(world), "--no-dp", "--top-k", "2"
+        world, lwm_home, "search", str(data), *_market_args(world), "--no-dp", "--top-k", "2",
+        "--budget-epsilon", "inf",  # no DP spends without bound: refused under any budget
     )
     assert "NOT differentially private" in table.stderr
     assert "finance-lora" in table.stdout and "no DP" in table.stdout
