@@ -146,7 +146,8 @@ def private_search(
     Filters: ``domain``, ``task``, ``base_model_id``, ``license``.
 
     ``ledger``: the release is checked against and recorded in the data's privacy ledger in
-    ``home`` (``client.privacy_ledger``); ``budget_epsilon`` first sets that ledger's total
+    ``home`` (None: the ``maker``'s, else the default home; ``client.privacy_ledger``);
+    ``budget_epsilon`` first sets that ledger's total
     (``math.inf``: no limit). Only experiments on public demo data (``lwm simulate``) pass
     ``ledger=False``.
     Raises ``SchemaMismatch`` for a kind the market does not take, ``DataError`` for
@@ -160,7 +161,7 @@ def private_search(
     if unknown:
         raise InvalidInput(f"unknown search filter {unknown[0]!r}; use {', '.join(SEARCH_FILTERS)}")
     texts = _texts(data)  # bad data fails here, before the market is contacted
-    home = home or Home.resolve()
+    home = home or (maker.home if maker is not None else Home.resolve())
     spec_seconds = time.perf_counter() - started
     with _held_ledger(texts, home, budget, ledger, budget_epsilon) as held, _client(conn) as client:
         mark = time.perf_counter()

@@ -136,7 +136,7 @@ def _nothing_left(out: Path) -> None:
 # ---------------------------------------------------------------- search, fetch, run
 
 
-def test_each_users_data_finds_its_own_domain_first(world):
+def test_each_users_data_finds_its_own_domain_first(world, lwm_home):
     for slug, texts in world["users"].items():
         outcome = private_search(texts, _uma(world), kind="rkme", maker=world["maker"])
         assert outcome.matches[0].domain == slug, [m.domain for m in outcome.matches]
@@ -144,7 +144,9 @@ def test_each_users_data_finds_its_own_domain_first(world):
         assert outcome.epsilon == 4.0 and outcome.n_texts == USER_TEXTS
         assert outcome.spec_seconds > 0 and outcome.network_seconds > 0
         assert [m.rank for m in outcome.matches] == list(range(1, len(DOMAINS) + 1))
-    filtered = private_search(world["users"]["math"], _uma(world), domain="finance")
+    filtered = private_search(
+        world["users"]["math"], _uma(world), domain="finance", home=lwm_home
+    )
     assert [m.domain for m in filtered.matches] == ["finance"]
 
 
