@@ -1,5 +1,5 @@
 """``lwm search``, ``lwm fetch``, ``lwm generate``, ``lwm evaluate``, ``lwm trust``: the
-user's commands.
+user's commands (``lwm privacy``, the user's privacy ledgers, is in ``client.cli_privacy``).
 
 Attached by ``client.cli`` (``register``). Commands parse options, call ``client.user`` and
 print; every ``LwmError`` becomes one line on stderr and its exit code in ``client.cli.main``.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from client.cli_privacy import BudgetEpsilonOpt
 from shared.cli_options import (
     CaOpt,
     CertKeyOpt,
@@ -126,6 +127,7 @@ def search(
     epsilon: Annotated[float, typer.Option("--epsilon", help="DP epsilon of the spec.")] = 4.0,
     delta: Annotated[float, typer.Option("--delta", help="DP delta of the spec.")] = 1e-5,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Send a NON-private spec.")] = False,
+    budget_epsilon: BudgetEpsilonOpt = None,
     ca: CaOpt = None,
     insecure: InsecureOpt = False,
     cert: CertOpt = None,
@@ -149,6 +151,7 @@ def search(
         delta=delta,
         home=_home(home),
         progress=not as_json,
+        budget_epsilon=budget_epsilon,
         domain=domain,
         task=task,
     )
@@ -156,6 +159,8 @@ def search(
         print(json.dumps(_search_json(outcome), indent=2))
     else:
         _print_matches(outcome)
+        if outcome.ledger is not None:
+            print(f"privacy budget: {outcome.ledger.describe()}")
 
 
 def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
@@ -165,6 +170,7 @@ def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
         **{name: getattr(outcome, name) for name in head},
         "timing": dict(zip(("spec_s", "network_s", "total_s"), seconds, strict=True)),
         "results": [asdict(m) for m in outcome.matches],
+        "privacy_ledger": None if outcome.ledger is None else outcome.ledger.summary(),
     }
 
 

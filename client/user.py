@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.market import Connection, MarketClient, status_name
+from client.privacy_ledger import Ledger, LedgerSession, PrivacyLedgers, planned_report
 from client.specs import SpecMaker
 from client.trust import Signer, TrustStore, refuse_revoked
 from shared import signing
@@ -104,6 +105,7 @@ class SearchOutcome:
     ``spec_seconds`` covers reading the data, loading the encoder / spec model and making
     the DP spec; ``network_seconds`` the ``GetSchema`` and ``Search`` calls (connect, TLS,
     the market's ranking). ``epsilon`` None means the spec was released without DP.
+    ``ledger`` is the data's privacy ledger with this search recorded (None: not accounted).
     """
 
     kind: str
@@ -115,6 +117,7 @@ class SearchOutcome:
     spec_seconds: float
     network_seconds: float
     total_seconds: float
+    ledger: Ledger | None = None
 
 
 def private_search(
@@ -130,6 +133,8 @@ def private_search(
     maker: SpecMaker | None = None,
     progress: bool = False,
     noise_seed: int | None = None,
+    ledger: bool = True,
+    budget_epsilon: float | None = None,
     **filters: str | None,
 ) -> SearchOutcome:
     """Search the market with a DP spec of ``data`` (a data file, or the texts themselves).
@@ -139,8 +144,16 @@ def private_search(
     market's schema. ``noise_seed`` fixes the DP noise (reproducible experiments such as
     ``lwm simulate``; a real user leaves it None, so the noise is fresh every search).
     Filters: ``domain``, ``task``, ``base_model_id``, ``license``.
+
+    ``ledger``: the release is checked against and recorded in the data's privacy ledger in
+    ``home`` (None: the ``maker``'s, else the default home; ``client.privacy_ledger``);
+    ``budget_epsilon`` first sets that ledger's total
+    (``math.inf``: no limit). Only experiments on public demo data (``lwm simulate``) pass
+    ``ledger=False``.
     Raises ``SchemaMismatch`` for a kind the market does not take, ``DataError`` for
-    unreadable data, ``PrivacyError`` for a bad budget, network errors as ``LwmError``.
+    unreadable data, ``PrivacyError`` for a bad budget, ``BudgetExceeded`` (before the
+    spec is computed; for a spent budget or ``no_dp`` under one, before the market is
+    contacted), network errors as ``LwmError``.
     """
     started = time.perf_counter()
     budget = PrivacyBudget(None if no_dp else epsilon, delta)
@@ -148,8 +161,9 @@ def private_search(
     if unknown:
         raise InvalidInput(f"unknown search filter {unknown[0]!r}; use {', '.join(SEARCH_FILTERS)}")
     texts = _texts(data)  # bad data fails here, before the market is contacted
+    home = home or (maker.home if maker is not None else Home.resolve())
     spec_seconds = time.perf_counter() - started
-    with _client(conn) as client:
+    with _held_ledger(texts, home, budget, ledger, budget_epsilon) as held, _client(conn) as client:
         mark = time.perf_counter()
         schema = client.schema().schema
         network = time.perf_counter() - mark
@@ -158,11 +172,16 @@ def private_search(
             raise SchemaMismatch(
                 f"the market takes spec kinds {', '.join(schema.kinds)}, not {chosen!r}"
             )
+        if held is not None:
+            held.admit(planned_report(schema.for_kind(chosen), len(texts), budget))
         mark = time.perf_counter()
         if maker is None or maker.schema != schema:
-            maker = SpecMaker(schema, home or Home.resolve())
+            maker = SpecMaker(schema, home)
         spec = maker.make(texts, chosen, budget, progress=progress, noise_seed=noise_seed)
         spec_seconds += time.perf_counter() - mark
+        spent = None
+        if held is not None:  # recorded before it is sent: a failed send still counts
+            spent = held.record("search", chosen, client.conn.address, spec.privacy)
         mark = time.perf_counter()
         active = {k: v for k, v in filters.items() if v}
         results = client.search(spec, top_k=top_k, **active)
@@ -177,7 +196,28 @@ def private_search(
         spec_seconds=spec_seconds,
         network_seconds=network,
         total_seconds=time.perf_counter() - started,
+        ledger=spent,
     )
+
+
+@contextmanager
+def _held_ledger(
+    texts: list[str],
+    home: Home,
+    budget: PrivacyBudget,
+    enabled: bool,
+    budget_epsilon: float | None,
+) -> Iterator[LedgerSession | None]:
+    """The data's ledger, locked for this search, once the release passed the checks that
+    need no market (``Ledger.precheck``); None when the search is not accounted."""
+    if not enabled:
+        yield None
+        return
+    with PrivacyLedgers.at(home).session(
+        texts, delta=budget.delta, budget_epsilon=budget_epsilon
+    ) as held:
+        held.ledger.precheck(budget)
+        yield held
 
 
 def _texts(data: str | Path | Sequence[str]) -> list[str]:

@@ -90,6 +90,11 @@ class ResourceExhausted(LwmError, status="RESOURCE_EXHAUSTED", exit_code=12):
     """A size or rate limit was hit."""
 
 
+class BudgetExceeded(ResourceExhausted, exit_code=17):
+    """A release from the user's data would take its privacy ledger past its total epsilon
+    (``client.privacy_ledger``): refused before the spec is computed or sent."""
+
+
 class Unavailable(LwmError, status="UNAVAILABLE", exit_code=13):
     """The market could not be reached."""
 

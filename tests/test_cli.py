@@ -34,7 +34,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 def test_help_lists_the_commands(lwm_home):
     out = lwm(lwm_home, "--help").stdout
-    for command in ("spec", "models", "data", "simulate"):
+    for command in ("spec", "models", "data", "simulate", "privacy"):
         assert command in out
 
 
@@ -106,12 +106,19 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
         (["spec", "rank", "NOFILE", "NOFILE"], 4, "not found"),
         (["keys", "new", "alice", "--out", "D"], 2, "File exists"),  # --out is a file
         (["keys", "new", "../alice"], 2, "plain file stem"),
+        # the privacy ledger (tests/test_privacy_ledger.py spends and refuses a budget)
+        (["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--budget-epsilon", "-1"],
+         2, "budget epsilon"),
+        (["privacy", "budget", "0", "--data", "D.jsonl"], 2, "budget epsilon"),
+        (["privacy", "reset", "--data", "D.jsonl"], 2, "--yes"),
+        (["privacy", "reset", "--data", "D.jsonl", "--yes"], 7, "nothing was recorded"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, needle):
     (tmp_path / "EMPTY").write_text("")
     write_jsonl(tmp_path / "D", ["a perfectly fine text to make a spec from"])
-    args = [str(tmp_path / a) if a in ("EMPTY", "D", "NOFILE") else a for a in args]
+    write_jsonl(tmp_path / "D.jsonl", ["a perfectly fine text to make a spec from"])
+    args = [str(tmp_path / a) if a in ("EMPTY", "D", "D.jsonl", "NOFILE") else a for a in args]
     proc = subprocess.run(
         [sys.executable, "-m", "client.cli", *args],
         capture_output=True,

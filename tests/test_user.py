@@ -136,7 +136,7 @@ def _nothing_left(out: Path) -> None:
 # ---------------------------------------------------------------- search, fetch, run
 
 
-def test_each_users_data_finds_its_own_domain_first(world):
+def test_each_users_data_finds_its_own_domain_first(world, lwm_home):
     for slug, texts in world["users"].items():
         outcome = private_search(texts, _uma(world), kind="rkme", maker=world["maker"])
         assert outcome.matches[0].domain == slug, [m.domain for m in outcome.matches]
@@ -144,7 +144,9 @@ def test_each_users_data_finds_its_own_domain_first(world):
         assert outcome.epsilon == 4.0 and outcome.n_texts == USER_TEXTS
         assert outcome.spec_seconds > 0 and outcome.network_seconds > 0
         assert [m.rank for m in outcome.matches] == list(range(1, len(DOMAINS) + 1))
-    filtered = private_search(world["users"]["math"], _uma(world), domain="finance")
+    filtered = private_search(
+        world["users"]["math"], _uma(world), domain="finance", home=lwm_home
+    )
     assert [m.domain for m in filtered.matches] == ["finance"]
 
 
@@ -361,7 +363,8 @@ def test_cli_search_fetch_generate_evaluate(world, lwm_home, tmp_path):
     assert found["results"][0]["domain"] == "finance"
     assert set(found["timing"]) == {"spec_s", "network_s", "total_s"}
     table = lwm(
-        world, lwm_home, "search", str(data), *_market_args(world), "--no-dp", "--top-k", "2"
+        world, lwm_home, "search", str(data), *_market_args(world), "--no-dp", "--top-k", "2",
+        "--budget-epsilon", "inf",  # no DP spends without bound: refused under any budget
     )
     assert "NOT differentially private" in table.stderr
     assert "finance-lora" in table.stdout and "no DP" in table.stdout
