@@ -21,6 +21,7 @@ import grpc
 
 from server.blobs import BlobStore
 from server.checker import Checker, describe_base_models
+from server.judging import JudgingGate
 from server.market import Market
 from server.records import Role
 from server.service import MarketService
@@ -43,8 +44,10 @@ class RunningServer:
     settings: ServerSettings
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING first, then let in-flight calls finish."""
+        """Graceful stop: NOT_SERVING first, smoke runs killed (they stay PENDING), then
+        let in-flight calls finish."""
         self.health.enter_graceful_shutdown()
+        self.market.close()
         self.server.stop(self.settings.grace_s if grace_s is None else grace_s).wait()
         self.market.store.close()
 
@@ -84,12 +87,14 @@ def build_server(settings: ServerSettings) -> RunningServer:
         smoke_timeout_s=settings.smoke_timeout_s,
         run_smoke=settings.run_smoke,
         spec_limits=settings.limits.spec,
+        smoke_limits=settings.smoke_limits,
+        gate=JudgingGate(settings.max_concurrent_smokes, settings.max_waiting_judgments),
     )
     store = Store.open(settings.db_url)
     market = Market(store, BlobStore(settings.blobs_dir), checker, settings.limits)
     if settings.admin_pub is not None:
         _ensure_admin(market, settings.admin_pub.read_bytes())
-    market.start()
+    pending = market.start()
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="lwm-rpc"),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -115,6 +120,10 @@ def build_server(settings: ServerSettings) -> RunningServer:
     server.start()
     for name in ("", service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # PENDING learnwares are judged after serving starts, not before (minutes each).
+    rejudge = threading.Thread(target=market.rejudge, args=(pending,), name="lwm-rejudge")
+    rejudge.daemon = True
+    rejudge.start()
     log.info(
         "serving on %s (port %d, %s)",
         settings.address,
