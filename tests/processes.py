@@ -54,3 +54,14 @@ def is_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def is_confined(pid: int) -> bool:
+    """Whether smoke run ``pid`` has confined itself (``server.sandbox.confine``): its CPU
+    time limit is set, and it set its parent-death signal before that."""
+    try:
+        limits = Path(f"/proc/{pid}/limits").read_text()
+    except OSError:
+        return False
+    line = next((li for li in limits.splitlines() if li.startswith("Max cpu time")), "")
+    return bool(line) and line.split()[3] != "unlimited"

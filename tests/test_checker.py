@@ -35,7 +35,7 @@ from builders import (
     write_raw_spec,
     write_specs,
 )
-from processes import child_pids, is_alive, wait_for
+from processes import child_pids, is_alive, is_confined, wait_for
 
 from server.checker import AcceptedBase, Checker, Judgment, check_static, describe_base_models
 from server.records import Status
@@ -584,15 +584,8 @@ subprocess.Popen(command, start_new_session=True).wait()
 
 
 def _confined_child(pid: int) -> int | None:
-    """The child of ``pid`` once it has confined itself (its CPU limit is in place)."""
-    for child in child_pids(pid):
-        try:
-            limits = Path(f"/proc/{child}/limits").read_text()
-        except OSError:
-            continue
-        if re.search(r"Max cpu time\s+77\s", limits):  # set after PR_SET_PDEATHSIG
-            return child
-    return None
+    """The child of ``pid`` once it has confined itself."""
+    return next((child for child in child_pids(pid) if is_confined(child)), None)
 
 
 def test_base_model_the_market_cannot_load_is_an_internal_error(kit: Kit, tmp_path: Path) -> None:
