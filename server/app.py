@@ -27,6 +27,7 @@ import grpc
 from server.auth import MARKET_SERVICE
 from server.blobs import BlobStore
 from server.checker import Checker, describe_base_models
+from server.judging import JudgingGate
 from server.market import Market
 from server.records import Role
 from server.service import MarketService
@@ -68,16 +69,14 @@ class RunningServer:
     _loop: _LoopThread
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING first, then let in-flight calls finish."""
-        grace = self.settings.grace_s if grace_s is None else grace_s
-        self._loop.run(self._stop(grace))
+        """Graceful stop: NOT_SERVING first, smoke runs killed (they stay PENDING), then
+        let in-flight calls finish."""
+        self._loop.run(self.health.enter_graceful_shutdown())
+        self.market.close()
+        self._loop.run(self.server.stop(self.settings.grace_s if grace_s is None else grace_s))
         self._loop.close()
         self.service.close()
         self.market.store.close()
-
-    async def _stop(self, grace_s: float) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
 
 
 def limit_blas_threads() -> None:
@@ -113,12 +112,14 @@ def build_server(settings: ServerSettings) -> RunningServer:
         smoke_timeout_s=settings.smoke_timeout_s,
         run_smoke=settings.run_smoke,
         spec_limits=settings.limits.spec,
+        smoke_limits=settings.smoke_limits,
+        gate=JudgingGate(settings.max_concurrent_smokes, settings.max_waiting_judgments),
     )
     store = Store.open(settings.db_url)
     market = Market(store, BlobStore(settings.blobs_dir), checker, settings.limits)
     if settings.admin_pub is not None:
         _ensure_admin(market, settings.admin_pub.read_bytes())
-    market.start()
+    pending = market.start()
     tls_files = _tls_files(settings)
     refs = [b.ref for b in base_models.values()]
     service = MarketService(market, refs, server_market_id(tls_files), settings.calls)
@@ -130,6 +131,10 @@ def build_server(settings: ServerSettings) -> RunningServer:
         service.close()
         store.close()
         raise
+    # PENDING learnwares are judged after serving starts, not before (minutes each).
+    rejudge = threading.Thread(target=market.rejudge, args=(pending,), name="lwm-rejudge")
+    rejudge.daemon = True
+    rejudge.start()
     log.info(
         "serving on %s (port %d, %s)",
         settings.address,

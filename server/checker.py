@@ -10,7 +10,9 @@
    fits its base-model module and the config's ``r``.
 2. ``run_smoke`` (``server/smoke.py``): base model + adapter with plain
    ``PeftModel.from_pretrained`` in a *subprocess* with a timeout, a few greedy tokens,
-   finite logits. The subprocess isolates crashes, hangs and memory blow-ups from the server.
+   finite logits. The subprocess isolates crashes, hangs and memory blow-ups from the server;
+   it runs under ``SmokeLimits`` (``server/sandbox.py``), and at most as many run at once
+   as the ``JudgingGate`` (``server/judging.py``) allows.
 3. ``Checker`` ties both together. ``Market.submit`` runs its two stages apart, so that a
    package is stored (as PENDING) between them: ``check_static`` raises for a bad package
    (the upload is refused, nothing is kept), ``judge`` runs the smoke stage and returns a
@@ -31,7 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.judging import JudgingGate
 from server.records import Status
+from server.sandbox import SmokeLimits
 from server.smoke import SmokeResult, one_line, run_smoke
 from shared import signing
 from shared.errors import (
@@ -238,7 +242,9 @@ class Checker:
     """The market's checker: static checks, then (unless disabled) the smoke run.
 
     ``base_models`` is keyed by ``model_id`` (``describe_base_models``). One instance serves
-    many packages and may be shared by threads: it holds no per-check state.
+    many packages and may be shared by threads: it holds no per-check state. Its ``gate``
+    bounds the smoke runs (default: one at a time, eight uploads waiting); ``close`` kills
+    the running ones (their judgments raise ``Unavailable``).
     """
 
     def __init__(
@@ -250,6 +256,8 @@ class Checker:
         smoke_timeout_s: float = 120.0,
         run_smoke: bool = True,
         spec_limits: SpecLimits | None = None,
+        smoke_limits: SmokeLimits | None = None,
+        gate: JudgingGate | None = None,
     ) -> None:
         self.schema = schema
         self.base_models = dict(base_models)
@@ -258,6 +266,12 @@ class Checker:
         self.spec_limits = spec_limits or SpecLimits()
         self.smoke_timeout_s = smoke_timeout_s
         self.smoke_enabled = run_smoke
+        self.smoke_limits = smoke_limits or SmokeLimits()
+        self.gate = gate or JudgingGate()
+
+    def close(self) -> None:
+        """Kill every running smoke run now and refuse new ones (the market is stopping)."""
+        self.gate.close()
 
     def check_static(
         self, package_dir: Path, contributor_public_key: signing.Ed25519PublicKey | bytes
@@ -304,7 +318,15 @@ class Checker:
         manifest, specs = static.manifest, list(static.specs)
         if not self.smoke_enabled:
             return Judgment(Status.USABLE, "", manifest, specs, time.monotonic() - start)
-        smoke = run_smoke(package_dir, static.base, self.home, self.smoke_timeout_s)
+        with self.gate.running() as slot:
+            smoke = run_smoke(
+                package_dir,
+                static.base,
+                self.home,
+                self.smoke_timeout_s,
+                limits=self.smoke_limits,
+                on_start=slot.attach,
+            )
         if not smoke.ok:
             reason = f"smoke run: {smoke.reason}"
             error = ResourceExhausted(reason) if smoke.timed_out else InvalidInput(reason)

@@ -51,6 +51,7 @@ from shared.errors import (
     Revoked,
     SpecError,
     Unauthenticated,
+    Unavailable,
 )
 from shared.learnware import unpack_tar
 from shared.spec.ranking import to_index_point
@@ -118,22 +119,43 @@ class Market:
         }
 
     # ------------------------------------------------------------------ start-up
-    def start(self) -> None:
-        """Make memory agree with disk after any crash: temp files, orphans, PENDING, index."""
+    def start(self) -> list[LearnwareRecord]:
+        """Make memory agree with disk after any crash: temp files, orphans, index.
+
+        Returns the learnwares a crash or stop left PENDING, without judging them: a smoke
+        run takes seconds to minutes each, and the market must serve first. The caller
+        hands them to ``rejudge`` once serving (``server.app`` does, in a thread)."""
         removed = self.blobs.cleanup_temp()
         orphans = self.blobs.gc(self.store.referenced_blobs())
         pending = list(self._all(LearnwareFilter(status=Status.PENDING)))
-        for record in pending:  # a crash between insert and judgment: judge again now
-            self._recheck(record)
         self._load_usable()
         log.info(
             "market ready: %d usable learnwares, %d temp files and %d orphan blobs removed, "
-            "%d pending re-checked",
+            "%d pending to judge again",
             len(self._usable),
             removed,
             orphans,
             len(pending),
         )
+        return pending
+
+    def rejudge(self, pending: Iterable[LearnwareRecord]) -> None:
+        """Judge again what ``start`` found PENDING, one after another through the checker's
+        gate (so never more smoke runs than an upload would get). Stops when the market
+        stops (they stay PENDING for the next start); a failure of one is logged, not
+        raised: this runs in a background thread."""
+        for record in pending:
+            try:
+                self._recheck(record)
+            except Unavailable:
+                return  # stopping: the rest stays PENDING until the next start
+            except Exception:
+                log.exception("judging learnware %s again failed; it stays PENDING", record.id)
+
+    def close(self) -> None:
+        """Stop judging: kill the running smoke runs at once (their learnwares stay PENDING,
+        to be judged again after the next start); later uploads get UNAVAILABLE."""
+        self.checker.close()
 
     def _load_usable(self) -> None:
         with self._lock:
@@ -214,7 +236,15 @@ class Market:
         """Store, check and publish one upload (the steps of ``server.submission``).
 
         Raises an LwmError and leaves nothing behind when the upload is refused; once it
-        is stored (PENDING), the judgment makes it USABLE or REJECTED with a reason."""
+        is stored (PENDING), the judgment makes it USABLE or REJECTED with a reason. The
+        upload holds a place at the checker's gate from before its first byte to the end
+        (ResourceExhausted when too many are being judged or wait for it)."""
+        with self.checker.gate.place():
+            return self._submit(caller, header, chunks)
+
+    def _submit(
+        self, caller: Caller, header: Header, chunks: Iterable[tuple[int, bytes]]
+    ) -> LearnwareRecord:
         upload = self._admit(caller, header)
         with scratch_dir(self.blobs.work_dir) as workdir:
             with self.blobs.provisional(header.sha256, self._owned):
@@ -250,7 +280,11 @@ class Market:
         return record is not None and record.status is not Status.REJECTED
 
     def _recheck(self, record: LearnwareRecord) -> LearnwareRecord:
-        """Judge a PENDING learnware again from its stored package, as an upload is."""
+        """Judge a PENDING learnware again from its stored package, as an upload is (unless
+        it left PENDING meanwhile: withdrawn while it waited)."""
+        record = self.store.get(record.id, with_specs=False)
+        if record.status is not Status.PENDING:
+            return record
         key = self.store.get_key(record.contributor_key_id)
         if key is None:
             return self._conclude(record, _refusal("contributor key unknown"))

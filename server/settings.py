@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.sandbox import SmokeLimits
 from shared.errors import InvalidInput
 from shared.learnware import PackageLimits
 from shared.spec.claims import SpecLimits
@@ -114,6 +115,9 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     run_smoke: bool = True
     smoke_timeout_s: float = 120.0
+    smoke_limits: SmokeLimits = field(default_factory=SmokeLimits)
+    max_concurrent_smokes: int = 1  # smoke subprocesses at once (each loads a base model)
+    max_waiting_judgments: int = 8  # uploads waiting for one; more: RESOURCE_EXHAUSTED
     calls: CallLimits = field(default_factory=CallLimits)
     reflection: bool = False
     grace_s: float = 10.0
@@ -122,3 +126,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not self.base_models:
             raise InvalidInput("the market needs at least one base model")
+        if self.max_concurrent_smokes < 1 or self.max_waiting_judgments < 0:
+            raise InvalidInput(
+                "max_concurrent_smokes must be >= 1 and max_waiting_judgments >= 0, got "
+                f"{self.max_concurrent_smokes} and {self.max_waiting_judgments}"
+            )

@@ -3,10 +3,12 @@
 Two halves in one module, so the protocol between them lives in one place:
 
 * ``run_smoke`` (the market side) starts ``python -m server.smoke`` with no shell, offline
-  Hugging Face settings and a timeout, and turns its exit code and last stdout line into a
-  ``SmokeResult``. A subprocess because loading an untrusted adapter may crash, hang or eat
-  memory; none of that may reach the server.
-* ``main`` (the subprocess) loads the base model by name with ``load_causal_lm``, applies the
+  Hugging Face settings, a timeout and ``SmokeLimits`` (``server/sandbox.py``) in its own
+  process group, and turns its exit code and last stdout line into a ``SmokeResult``. A
+  subprocess because loading an untrusted adapter may crash, hang or eat memory; none of
+  that may reach the server.
+* ``main`` (the subprocess) first confines itself (rlimits; killed when its parent dies),
+  then loads the base model by name with ``load_causal_lm``, applies the
   adapter with plain ``PeftModel.from_pretrained`` from a private folder holding only the
   package's ``adapter_model.safetensors`` and ``adapter_config.json`` (so peft can never fall
   back to a pickled ``.bin``; ``torch.load`` is also disabled meanwhile), checks that peft
@@ -30,11 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.sandbox import SmokeLimits, confine, kill_group
 from shared.errors import ModelUnavailable
 from shared.home import Home
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -47,6 +50,11 @@ EXIT_REJECTED = 1
 EXIT_INTERNAL = 2
 PROMPT = "The market checks every learnware before anyone may use it. It"
 _REASON_CHARS = 400
+#: Signals the kernel sends a smoke run that exceeds one of its ``SmokeLimits``.
+_LIMIT_SIGNALS: dict[int, str] = {
+    int(signal.SIGXCPU): " (over its CPU time limit)",
+    int(signal.SIGXFSZ): " (over its file size limit)",
+}
 #: The folder holding ``server/``: the subprocess runs there, never in a package folder.
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,21 +80,19 @@ def run_smoke(
     timeout_s: float = 120.0,
     *,
     max_new_tokens: int = 4,
+    limits: SmokeLimits | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> SmokeResult:
     """Smoke-run a statically checked package in a subprocess killed after ``timeout_s``.
 
-    Returns a failed ``SmokeResult`` for anything the adapter causes (error, crash, NaN,
-    timeout); raises ``ModelUnavailable`` when the base model could not be loaded or is not
-    the weights ``base.ref.sha256`` names, which is the market's fault, not the contributor's.
+    The subprocess runs under ``limits`` (default ``SmokeLimits()``); ``on_start`` is
+    given its process as soon as it exists (the judging gate keeps it, to kill it when
+    the market stops). Returns a failed ``SmokeResult`` for anything the adapter causes
+    (error, crash, NaN, a limit exceeded, timeout); raises ``ModelUnavailable`` when the
+    base model could not be loaded or is not the weights ``base.ref.sha256`` names, which
+    is the market's fault, not the contributor's.
     """
-    command = [
-        sys.executable, "-m", "server.smoke",
-        "--package", str(Path(package_dir).resolve()),
-        "--base", base.name,
-        "--sha256", base.ref.sha256,
-        "--home", str(home.root),
-        "--tokens", str(max_new_tokens),
-    ]  # fmt: skip
+    command = smoke_command(package_dir, base, home, max_new_tokens, limits or SmokeLimits())
     start = time.monotonic()
     process = subprocess.Popen(
         command,
@@ -97,13 +103,38 @@ def run_smoke(
         env=_smoke_env(),
         start_new_session=True,  # its own process group, so a timeout kills all of it
     )
+    if on_start is not None:
+        on_start(process)
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        kill_group(process)
+        process.communicate()
         seconds = time.monotonic() - start
         return SmokeResult(False, f"timed out after {timeout_s:g} s", seconds, timed_out=True)
     return _outcome(process.returncode, stdout, stderr, time.monotonic() - start)
+
+
+def smoke_command(
+    package_dir: Path,
+    base: AcceptedBase,
+    home: Home,
+    max_new_tokens: int,
+    limits: SmokeLimits,
+    parent_pid: int | None = None,
+) -> list[str]:
+    """The subprocess's command line; ``parent_pid`` (default: this process) is the
+    process whose death kills it."""
+    return [
+        sys.executable, "-m", "server.smoke",
+        "--package", str(Path(package_dir).resolve()),
+        "--base", base.name,
+        "--sha256", base.ref.sha256,
+        "--home", str(home.root),
+        "--tokens", str(max_new_tokens),
+        "--parent-pid", str(os.getpid() if parent_pid is None else parent_pid),
+        *limits.to_args(),
+    ]  # fmt: skip
 
 
 def _smoke_env() -> dict[str, str]:
@@ -119,12 +150,6 @@ def _smoke_env() -> dict[str, str]:
     return env
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
-
-
 def _outcome(code: int, stdout: bytes, stderr: bytes, seconds: float) -> SmokeResult:
     report = _last_json_line(stdout)
     if code == EXIT_OK and report is not None and report.get("ok") is True:
@@ -134,7 +159,7 @@ def _outcome(code: int, stdout: bytes, stderr: bytes, seconds: float) -> SmokeRe
         raise ModelUnavailable(one_line(f"smoke run could not start: {reason or _tail(stderr)}"))
     if not reason:
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        reason = f"{how}: {_tail(stderr)}"
+        reason = f"{how}{_LIMIT_SIGNALS.get(-code, '')}: {_tail(stderr)}"
     return SmokeResult(False, one_line(reason), seconds)
 
 
@@ -170,16 +195,19 @@ class _Rejected(Exception):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m server.smoke``; see the module docstring for the protocol."""
     args = _parse(argv)
+    confine(_limits(args), args.parent_pid)  # first: nothing of the package is read before
     try:
         lm = _load_base(args.base, Path(args.home), args.sha256)
     except Exception as err:  # any failure here is the market's set-up, not the adapter
-        return _emit(EXIT_INTERNAL, reason=f"base model {args.base!r}: {_describe(err)}")
+        reason = f"base model {args.base!r}: {_describe(err, args.memory_bytes)}"
+        return _emit(EXIT_INTERNAL, reason=reason)
     try:
         tokens = _smoke(lm, Path(args.package), args.tokens)
     except _Rejected as err:
         return _emit(EXIT_REJECTED, reason=str(err))
     except Exception as err:  # peft/torch errors on a bad adapter: reject with the reason
-        return _emit(EXIT_REJECTED, reason=f"adapter failed to load or run: {_describe(err)}")
+        reason = f"adapter failed to load or run: {_describe(err, args.memory_bytes)}"
+        return _emit(EXIT_REJECTED, reason=reason)
     return _emit(EXIT_OK, tokens=tokens)
 
 
@@ -190,7 +218,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sha256", required=True, help="expected weights sha256 of the base")
     parser.add_argument("--home", required=True, help="lwm home holding the base model")
     parser.add_argument("--tokens", type=int, default=4, help="tokens to generate")
+    parser.add_argument("--parent-pid", type=int, required=True, help="die with this process")
+    for name in ("memory-bytes", "cpu-s", "open-files", "file-bytes"):
+        parser.add_argument(f"--{name}", type=int, required=True, help="see SmokeLimits")
     return parser.parse_args(argv)
+
+
+def _limits(args: argparse.Namespace) -> SmokeLimits:
+    return SmokeLimits(args.memory_bytes, args.cpu_s, args.open_files, args.file_bytes)
 
 
 def _emit(code: int, **fields: Any) -> int:
@@ -199,8 +234,24 @@ def _emit(code: int, **fields: Any) -> int:
     return code
 
 
-def _describe(err: BaseException) -> str:
-    return one_line(f"{type(err).__name__}: {err}")
+def _describe(err: BaseException, memory_bytes: int) -> str:
+    """The error in one line; out of memory also names the limit (an operator may have
+    set it too low for the base model: the reason must say which limit was hit)."""
+    text = f"{type(err).__name__}: {err}"
+    if _out_of_memory(err):
+        text = f"out of memory under the smoke run's limit of {memory_bytes // 2**20} MiB ({text})"
+    return one_line(text)
+
+
+def _out_of_memory(err: BaseException | None) -> bool:
+    """Whether ``err`` or its causes say an allocation or a library mapping failed (under
+    RLIMIT_AS, importing torch fails with "failed to map segment from shared object")."""
+    signs = ("memory", "failed to map segment")
+    while err is not None:
+        if isinstance(err, MemoryError) or any(s in str(err).lower() for s in signs):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _load_base(name: str, home: Path, sha256: str) -> Any:

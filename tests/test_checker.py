@@ -6,8 +6,13 @@ properly (``rebuild_learnware``), so each test reaches the check it is about.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,10 +35,12 @@ from builders import (
     write_raw_spec,
     write_specs,
 )
+from processes import child_pids, is_alive, is_confined, wait_for
 
 from server.checker import AcceptedBase, Checker, Judgment, check_static, describe_base_models
 from server.records import Status
-from server.smoke import run_smoke
+from server.sandbox import SmokeLimits
+from server.smoke import run_smoke, smoke_command
 from shared import signing
 from shared.errors import (
     IntegrityError,
@@ -51,6 +58,7 @@ from shared.models import ModelRef, model_ref
 from shared.spec.schema import MarketSchema
 
 V_PROJ = "base_model.model.model.layers.0.self_attn.v_proj"
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -298,6 +306,10 @@ def base_unknown(kit: Kit, tmp: Path) -> Path:
     return with_manifest(base_model=unknown)(kit, tmp)
 
 
+#: Backtracks exponentially on a long name without a match (peft re.fullmatch-es a string
+#: exclude_modules over every module name: it hung the smoke run for its full timeout).
+CATASTROPHIC_REGEX = "(a+)+$"
+
 STATIC_CASES: dict[str, tuple[Edit, type[LwmError], str]] = {
     "wrong tensor shape": (
         set_tensor(f"{V_PROJ}.lora_A.weight", torch.zeros(4, 65)),
@@ -338,6 +350,31 @@ STATIC_CASES: dict[str, tuple[Edit, type[LwmError], str]] = {
         with_config(target_modules=["q_proj"]),
         InvalidInput,
         r"module 'model\.layers\.0\.self_attn\.v_proj', which is not in target_modules",
+    ),
+    "regex in exclude_modules (issue 12)": (
+        with_config(exclude_modules=CATASTROPHIC_REGEX),
+        InvalidInput,
+        r"exclude_modules=.* refused; must be a list of plain module names",
+    ),
+    "target_modules as a string, even a plain one": (
+        with_config(target_modules="v_proj"),
+        InvalidInput,
+        r'target_modules="v_proj" refused; must be a list of plain module names',
+    ),
+    "regex in a target_modules list": (
+        with_config(target_modules=["q_proj", ".*v_proj"]),
+        InvalidInput,
+        r"target_modules=.* refused",
+    ),
+    "regex in layers_pattern": (
+        with_config(layers_pattern=CATASTROPHIC_REGEX, layers_to_transform=[0]),
+        InvalidInput,
+        r"layers_pattern=.* refused; must be a plain name",
+    ),
+    "regex as an alpha_pattern key": (
+        with_config(alpha_pattern={CATASTROPHIC_REGEX: 8}),
+        InvalidInput,
+        r"alpha_pattern=.* refused; must be an object of plain module names",
     ),
     "not a LoRA config": (with_config(peft_type="IA3"), InvalidInput, r'peft_type="IA3" refused'),
     "auto_mapping names code": (
@@ -472,14 +509,14 @@ def test_adapter_with_nan_weights_fails_the_smoke_run(kit: Kit, tmp_path: Path) 
 
 
 def test_tensors_peft_would_ignore_fail_the_smoke_run(kit: Kit, tmp_path: Path) -> None:
-    """A regex target_modules is only checked by loading: peft must load every tensor.
+    """``layers_to_transform`` is only checked by loading: peft must load every tensor.
 
-    Here the regex leaves out the 8 v_proj tensors (A and B of 4 layers)."""
-    package = with_config(target_modules=r".*\.q_proj")(kit, tmp_path)
+    Here layer 0 alone leaves out the 12 tensors of layers 1 to 3 (A and B of q and v)."""
+    package = with_config(layers_to_transform=[0])(kit, tmp_path)
 
     judgment = kit.checker(smoke_timeout_s=120).check(package, kit.public)
 
-    assert_rejected(judgment, InvalidInput, r"^smoke run: peft ignored 8 adapter tensor\(s\)")
+    assert_rejected(judgment, InvalidInput, r"^smoke run: peft ignored 12 adapter tensor\(s\)")
 
 
 def test_smoke_run_that_times_out_is_rejected(kit: Kit) -> None:
@@ -491,6 +528,64 @@ def test_smoke_run_that_times_out_is_rejected(kit: Kit) -> None:
     assert_rejected(judgment, ResourceExhausted, r"^smoke run: timed out after 0\.5 s")
     assert judgment.smoke is not None and judgment.smoke.timed_out
     assert time.monotonic() - start < 5.0  # killed, not waited for
+
+
+def test_a_catastrophic_regex_is_refused_fast_without_a_smoke_run(kit: Kit, tmp_path: Path) -> None:
+    package = with_config(exclude_modules=CATASTROPHIC_REGEX)(kit, tmp_path)
+
+    start = time.monotonic()
+    judgment = kit.checker(smoke_timeout_s=120).check(package, kit.public)
+
+    assert_rejected(judgment, InvalidInput, r"exclude_modules=\"\(a\+\)\+\$\" refused")
+    assert judgment.smoke is None and time.monotonic() - start < 5.0
+
+
+def test_a_memory_limit_too_small_for_the_run_fails_it_with_a_clear_reason(kit: Kit) -> None:
+    checker = kit.checker(smoke_timeout_s=120, smoke_limits=SmokeLimits(memory_bytes=256 * MIB))
+
+    with pytest.raises(ModelUnavailable) as raised:
+        checker.check(kit.package, kit.public)
+
+    assert "out of memory under the smoke run's limit of 256 MiB" in str(raised.value)
+
+
+def test_the_smoke_run_dies_with_its_parent(kit: Kit, tmp_path: Path) -> None:
+    """The child confines itself (rlimits) and asks the kernel to kill it with its parent;
+    stopped (as a hung run would be) and orphaned by a SIGKILL, it is gone within seconds."""
+    base = kit.bases[kit.manifest.base_model.model_id]
+    limits = SmokeLimits(memory_bytes=3000 * MIB, cpu_s=77)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, *smoke_command(kit.package, base, kit.home, 4, limits, 0)],
+        cwd=Path(__file__).resolve().parent.parent,  # where ``-m server.smoke`` is found
+    )
+    child = None
+    try:
+        child = wait_for(lambda: _confined_child(parent.pid), timeout_s=60)
+        assert child is not None, "no smoke child under its limits appeared within 60 s"
+        os.kill(child, signal.SIGSTOP)  # a hung run: it will not finish by itself
+        parent.kill()
+        parent.wait(10)
+
+        assert wait_for(lambda: not is_alive(child), timeout_s=5), "the child outlived its parent"
+    finally:
+        parent.kill()
+        for pid in [child] if child else child_pids(parent.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+#: A parent that starts the smoke command given as argv (its own pid put in) and waits.
+PARENT = """
+import os, subprocess, sys
+command = sys.argv[1:]
+command[command.index("--parent-pid") + 1] = str(os.getpid())
+subprocess.Popen(command, start_new_session=True).wait()
+"""
+
+
+def _confined_child(pid: int) -> int | None:
+    """The child of ``pid`` once it has confined itself."""
+    return next((child for child in child_pids(pid) if is_confined(child)), None)
 
 
 def test_base_model_the_market_cannot_load_is_an_internal_error(kit: Kit, tmp_path: Path) -> None:

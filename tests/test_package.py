@@ -523,3 +523,44 @@ def test_package_folder_loads_with_plain_peft(tmp_path: Path, inputs, keys) -> N
 
     weight = loaded.base_model.model.model.layers[0].self_attn.v_proj.lora_B["default"].weight
     assert torch.all(weight == 0.5)
+
+
+# ---------------------------------------------------------------- adapter policy (issue 12)
+
+
+def test_the_adapter_config_our_fine_tuning_writes_passes_the_policy(lwm_home, tmp_path) -> None:
+    """The policy refuses module names that are regular expressions; the project's own
+    fine-tuning (``client.finetune.lora_model``, saved by peft) must still pass it."""
+    from client.finetune import FinetuneConfig, lora_model
+    from shared.learnware.adapter_policy import check_config
+    from shared.models import load_causal_lm
+
+    model = lora_model(load_causal_lm("tiny", lwm_home), FinetuneConfig())
+    model.save_pretrained(str(tmp_path), safe_serialization=True)
+
+    settings = check_config(tmp_path / "adapter_config.json")
+
+    assert settings.targets is not None and sorted(settings.targets) == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exclude_modules": "(a+)+$"},
+        {"target_modules": "v_proj"},
+        {"target_modules": ["v_proj|q_proj"]},
+        {"layers_pattern": "(layers)+", "layers_to_transform": [0]},
+        {"alpha_pattern": {"(a+)+$": 16}},
+    ],
+)
+def test_module_names_that_are_regular_expressions_are_refused(tmp_path, changes) -> None:
+    """peft reads a string ``target_modules``/``exclude_modules`` as a regex over every
+    module name (one hung the market's smoke run for 120 s); the client applies the same
+    policy to every learnware it loads."""
+    from shared.learnware.adapter_policy import check_config
+
+    config = {"peft_type": "LORA", "r": 4, "target_modules": ["v_proj"], **changes}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+
+    with pytest.raises(InvalidInput, match=r"refused; must be (a list of plain|a plain|an object)"):
+        check_config(tmp_path / "adapter_config.json")

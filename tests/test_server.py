@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
+import signal
 import tarfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from builders import (
     write_specs,
 )
 from market_fixtures import market_server
+from processes import is_alive, smoke_pids, wait_for
 from sqlalchemy import event
 
 from client.market import query_spec
@@ -31,9 +35,11 @@ from server.auth import Caller
 from server.blobs import BlobStore
 from server.checker import Checker, Judgment, describe_base_models
 from server.db import SpecRow
+from server.judging import JudgingGate
 from server.key_cache import KeyCache
 from server.market import Market
 from server.records import KeyRecord, LearnwareFilter, LearnwareRecord, Role, Status
+from server.sandbox import SmokeLimits
 from server.settings import Limits
 from server.store import Store
 from server.submission import Header
@@ -50,6 +56,7 @@ from shared.errors import (
     ResourceExhausted,
     SchemaMismatch,
     Unauthenticated,
+    Unavailable,
 )
 from shared.learnware import pack_tar
 from shared.models import model_ref
@@ -376,11 +383,13 @@ def test_revoking_a_contributor_withdraws_its_learnwares_from_users(world):
 # ---------------------------------------------------------------- the market without gRPC
 
 
-def direct_market(world, root: Path, limits: Limits | None = None) -> Market:
-    """A ``Market`` over its own database and blobs (no server), the smoke run off."""
+def direct_market(world, root: Path, limits: Limits | None = None, **checking) -> Market:
+    """A ``Market`` over its own database and blobs (no server); ``checking`` are the
+    ``Checker``'s options (default: the smoke run off)."""
     home = world["market"].running.market.checker.home
     bases = describe_base_models(["tiny"], home)
-    checker = Checker(MarketSchema(rkme=world["schema"]), bases, home, run_smoke=False)
+    options = {"run_smoke": False, **checking}
+    checker = Checker(MarketSchema(rkme=world["schema"]), bases, home, **options)
     store = Store.open(f"sqlite:///{root / 'market.db'}")
     return Market(store, BlobStore(root / "blobs"), checker, limits or Limits())
 
@@ -431,12 +440,95 @@ def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch
     assert pending.status is Status.PENDING
 
     restarted = direct_market(world, tmp_path)
-    restarted.start()
+    found = restarted.start()
+    still = restarted.store.get(pending.id).status  # start serves first, judges later
+    restarted.rejudge(found)
 
+    assert [r.id for r in found] == [pending.id] and still is Status.PENDING
     assert restarted.store.get(pending.id).status is Status.USABLE
     query = random_rkme_spec(world["schema"], seed=777)
     hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
     assert [h.record.id for h in hits] == [pending.id]
+
+
+# ---------------------------------------------------------------- the smoke runs (issue 12)
+
+
+def test_one_smoke_run_at_a_time_and_a_full_line_refuses_before_reading(world, tmp_path):
+    market, alice = market_with_alice(
+        world, tmp_path, checking={"run_smoke": True, "gate": JudgingGate(1, 1)}
+    )
+    uploads = [upload_of(package(world), alice.key_id) for _ in range(3)]
+    seen: list[int] = []  # smoke processes of this process, every 50 ms
+    done = threading.Event()
+    watcher = threading.Thread(target=lambda: watch_smokes(seen, done))
+    read: list[int] = []
+
+    def third_chunks():
+        read.append(1)
+        yield from uploads[2][1]
+
+    watcher.start()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        admitted = [pool.submit(market.submit, alice, h, c) for h, c in uploads[:2]]
+        assert wait_for(lambda: market.checker.gate.placed == 2 and max(seen, default=0), 60)
+        with pytest.raises(ResourceExhausted, match=r"2 uploads are being judged or waiting"):
+            market.submit(alice, uploads[2][0], third_chunks())
+        results = [f.result(timeout=300) for f in admitted]
+    done.set()
+    watcher.join()
+
+    assert [r.status for r in results] == [Status.USABLE, Status.USABLE]
+    assert max(seen) == 1, f"smoke processes seen at once: {max(seen)}"
+    assert not read, "the refused upload's bytes were read"
+    assert market.store.stats().learnwares == 2 and len(list(market.blobs.iter_shas())) == 2
+    assert market.checker.gate.placed == 0
+
+
+def watch_smokes(seen: list[int], done: threading.Event) -> None:
+    while not done.is_set():
+        seen.append(len(smoke_pids(os.getpid())))
+        time.sleep(0.05)
+
+
+def test_closing_the_market_kills_its_smoke_run_and_leaves_the_learnware_pending(
+    world, tmp_path
+):
+    market, alice = market_with_alice(world, tmp_path, checking={"run_smoke": True})
+    header, chunks = upload_of(package(world), alice.key_id)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        judging = pool.submit(market.submit, alice, header, chunks)
+        (smoke,) = wait_for(lambda: smoke_pids(os.getpid()), 60)
+        os.kill(smoke, signal.SIGSTOP)  # a hung smoke run: it would never finish by itself
+        start = time.monotonic()
+        market.close()
+        with pytest.raises(Unavailable, match="the market is stopping"):
+            judging.result(timeout=10)
+
+    assert time.monotonic() - start < 5 and not is_alive(smoke)
+    (record,) = market.store.list().items
+    assert record.status is Status.PENDING  # judged again after the next start
+    with pytest.raises(Unavailable):
+        submit_new(world, market, alice)
+
+
+def test_a_smoke_run_over_its_memory_limit_fails_clearly_and_the_market_carries_on(
+    world, tmp_path
+):
+    small = SmokeLimits(memory_bytes=256 * 1024 * 1024)
+    market, alice = market_with_alice(
+        world, tmp_path, checking={"run_smoke": True, "smoke_limits": small}
+    )
+
+    with pytest.raises(ModelUnavailable, match="out of memory under the smoke run's limit of 256"):
+        submit_new(world, market, alice)
+
+    (record,) = market.store.list().items
+    assert record.status is Status.PENDING and market.checker.gate.placed == 0
+    market.checker.smoke_limits = SmokeLimits()  # the operator raises the limit
+    market.rejudge([record])
+    assert market.store.get(record.id).status is Status.USABLE
 
 
 # ---------------------------------------------------------------- hostile callers (issue 12)
@@ -446,9 +538,12 @@ UMA = Caller("id-uma", Role.USER, "uma")
 ADMIN = Caller("id-admin", Role.ADMIN, "admin")
 
 
-def market_with_alice(world, root: Path, **limits: int) -> tuple[Market, Caller]:
-    """A direct market with alice registered as a contributor, and alice as a caller."""
-    market = direct_market(world, root, Limits(**limits))
+def market_with_alice(
+    world, root: Path, checking: dict | None = None, **limits: int
+) -> tuple[Market, Caller]:
+    """A direct market with alice registered as a contributor, and alice as a caller;
+    ``checking`` are the ``Checker``'s options (``direct_market``)."""
+    market = direct_market(world, root, Limits(**limits), **(checking or {}))
     public = signing.public_key_bytes(world["alice"].public_key())
     key = market.register_key(public, Role.CONTRIBUTOR, "alice")
     return market, Caller(key.key_id, Role.CONTRIBUTOR, "alice")

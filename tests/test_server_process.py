@@ -3,6 +3,7 @@ partial learnware; SIGTERM drains and exits 0."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,15 +13,18 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from builders import build_learnware, random_rkme_spec, rkme_schema, train_lora_adapter, write_specs
+from processes import is_alive, is_confined, smoke_pids, wait_for
 
 from client.market import Connection, MarketClient
 from server.pki import init_server_dir
 from shared import signing
+from shared.errors import LwmError
 from shared.learnware import pack_tar
 from shared.models import model_ref
 from shared.proto import market_pb2 as pb
@@ -32,7 +36,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(server_dir: Path, port: int, home: Path) -> subprocess.Popen[str]:
+def start_server(
+    server_dir: Path, port: int, home: Path, *, smoke: bool = False, grace: float = 5
+) -> subprocess.Popen[str]:
+    """``lwm server start`` (the smoke run off unless ``smoke``), once it says ready."""
     env = {**os.environ, "LWM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [
@@ -45,9 +52,9 @@ def start_server(server_dir: Path, port: int, home: Path) -> subprocess.Popen[st
             str(server_dir),
             "--address",
             f"127.0.0.1:{port}",
-            "--no-smoke",
+            *([] if smoke else ["--no-smoke"]),
             "--grace",
-            "5",
+            f"{grace:g}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -63,6 +70,28 @@ def start_server(server_dir: Path, port: int, home: Path) -> subprocess.Popen[st
     return proc
 
 
+def alice_and_her_package(
+    tmp_path: Path, lwm_home, admin: MarketClient, address: str
+) -> tuple[MarketClient, signing.Ed25519PublicKey, Path]:
+    """Register contributor alice through ``admin``; her client, key and a signed package."""
+    private, public = signing.generate_keypair()
+    signing.save_private_key(tmp_path / "alice.key", private)
+    admin.register_key(signing.public_key_bytes(public), "contributor", "alice")
+    ca = admin.conn.ca
+    alice = MarketClient(Connection(address, key_path=tmp_path / "alice.key", ca=ca))
+    adapter = train_lora_adapter(lwm_home, tmp_path / "adapter")
+    schema = rkme_schema(lwm_home)
+    spec = write_specs(tmp_path / "spec.safetensors", [random_rkme_spec(schema, seed=3)])
+    lw = build_learnware(
+        tmp_path / "lw",
+        adapter=adapter,
+        spec_file=spec,
+        base=model_ref("tiny", lwm_home),
+        private_key=private,
+    )
+    return alice, public, lw
+
+
 def test_sigkill_mid_upload_then_restart_is_consistent(tmp_path, lwm_home):
     layout = init_server_dir(tmp_path / "srv")
     port = free_port()
@@ -70,22 +99,8 @@ def test_sigkill_mid_upload_then_restart_is_consistent(tmp_path, lwm_home):
     proc = start_server(layout.dir, port, lwm_home.root)
     try:
         admin = MarketClient(Connection(address, key_path=layout.admin_key, ca=layout.ca_cert))
-        private, public = signing.generate_keypair()
-        signing.save_private_key(tmp_path / "alice.key", private)
-        admin.register_key(signing.public_key_bytes(public), "contributor", "alice")
-        alice = MarketClient(
-            Connection(address, key_path=tmp_path / "alice.key", ca=layout.ca_cert)
-        )
-        adapter = train_lora_adapter(lwm_home, tmp_path / "adapter")
+        alice, public, lw = alice_and_her_package(tmp_path, lwm_home, admin, address)
         schema = rkme_schema(lwm_home)
-        spec = write_specs(tmp_path / "spec.safetensors", [random_rkme_spec(schema, seed=3)])
-        lw = build_learnware(
-            tmp_path / "lw",
-            adapter=adapter,
-            spec_file=spec,
-            base=model_ref("tiny", lwm_home),
-            private_key=private,
-        )
         data = pack_tar(lw)
         header = pb.SubmitHeader(
             manifest_json=(lw / "manifest.json").read_bytes(),
@@ -188,3 +203,59 @@ def test_admin_commands_and_stats_over_the_wire(tmp_path, lwm_home):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def statuses(admin: MarketClient) -> list[int]:
+    """The statuses of every learnware, as the admin sees them now."""
+    return [info.status for info in admin.iter_learnwares()]
+
+
+def test_stops_never_wait_for_a_smoke_run_and_restarts_serve_before_judging(tmp_path, lwm_home):
+    """Issue 12: SIGTERM with --grace 10 waited 121 s for a hung smoke run, and a restart
+    judged PENDING learnwares before serving (138 s). A stopped (SIGSTOP) smoke run plays
+    the hung one here: it never finishes by itself."""
+    layout = init_server_dir(tmp_path / "srv")
+    port = free_port()
+    address = f"localhost:{port}"
+    proc = start_server(layout.dir, port, lwm_home.root, smoke=True, grace=2)
+    smokes: list[int] = []
+    try:
+        admin = MarketClient(Connection(address, key_path=layout.admin_key, ca=layout.ca_cert))
+        alice, _, lw = alice_and_her_package(tmp_path, lwm_home, admin, address)
+        submitting = ThreadPoolExecutor(max_workers=1).submit(alice.submit, lw)
+        smokes += hung_smoke_run(proc.pid)
+
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        code = proc.wait(30)
+
+        assert code == 0 and time.monotonic() - start < 2 + 5  # grace + a few seconds
+        assert wait_for(lambda: not is_alive(smokes[-1]), 5), "the smoke run outlived the stop"
+        with pytest.raises(LwmError):
+            submitting.result(timeout=10)
+
+        proc = start_server(layout.dir, port, lwm_home.root, smoke=True, grace=2)
+        assert statuses(admin) == [pb.LEARNWARE_STATUS_PENDING]  # serving, judging later
+        smokes += hung_smoke_run(proc.pid)  # the background re-judgment's run
+        proc.send_signal(signal.SIGKILL)  # a crash: the kernel kills the orphaned smoke run
+        proc.wait(10)
+        assert wait_for(lambda: not is_alive(smokes[-1]), 5), "the smoke run outlived a crash"
+
+        proc = start_server(layout.dir, port, lwm_home.root, smoke=True, grace=2)
+        assert admin.schema() is not None and statuses(admin) == [pb.LEARNWARE_STATUS_PENDING]
+        usable = [pb.LEARNWARE_STATUS_USABLE]
+        assert wait_for(lambda: statuses(admin) == usable, 240, every_s=1), statuses(admin)
+    finally:
+        proc.kill()
+        for pid in smokes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def hung_smoke_run(server_pid: int) -> list[int]:
+    """Wait for the server's smoke run to confine itself, then stop it (SIGSTOP): it
+    hangs from now on."""
+    found = wait_for(lambda: [p for p in smoke_pids(server_pid) if is_confined(p)], 120)
+    assert len(found) == 1, f"expected one confined smoke run of the server, found {found}"
+    os.kill(found[0], signal.SIGSTOP)
+    return found

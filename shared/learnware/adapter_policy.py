@@ -7,8 +7,9 @@ folder or a fake market's package meets the same rules as the market's own check
 Read from JSON and safetensors *headers* only: nothing from the package is imported,
 unpickled or run. A config is accepted only as plain LoRA (options that add non-LoRA
 weights, rewrite base weights or name code are refused; unknown options pass only when
-off), and every tensor must be a LoRA part of a real ``nn.Linear`` / ``nn.Embedding`` of the
-base model with the shape the config's ``r`` implies.
+off; module names must be plain names, never regular expressions), and every tensor must
+be a LoRA part of a real ``nn.Linear`` / ``nn.Embedding`` of the base model with the shape
+the config's ``r`` implies.
 """
 
 from __future__ import annotations
@@ -122,10 +123,12 @@ def _is_one_of(value: object, options: tuple[object, ...]) -> bool:
     return any(type(value) is type(option) and value == option for option in options)
 
 
-def _is_str_or_strs(value: object) -> bool:
-    return isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(item, str) for item in value)
-    )
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and _PLAIN_NAME.fullmatch(value) is not None
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(_is_name(item) for item in value)
 
 
 def _is_number(value: object) -> bool:
@@ -146,7 +149,17 @@ def _is_layers(value: object) -> bool:
 
 
 def _is_patterns(value: object) -> bool:
-    return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+    return isinstance(value, dict) and all(
+        _is_name(k) and _is_number(v) for k, v in value.items()
+    )
+
+
+#: A module name or dotted path, nothing else. peft reads a *string* ``target_modules`` or
+#: ``exclude_modules`` as a regular expression (``re.fullmatch`` over every module name) and
+#: pastes ``layers_pattern`` and ``alpha_pattern`` keys into one, so a package could make
+#: the smoke run backtrack for minutes ("(a+)+$"): no regular expression from a package.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.]+")
+_NAMES = "a list of plain module names ([A-Za-z0-9_.]+; a string would be a regex)"
 
 
 #: Keys that only describe or tune the LoRA maths, with the type each must have.
@@ -162,11 +175,14 @@ _TYPED: dict[str, tuple[str, Callable[[object], bool]]] = {
     "base_model_name_or_path": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "revision": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "peft_version": ("a string or null", lambda v: v is None or isinstance(v, str)),
-    "target_modules": ("a string or list of strings", lambda v: v is None or _is_str_or_strs(v)),
-    "exclude_modules": ("a string or list of strings", lambda v: v is None or _is_str_or_strs(v)),
-    "layers_pattern": ("a string or list of strings", lambda v: v is None or _is_str_or_strs(v)),
+    "target_modules": (_NAMES, lambda v: v is None or _is_names(v)),
+    "exclude_modules": (_NAMES, lambda v: v is None or _is_names(v)),
+    "layers_pattern": (
+        "a plain name or a list of them",
+        lambda v: v is None or _is_name(v) or _is_names(v),
+    ),
     "layers_to_transform": ("an int or list of ints", _is_layers),
-    "alpha_pattern": ("an object of numbers", _is_patterns),
+    "alpha_pattern": ("an object of plain module names to numbers", _is_patterns),
     "qalora_group_size": ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
 }
 
