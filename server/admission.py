@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 from server.settings import CallLimits
 from shared.errors import ResourceExhausted
@@ -19,15 +20,13 @@ from shared.errors import ResourceExhausted
 
 def peer_address(peer: str) -> str:
     """The address part of a gRPC peer string, without the port:
-    ``ipv4:10.0.0.7:51234`` -> ``10.0.0.7``, ``ipv6:[::1]:51234`` -> ``::1``; other kinds
-    (``unix:...``) are kept whole."""
+    ``ipv4:10.0.0.7:51234`` -> ``10.0.0.7``, ``ipv6:%5B::1%5D:51234`` (gRPC escapes the
+    brackets) -> ``::1``; other kinds (``unix:...``) are kept whole."""
     kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0] or rest
-    if kind == "ipv6":
-        host = rest.rpartition(":")[0] or rest
-        return host.strip("[]")
-    return peer
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    host = unquote(rest).rpartition(":")[0] or rest
+    return host.strip("[]")
 
 
 class _Counter:

@@ -211,3 +211,18 @@ def test_one_address_gets_its_share_and_health_still_answers(tmp_path, lwm_home,
         assert_cut(errors, grpc.StatusCode.DEADLINE_EXCEEDED, f"within {FIRST_MESSAGE_S:g} s")
         assert market.client("admin").schema().max_chunk_bytes > 0
         channel.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.0.0.7:51234", "10.0.0.7"),
+        ("ipv6:%5B::1%5D:51234", "::1"),
+        ("ipv6:[2001:db8::2]:443", "2001:db8::2"),
+        ("unix:/tmp/market.sock", "unix:/tmp/market.sock"),
+    ],
+)
+def test_calls_are_counted_by_address_not_port(peer: str, address: str) -> None:
+    from server.admission import peer_address
+
+    assert peer_address(peer) == address
