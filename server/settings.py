@@ -14,6 +14,13 @@ from shared.transport import MAX_MESSAGE_BYTES
 _MIB = 1024 * 1024
 
 
+def _at_least_one(record: object, *names: str) -> None:
+    """``InvalidInput`` naming the first of ``names`` (whole-number fields) below 1."""
+    for name in names:
+        if getattr(record, name) < 1:
+            raise InvalidInput(f"{name} must be >= 1, got {getattr(record, name)}")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may carry; published in GetSchema so clients can size themselves."""
@@ -35,7 +42,8 @@ class Limits:
                 f"max_chunk_bytes must be in (0, {MAX_MESSAGE_BYTES // 2}], "
                 f"got {self.max_chunk_bytes}"
             )
-        for name in (
+        _at_least_one(
+            self,
             "max_page_size",
             "default_page_size",
             "max_top_k",
@@ -43,9 +51,7 @@ class Limits:
             "max_reason_chars",
             "max_key_name_chars",
             "max_active_per_key",
-        ):
-            if getattr(self, name) < 1:
-                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        )
 
     @property
     def max_package_bytes(self) -> int:
@@ -80,16 +86,15 @@ class CallLimits:
         for name in ("first_message_s", "idle_s", "stream_call_s", "handshake_s"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in (
+        _at_least_one(
+            self,
             "max_calls_per_address",
             "max_calls_per_key",
             "max_streams_per_key",
             "max_concurrent_rpcs",
             "workers",
             "transfer_workers",
-        ):
-            if getattr(self, name) < 1:
-                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        )
         if self.max_concurrent_rpcs <= self.max_calls_per_address:
             raise InvalidInput(
                 "max_concurrent_rpcs must exceed max_calls_per_address (health must answer "
