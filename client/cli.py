@@ -49,9 +49,17 @@ _attach_server_groups()
 
 def _attach_command_modules() -> None:
     """Commands of the contributor and user workflows, each module with ``register(app)``."""
-    from client import cli_contribute, cli_federate, cli_privacy, cli_simulate, cli_user
+    from client import (
+        cli_contribute,
+        cli_federate,
+        cli_market,
+        cli_privacy,
+        cli_simulate,
+        cli_user,
+    )
 
     cli_contribute.register(app)
+    cli_market.register(app)
     cli_user.register(app)
     cli_privacy.register(app)
     cli_federate.register(app)

@@ -1,4 +1,5 @@
-"""``lwm contribute`` and ``lwm package verify``: the contributor's commands.
+"""``lwm contribute``, ``lwm package build`` and ``lwm package verify``: the contributor's
+commands.
 
 Attached by ``client.cli`` through ``register(app)``. Commands only parse, call
 ``client.contribute`` and print; every ``LwmError`` becomes one line on stderr and the
@@ -7,20 +8,22 @@ error's exit code in ``client.cli.main``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from client.finetune import FinetuneConfig
-from shared.cli_options import console
+from shared.cli_options import HomeOpt, JsonOpt, console, epsilon_text
 from shared.errors import InvalidInput, LwmError
 
 if TYPE_CHECKING:
     from client.contribute import ContributeConfig
+    from client.publish import LearnwareCard, SpecSettings
     from shared.learnware import DpLedger
 
-package_app = typer.Typer(help="Check learnware packages.", no_args_is_help=True)
+package_app = typer.Typer(help="Build and check learnware packages.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -89,7 +92,6 @@ def contribute_command(
 ) -> None:
     """Fine-tune a LoRA learnware on DATA, make its DP spec, sign it and submit it (or --out)."""
     from client.contribute import ContributeConfig, contribute, make_learnware
-    from client.publish import LearnwareCard, SpecSettings
     from shared.home import Home
 
     if (server is None) == (out is None):
@@ -97,16 +99,9 @@ def contribute_command(
     if dp_sgd != (train_epsilon is not None):
         raise InvalidInput("--dp-sgd and --train-epsilon E go together")
     config = ContributeConfig(
-        learnware=LearnwareCard(
-            name=name,
-            domain=domain,
-            task=task,
-            description=description,
-            license=license,
-            contributor=contributor or key.stem,
-        ),
+        learnware=_card(name, domain, task, description, license, contributor or key.stem),
         base_model=base_model,
-        spec=SpecSettings(tuple(k.strip() for k in spec.split(",") if k.strip()), spec_epsilon),
+        spec=_spec_settings(spec, spec_epsilon),
         delta=delta,
         finetune=FinetuneConfig(
             rank=lora_r,
@@ -141,6 +136,64 @@ def contribute_command(
     console().print(f"learnware {verdict.learnware_id} is {verdict.status}: {summary}")
 
 
+@package_app.command("build")
+def package_build(
+    adapter: Annotated[
+        Path, typer.Option("--adapter", help="A peft LoRA adapter folder, trained anywhere.")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="Your texts (for the DP specs).")],
+    name: Annotated[str, typer.Option("--name", help="Learnware name (a-z, 0-9, . _ -).")],
+    domain: Annotated[str, typer.Option("--domain", help="Domain, e.g. finance.")],
+    task: Annotated[str, typer.Option("--task", help="Task, e.g. text-generation.")],
+    license: Annotated[str, typer.Option("--license", help="SPDX id of the adapter's licence.")],
+    key: Annotated[Path, typer.Option("--key", help="Your Ed25519 private key (signs).")],
+    base_model: Annotated[
+        str,
+        typer.Option("--base-model", help="The adapter's base: smollm2-135m, tiny or a folder."),
+    ],
+    spec: Annotated[str, typer.Option("--spec", help="rkme, pave, or rkme,pave.")] = "rkme",
+    spec_epsilon: Annotated[
+        float, typer.Option("--spec-epsilon", help="DP epsilon of each specification.")
+    ] = 4.0,
+    delta: Annotated[float, typer.Option("--delta", help="DP delta of every part.")] = 1e-5,
+    description: Annotated[str, typer.Option("--description", help="What it is good at.")] = "",
+    contributor: Annotated[
+        str | None, typer.Option("--contributor", help="Your display name (default: key stem).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="New folder for the package (default: ./NAME).")
+    ] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wrap an existing LoRA adapter with DP specs of --data, a manifest and your signature
+    (submit it with ``lwm market submit``). Its training is unknown here, so the package
+    claims no DP for the adapter: its total epsilon is none."""
+    from client.contribute import ContributeConfig, package_adapter
+    from shared.home import Home
+
+    config = ContributeConfig(
+        learnware=_card(name, domain, task, description, license, contributor or key.stem),
+        base_model=base_model,
+        spec=_spec_settings(spec, spec_epsilon),
+        delta=delta,
+    )
+    package = package_adapter(
+        adapter, data, config, key, out or Path(name), home=Home.resolve(home), progress=not as_json
+    )
+    if as_json:
+        manifest = package.manifest
+        print(
+            json.dumps(
+                {"folder": str(package.folder), "manifest": manifest.to_dict()},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    console().print(f"wrote {package.folder}: {_summary(config, package.manifest.dp)}")
+
+
 @package_app.command("verify")
 def package_verify(
     folder: Annotated[Path, typer.Argument(help="A learnware folder.")],
@@ -164,14 +217,23 @@ def package_verify(
     console().print(f"ok: {manifest.name} ({manifest.domain}/{manifest.task}), {who}")
 
 
+def _card(
+    name: str, domain: str, task: str, description: str, license: str, contributor: str
+) -> LearnwareCard:
+    from client.publish import LearnwareCard
+
+    return LearnwareCard(name, domain, task, description, license, contributor)
+
+
+def _spec_settings(spec: str, epsilon: float) -> SpecSettings:
+    """``--spec rkme,pave`` and ``--spec-epsilon`` as the settings they name."""
+    from client.publish import SpecSettings
+
+    return SpecSettings(tuple(k.strip() for k in spec.split(",") if k.strip()), epsilon)
+
+
 def _summary(config: ContributeConfig, dp: DpLedger) -> str:
-    parts = ", ".join(f"{p.what} epsilon {_eps(p.epsilon)}" for p in dp.parts)
-    total = (
-        f"total epsilon {_eps(dp.total.epsilon)} (delta {config.delta:g}, {dp.total.accountant})"
-    )
+    parts = ", ".join(f"{p.what} epsilon {epsilon_text(p.epsilon)}" for p in dp.parts)
+    total = f"total epsilon {epsilon_text(dp.total.epsilon)}"
+    total += f" (delta {config.delta:g}, {dp.total.accountant})"
     return f"{config.learnware.name}: {parts}; {total}"
-
-
-def _eps(value: float | None) -> str:
-    return "none (no DP)" if value is None else f"{value:.3g}"
-

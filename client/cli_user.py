@@ -27,6 +27,7 @@ from shared.cli_options import (
     KeyOpt,
     ServerOpt,
     console,
+    epsilon_text,
 )
 
 if TYPE_CHECKING:
@@ -182,16 +183,20 @@ def _print_matches(outcome: SearchOutcome) -> None:
         title=f"{outcome.kind} search: {outcome.n_texts} texts, {eps}",
         caption=f"spec {outcome.spec_seconds:.2f} s here, market {outcome.network_seconds:.2f} s",
     )
-    for column in ("rank", "id", "name", "domain", "contributor", "base model", "score", "status"):
+    columns = ("rank", "id", "name", "v", "domain", "contributor", "base model", "licence")
+    for column in (*columns, "epsilon", "score", "status"):
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")
     for m in outcome.matches:
         table.add_row(
             str(m.rank),
             m.id,
             m.name,
+            str(m.version),
             m.domain,
             m.contributor,
             m.base_model_id,
+            m.license,
+            epsilon_text(m.total_epsilon),
             f"{m.score:.4f}",
             m.status,
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.finetune import FinetuneConfig, finetune_lora
+from client.finetune import NO_DP_MECHANISM, FinetuneConfig, finetune_lora
 from client.publish import LearnwareCard, Published, SpecSettings, Verdict, publish
 from shared import signing
 from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from client.specs import SpecMaker
     from shared.learnware import Package
     from shared.models import ModelRef
+    from shared.spec.record import Specification
 
 Texts = Sequence[str] | str | Path
 Key = signing.Ed25519PrivateKey | str | Path
@@ -185,32 +186,23 @@ def _make(
     client: MarketClient | None = None,
 ) -> Published:
     """Check everything that can be checked, train, make the specs, then ``publish``."""
-    if out.exists() or out.is_symlink():
-        raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
-    texts = load_texts(data)
-    home = home or Home.resolve()
-    kinds = config.spec.kinds
-    schema = schema or local_schema(home, *kinds)
-    base_ref = accepted_base(config.base_model, home, accepted_base_models)
-    maker = spec_maker(schema, home, *kinds)
+    ready = _prepare(data, out, config, home, schema, accepted_base_models)
     from shared.models import load_causal_lm
 
-    base = load_causal_lm(config.base_model, home)
+    base = load_causal_lm(config.base_model, ready.home)
     with tempfile.TemporaryDirectory(prefix="lwm-contribute-") as tmp:
         trained = finetune_lora(
-            texts,
+            ready.texts,
             base,
             config.finetune,
             Path(tmp) / "adapter",
             progress=progress,
             noise_seed=noise_seed,
         )
-        specs = [
-            maker.make(texts, kind, config.spec_budget, progress, noise_seed) for kind in kinds
-        ]
+        specs = ready.specs(config, progress, noise_seed)
         return publish(
             config.learnware,
-            base_ref,
+            ready.base_ref,
             trained.adapter_dir,
             trained.report,
             specs,
@@ -219,6 +211,97 @@ def _make(
             delta=config.delta,
             client=client,
         )
+
+
+def package_adapter(
+    adapter: str | Path,
+    data: Texts,
+    config: ContributeConfig,
+    key: Key,
+    out_dir: str | Path,
+    *,
+    home: Home | None = None,
+    progress: bool = False,
+    noise_seed: int | None = None,
+) -> Package:
+    """Wrap an adapter trained anywhere (a peft LoRA ``save_pretrained`` folder for
+    ``config.base_model``) with DP specs of ``data``, a manifest and a signature: a
+    learnware folder at ``out_dir``, the same road as ``make_learnware`` without training
+    (``config.finetune`` is unused).
+
+    The adapter's config is checked against the market's LoRA policy
+    (``shared.learnware.adapter_policy``) before anything else, and its tensors against
+    the base model's modules before any spec is made; a refused one raises InvalidInput.
+    Its training is not known here, so the manifest claims no DP for it: the learnware's
+    total epsilon is None (no guarantee), whatever the specs' budgets.
+    """
+    from shared.learnware.adapter_policy import check_adapter, check_config, describe_model
+    from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from shared.models import load_causal_lm
+    from shared.privacy import DPReport
+
+    folder = Path(adapter)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            raise InvalidInput(f"{folder} is not a peft adapter folder: {name} is missing")
+    lora = check_config(folder / ADAPTER_CONFIG)
+    private_key = key if isinstance(key, signing.Ed25519PrivateKey) else _load_key(key)
+    ready = _prepare(data, Path(out_dir), config, home, None, None)
+    base = load_causal_lm(config.base_model, ready.home)
+    shapes = describe_model(config.base_model, ready.base_ref, base.model)
+    check_adapter(folder / ADAPTER_WEIGHTS, lora, shapes)
+    unknown = DPReport(
+        mechanism=f"{NO_DP_MECHANISM} (adapter trained elsewhere: no DP claimed)",
+        epsilon=None,
+        delta=0.0,
+        noise_multiplier=0.0,
+    )
+    specs = ready.specs(config, progress, noise_seed)
+    published = publish(
+        config.learnware, ready.base_ref, folder, unknown, specs, private_key, Path(out_dir),
+        delta=config.delta,
+    )  # fmt: skip
+    return published.package
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every check before the expensive work gave: the texts, the accepted base
+    model's identity and a spec maker with its models loaded."""
+
+    texts: list[str]
+    home: Home
+    base_ref: ModelRef
+    maker: SpecMaker
+
+    def specs(
+        self, config: ContributeConfig, progress: bool, noise_seed: int | None
+    ) -> list[Specification]:
+        """One DP spec of the texts per kind of ``config.spec``."""
+        return [
+            self.maker.make(self.texts, kind, config.spec_budget, progress, noise_seed)
+            for kind in config.spec.kinds
+        ]
+
+
+def _prepare(
+    data: Texts,
+    out: Path,
+    config: ContributeConfig,
+    home: Home | None,
+    schema: MarketSchema | None,
+    accepted_base_models: Sequence[ModelRef] | None,
+) -> _Prepared:
+    """The checks that cost seconds, before any that costs minutes: output folder, data,
+    base model accepted, spec models loaded and matching the schema."""
+    if out.exists() or out.is_symlink():
+        raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
+    texts = load_texts(data)
+    home = home or Home.resolve()
+    kinds = config.spec.kinds
+    schema = schema or local_schema(home, *kinds)
+    base_ref = accepted_base(config.base_model, home, accepted_base_models)
+    return _Prepared(texts, home, base_ref, spec_maker(schema, home, *kinds))
 
 
 # ---------------------------------------------------------------- steps

@@ -153,6 +153,11 @@ class MarketClient:
             if not token:
                 return
 
+    def history(self, learnware_id: str) -> list[pb.LearnwareInfo]:
+        """Every version of the learnware's name this key may see, newest first."""
+        request = pb.GetHistoryRequest(id=learnware_id)
+        return list(self._call(self.stub.GetHistory, request).versions)
+
     def search(self, spec: Specification, top_k: int = 5, **filters: Any) -> list[pb.SearchResult]:
         request = pb.SearchRequest(spec=query_spec(spec), top_k=top_k, **filters)
         return list(self._call(self.stub.Search, request).results)
@@ -218,6 +223,12 @@ def status_name(status: int) -> str:
     results show it in lower case.
     """
     return pb.LearnwareStatus.Name(status).removeprefix("LEARNWARE_STATUS_")
+
+
+def total_epsilon(info: pb.LearnwareInfo) -> float | None:
+    """The learnware's total epsilon as its manifest composes it (the market reports the
+    manifest's ``DpLedger`` total); None: no DP guarantee."""
+    return info.dp.total_epsilon if info.dp.HasField("total_epsilon") else None
 
 
 def query_spec(spec: Specification) -> pb.QuerySpec:

@@ -127,11 +127,20 @@ def publish(
         package = build_package(out, adapter, spec_file, manifest, key)
     if client is None:
         return Published(package, None)
-    from client.market import status_name
+    return Published(package, submit_package(client, package.folder))
 
-    reply = client.submit(package.folder)
-    verdict = Verdict(reply.id, status_name(reply.status), reply.reason, package.manifest)
-    return Published(package, verdict)
+
+def submit_package(client: MarketClient, folder: Path) -> Verdict:
+    """Submit a signed package folder (built by ``publish``, e.g. ``lwm contribute --out``
+    or ``lwm package build``): checked here first (``verify_package``: files, hashes,
+    manifest), so a broken folder is refused before any byte is sent; the signature is the
+    market's to check against the key it registered. Returns the market's verdict."""
+    from client.market import status_name
+    from shared.learnware import verify_package
+
+    manifest = verify_package(folder, None).manifest
+    reply = client.submit(folder)
+    return Verdict(reply.id, status_name(reply.status), reply.reason, manifest)
 
 
 def build_manifest(

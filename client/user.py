@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.market import Connection, MarketClient, status_name
+from client.market import Connection, MarketClient, status_name, total_epsilon
 from client.privacy_ledger import Ledger, LedgerSession, PrivacyLedgers, planned_report
 from client.specs import SpecMaker
 from client.trust import Signer, TrustStore, refuse_revoked
@@ -82,7 +82,10 @@ SEARCH_FILTERS = ("domain", "task", "base_model_id", "license")
 
 @dataclass(frozen=True)
 class SearchMatch:
-    """One ranked learnware (rank 1 is best); ``score`` is higher-is-better, kind-specific."""
+    """One ranked learnware (rank 1 is best); ``score`` is higher-is-better, kind-specific.
+
+    ``total_epsilon`` is the learnware's privacy cost on its holders' data, every release
+    (adapter, specs) composed, as its manifest states it (None: no DP guarantee)."""
 
     rank: int
     id: str
@@ -96,6 +99,9 @@ class SearchMatch:
     score: float
     distance: float
     status: str
+    license: str
+    total_epsilon: float | None
+    version: int
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,9 @@ def _match(result: pb.SearchResult) -> SearchMatch:
         score=result.score,
         distance=result.distance,
         status=status_name(info.status).lower(),
+        license=info.license,
+        total_epsilon=total_epsilon(info),
+        version=info.version,
     )
 
 

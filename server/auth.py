@@ -70,6 +70,7 @@ MARKET_ROLES: Mapping[str, frozenset[Role]] = {
     "Search": frozenset({_U}),
     "Fetch": frozenset({_U, _C}),
     "Withdraw": frozenset({_C}),
+    "GetHistory": frozenset({_U, _C}),
     "RegisterKey": frozenset(),
     "RevokeKey": frozenset(),
     "ListKeys": frozenset(),

@@ -39,6 +39,7 @@ _PB_TO_ROLE: dict[int, Role] = {int(v): k for k, v in _ROLE_TO_PB.items()}
 _INFO_FIELDS = (
     *("id", "name", "domain", "task", "description", "license"),
     *("contributor_key_id", "contributor_name", "reason", "package_size", "package_sha256"),
+    *("version", "downloads"),
 )
 """``LearnwareRecord`` fields that ``LearnwareInfo`` carries as they are, under the same name."""
 
@@ -149,6 +150,7 @@ def filter_from_pb(request: Any) -> LearnwareFilter:
         status=status_from_pb(status) if status else None,
         contributor_key_id=getattr(request, "contributor_key_id", "") or None,
         spec_kind=getattr(request, "spec_kind", "") or None,
+        all_versions=request.all_versions,
     )
 
 

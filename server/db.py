@@ -128,13 +128,19 @@ class LearnwareRow(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    downloads: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
     specs: Mapped[list[SpecRow]] = relationship(
         back_populates="learnware", cascade="all, delete-orphan", order_by="SpecRow.kind"
     )
 
     # List pages walk (created_at, id): one index serves both the order and the keyset seek.
-    __table_args__ = (Index(None, "created_at", "id"),)
+    # Versions are unique per (contributor, name); the same index finds a name's newest.
+    __table_args__ = (
+        Index(None, "created_at", "id"),
+        Index(None, "contributor_key_id", "name", "version", unique=True),
+    )
 
     @classmethod
     def from_record(cls, record: LearnwareRecord) -> LearnwareRow:

@@ -40,6 +40,7 @@ from server.submission import (
     scratch_dir,
     unpack,
 )
+from server.versions import NewestVersions
 from shared import signing
 from shared.errors import (
     AlreadyExists,
@@ -110,6 +111,7 @@ class Market:
         self.started_at = datetime.now(UTC)
         self._lock = threading.RLock()
         self._usable: dict[str, LearnwareRecord] = {}
+        self._newest = NewestVersions()
         self._keys = KeyCache(store.get_key)
         self.indexes = {
             kind: SpecIndex(
@@ -127,7 +129,7 @@ class Market:
         hands them to ``rejudge`` once serving (``server.app`` does, in a thread)."""
         removed = self.blobs.cleanup_temp()
         orphans = self.blobs.gc(self.store.referenced_blobs())
-        pending = list(self._all(LearnwareFilter(status=Status.PENDING)))
+        pending = list(self._all(LearnwareFilter(status=Status.PENDING, all_versions=True)))
         self._load_usable()
         log.info(
             "market ready: %d usable learnwares, %d temp files and %d orphan blobs removed, "
@@ -160,10 +162,11 @@ class Market:
     def _load_usable(self) -> None:
         with self._lock:
             self._usable.clear()
+            self._newest.clear()
             for index in self.indexes.values():
                 for learnware_id in index.keys:
                     index.remove(learnware_id)
-            for record in self._all(LearnwareFilter(status=Status.USABLE)):
+            for record in self._all(LearnwareFilter(status=Status.USABLE, all_versions=True)):
                 contributor = self.store.get_key(record.contributor_key_id)
                 if contributor is not None and not contributor.revoked:
                     self._publish(record, [spec.spec() for spec in record.specs])
@@ -181,6 +184,7 @@ class Market:
     def _publish(self, record: LearnwareRecord, specs: Iterable[Specification]) -> None:
         with self._lock:
             self._usable[record.id] = replace(record, specs=())
+            self._newest.add(record)
             for spec in specs:
                 if spec.kind in self.indexes:
                     self.indexes[spec.kind].add(record.id, spec)
@@ -188,6 +192,7 @@ class Market:
     def _unpublish(self, learnware_id: str) -> None:
         with self._lock:
             self._usable.pop(learnware_id, None)
+            self._newest.remove(learnware_id)
             for index in self.indexes.values():
                 index.remove(learnware_id)
 
@@ -326,9 +331,19 @@ class Market:
         return self._visible_record(caller, learnware_id)
 
     def list_page(self, caller: Caller, flt: LearnwareFilter, page_size: int, token: str) -> Page:
-        """One page of what ``caller`` may see (``visibility``), without spec bytes."""
+        """One page of what ``caller`` may see (``visibility``), without spec bytes; unless
+        ``flt.all_versions``, only the newest version of each name among those."""
         size = min(page_size or self.limits.default_page_size, self.limits.max_page_size)
         return self.store.list(flt, size, token, with_specs=False, visible=visibility(caller))
+
+    def history(self, caller: Caller, learnware_id: str) -> tuple[LearnwareRecord, ...]:
+        """Every version of the learnware's (contributor, name) that ``caller`` may see,
+        newest first, ``learnware_id`` among them (NotFound when the caller may not see it).
+        Another contributor's learnware of the same name is another learnware: not here."""
+        record = self._visible_record(caller, learnware_id)
+        return self.store.versions(
+            record.contributor_key_id, record.name, visible=visibility(caller)
+        )
 
     def _visible_record(self, caller: Caller, learnware_id: str) -> LearnwareRecord:
         """The learnware (without spec bytes) if ``caller`` may see it; NotFound otherwise,
@@ -346,11 +361,13 @@ class Market:
         k = min(top_k or self.limits.default_top_k, self.limits.max_top_k)
         # No market lock here: the index has its own readers-writer lock, so searches run
         # in parallel. A learnware withdrawn between the index answer and this lookup is
-        # simply dropped from the answer.
+        # simply dropped from the answer. Superseded versions are dropped after the index
+        # answers, which therefore returns that many more (exact: none of them is kept).
+        hidden = frozenset() if flt.all_versions else self._newest.superseded
         point = to_index_point(query)
-        hits = self.indexes[query.kind].search_point(point, k, self._allowed(flt))
-        found = [(self._usable.get(h.key), h) for h in hits]
-        kept = [(r, h) for r, h in found if r is not None]
+        hits = self.indexes[query.kind].search_point(point, k + len(hidden), self._allowed(flt))
+        found = [(self._usable.get(h.key), h) for h in hits if h.key not in hidden]
+        kept = [(r, h) for r, h in found if r is not None][:k]
         return [
             SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
             for i, (r, h) in enumerate(kept)
@@ -376,7 +393,11 @@ class Market:
     def fetch(self, caller: Caller, learnware_id: str, offset: int) -> Download:
         """The package of a visible learnware: users fetch USABLE ones, a contributor only
         its own (PermissionDenied for another's), an admin any; a REJECTED one has no
-        package any more (FailedPrecondition)."""
+        package any more (FailedPrecondition).
+
+        A fetch that passes these checks at offset 0 counts as one download
+        (``LearnwareRecord.downloads``): counted when it starts, so a download that breaks
+        counts once and its resumption (offset > 0) not again."""
         record = self._visible_record(caller, learnware_id)
         if caller.role is Role.CONTRIBUTOR and record.contributor_key_id != caller.key_id:
             raise PermissionDenied(
@@ -398,7 +419,17 @@ class Market:
                 f"the contributor key {key.key_id} ({key.name}) of learnware {learnware_id} "
                 "was revoked: its signature can no longer be trusted"
             )
+        if offset == 0:
+            record = self._count_download(record)
         return Download(record, key, self._chunks(record, offset))
+
+    def _count_download(self, record: LearnwareRecord) -> LearnwareRecord:
+        counted = replace(record, downloads=self.store.count_download(record.id))
+        with self._lock:
+            listed = self._usable.get(record.id)
+            if listed is not None:
+                self._usable[record.id] = replace(listed, downloads=counted.downloads)
+        return counted
 
     def _chunks(self, record: LearnwareRecord, offset: int) -> Iterator[tuple[int, bytes]]:
         step = self.limits.max_chunk_bytes

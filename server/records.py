@@ -69,7 +69,12 @@ class SpecRecord:
 @dataclass(frozen=True)
 class LearnwareRecord:
     """A learnware as the market keeps it: the manifest's searchable fields, who signed it,
-    where it is in its life cycle, and its package's identity (the blob's sha256)."""
+    where it is in its life cycle, and its package's identity (the blob's sha256).
+
+    ``version``: a name belongs to its contributor's key, and each stored submission of the
+    same (key, name) is the next version, 1-based; the store numbers it (``add_learnware``),
+    the signed manifest is not changed. ``downloads``: Fetch calls that started at offset 0
+    (a resumed download is not counted again; a started one that broke is)."""
 
     id: str
     name: str
@@ -89,12 +94,16 @@ class LearnwareRecord:
     signature: bytes
     created_at: datetime
     updated_at: datetime
+    version: int = 1
+    downloads: int = 0
     specs: tuple[SpecRecord, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
 class LearnwareFilter:
-    """Empty / None fields mean "any"."""
+    """Empty / None fields mean "any". ``all_versions`` False keeps, of each (contributor,
+    name), only the newest version among the rows the rest of the filter (and the caller's
+    visibility) lets through: in Search, the newest USABLE one."""
 
     domain: str | None = None
     task: str | None = None
@@ -103,6 +112,7 @@ class LearnwareFilter:
     status: Status | None = None
     contributor_key_id: str | None = None
     spec_kind: str | None = None
+    all_versions: bool = False
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ class MarketService:
             "List": self._list,
             "Search": self._search,
             "Withdraw": self._withdraw,
+            "GetHistory": self._get_history,
             "RegisterKey": self._register_key,
             "RevokeKey": self._revoke_key,
             "ListKeys": self._list_keys,
@@ -223,14 +224,15 @@ class MarketService:
 
     # ------------------------------------------------------------------ per method
     def _info(self, record: LearnwareRecord) -> pb.LearnwareInfo:
-        """LearnwareInfo of a record, cached by (id, updated_at): each stored manifest is
-        parsed once per version in this process (for every search hit it would dominate
-        Search latency)."""
+        """LearnwareInfo of a record, cached by (id, updated_at, downloads): each stored
+        manifest is parsed once per change in this process (for every search hit it would
+        dominate Search latency)."""
+        stamp = (record.updated_at, record.downloads)
         cached = self._infos.get(record.id)
-        if cached is not None and cached[0] == record.updated_at:
+        if cached is not None and cached[0] == stamp:
             return cached[1]
         info = convert.learnware_to_pb(record)
-        self._infos[record.id] = (record.updated_at, info)
+        self._infos[record.id] = (stamp, info)
         return info
 
     def _get(self, caller: Caller, request: pb.GetRequest) -> pb.LearnwareInfo:
@@ -252,6 +254,10 @@ class MarketService:
 
     def _withdraw(self, caller: Caller, request: pb.WithdrawRequest) -> pb.LearnwareInfo:
         return self._info(self.market.withdraw(caller, request.id, request.reason))
+
+    def _get_history(self, caller: Caller, request: pb.GetHistoryRequest) -> pb.HistoryResponse:
+        versions = self.market.history(caller, request.id)
+        return pb.HistoryResponse(versions=[self._info(r) for r in versions])
 
     def _register_key(self, _: Caller, request: pb.RegisterKeyRequest) -> pb.KeyInfo:
         role = convert.role_from_pb(request.role)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
+from sqlalchemy.orm.util import AliasedClass
 
 from server.db import (
     BEGIN_OPTION,
@@ -55,6 +56,7 @@ from shared.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFo
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000  # larger requests are cut to this (a page is held in memory)
 _SPEC_BATCH = 500
+_INSERT_TRIES = 5  # PostgreSQL: concurrent submissions of one name may race for a version
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.USABLE, Status.REJECTED, Status.WITHDRAWN}),
@@ -123,34 +125,44 @@ class Store:
 
     def add_learnware(self, record: LearnwareRecord) -> LearnwareRecord:
         """Insert a learnware and its specs, all or nothing. Returns it as ``get`` would
-        (timestamps in UTC, specs ordered by kind).
+        (timestamps in UTC, specs ordered by kind), with the version the store gave it:
+        1 + the highest stored version of its (contributor, name), whatever their status
+        (``record.version`` and ``record.downloads`` are ignored).
 
         Raises AlreadyExists (naming the stored learnware) when its package or id is
         already stored, InvalidInput when the record breaks a constraint (e.g. two specs
         of one kind, a naive timestamp); nothing is stored then.
         """
         _require_aware(record.created_at, record.updated_at)
-        try:
-            with self._writing() as session:
-                _refuse_duplicate(session, record)
-                row = LearnwareRow.from_record(record)
-                session.add(row)
-                session.flush()  # the learnware row first: specs reference it
-                specs = sorted(record.specs, key=lambda spec: spec.kind)  # as reads return them
-                row.specs.extend(SpecRow.from_record(record.id, spec) for spec in specs)
-                session.flush()
-                _event(
-                    session,
-                    "learnware.add",
-                    record.id,
-                    record.contributor_key_id,
-                    f"status={record.status} package={record.package_sha256}",
-                )
-                return row.to_record()
-        except DbIntegrityError as error:
-            with self._reading() as session:
-                _refuse_duplicate(session, record)  # lost a race to a concurrent insert
-            raise InvalidInput(_constraint_message(record, error)) from None
+        for attempt in range(1, _INSERT_TRIES + 1):
+            try:
+                return self._insert(record)
+            except DbIntegrityError as error:
+                with self._reading() as session:
+                    _refuse_duplicate(session, record)  # lost a race to a concurrent insert
+                if "version" not in str(error.orig) or attempt == _INSERT_TRIES:
+                    raise InvalidInput(_constraint_message(record, error)) from None
+        raise AssertionError("unreachable")
+
+    def _insert(self, record: LearnwareRecord) -> LearnwareRecord:
+        with self._writing() as session:
+            _refuse_duplicate(session, record)
+            row = LearnwareRow.from_record(record)
+            row.version, row.downloads = _next_version(session, record), 0
+            session.add(row)
+            session.flush()  # the learnware row first: specs reference it
+            specs = sorted(record.specs, key=lambda spec: spec.kind)  # as reads return them
+            row.specs.extend(SpecRow.from_record(record.id, spec) for spec in specs)
+            session.flush()
+            _event(
+                session,
+                "learnware.add",
+                record.id,
+                record.contributor_key_id,
+                f"status={record.status} package={record.package_sha256} "
+                f"version={row.version}",
+            )
+            return row.to_record()
 
     def get(self, learnware_id: str, *, with_specs: bool = True) -> LearnwareRecord:
         """The learnware; NotFound if absent. ``with_specs`` False never reads the spec
@@ -197,7 +209,9 @@ class Store:
         flt = filter or LearnwareFilter()
         size = _page_size(page_size)
         fingerprint = _fingerprint(flt, visible)
-        query = select(LearnwareRow).where(*_conditions(flt), *_visible(visible))
+        query = select(LearnwareRow).where(
+            *_conditions(flt), *_visible(visible), *_newest_only(flt, visible)
+        )
         if page_token:
             after_at, after_id = _decode_token(page_token, fingerprint)
             query = query.where(
@@ -214,6 +228,41 @@ class Store:
             items = tuple(row.to_record(with_specs) for row in rows[:size])
         token = _encode_token(items[-1], fingerprint) if len(rows) > size else ""
         return Page(items=items, next_page_token=token)
+
+    def versions(
+        self, contributor_key_id: str, name: str, *, visible: Visibility | None = None
+    ) -> tuple[LearnwareRecord, ...]:
+        """Every version of one (contributor, name) that ``visible`` lets through, newest
+        first, without spec bytes (at most MAX_PAGE_SIZE of them: the newest)."""
+        query = (
+            select(LearnwareRow)
+            .where(
+                LearnwareRow.contributor_key_id == contributor_key_id,
+                LearnwareRow.name == name,
+                *_visible(visible),
+            )
+            .order_by(LearnwareRow.version.desc())
+            .limit(MAX_PAGE_SIZE)
+        )
+        with self._reading() as session:
+            return tuple(row.to_record(with_specs=False) for row in session.scalars(query))
+
+    def count_download(self, learnware_id: str) -> int:
+        """Add one to the learnware's download count (one atomic UPDATE, so concurrent
+        fetches all count) and return the new count; NotFound if absent. ``updated_at``
+        is unchanged: a download does not change the learnware."""
+        with self._writing() as session:
+            bumped = session.execute(
+                update(LearnwareRow)
+                .where(LearnwareRow.id == learnware_id)
+                .values(downloads=LearnwareRow.downloads + 1)
+            )
+            if not bumped.rowcount:  # type: ignore[attr-defined]
+                raise NotFound(f"no learnware {learnware_id!r}")
+            count = session.scalar(
+                select(LearnwareRow.downloads).where(LearnwareRow.id == learnware_id)
+            )
+            return int(count or 0)
 
     def set_status(
         self,
@@ -426,6 +475,16 @@ def _constraint_message(record: LearnwareRecord, error: DbIntegrityError) -> str
     return f"learnware {record.id} was not stored: {first_line}"
 
 
+def _next_version(session: Session, record: LearnwareRecord) -> int:
+    newest = session.scalar(
+        select(func.max(LearnwareRow.version)).where(
+            LearnwareRow.contributor_key_id == record.contributor_key_id,
+            LearnwareRow.name == record.name,
+        )
+    )
+    return int(newest or 0) + 1
+
+
 def _get_row(session: Session, learnware_id: str, with_specs: bool = True) -> LearnwareRow:
     options = [selectinload(LearnwareRow.specs)] if with_specs else []
     row = session.get(LearnwareRow, learnware_id, options=options)
@@ -449,32 +508,53 @@ def _counts(session: Session, column: Any) -> dict[Any, int]:
     return {key: int(n) for key, n in rows}
 
 
-def _conditions(flt: LearnwareFilter) -> list[ColumnElement[bool]]:
-    """SQL conditions for the filter's non-empty fields."""
+_Rows = type[LearnwareRow] | AliasedClass[LearnwareRow]
+"""The learnwares table, or an alias of it (to compare a row with its other versions)."""
+
+
+def _conditions(flt: LearnwareFilter, rows: _Rows = LearnwareRow) -> list[ColumnElement[bool]]:
+    """SQL conditions for the filter's non-empty fields (but ``all_versions``)."""
     equal = {
-        LearnwareRow.domain: flt.domain,
-        LearnwareRow.task: flt.task,
-        LearnwareRow.base_model_id: flt.base_model_id,
-        LearnwareRow.license: flt.license,
-        LearnwareRow.status: Status(flt.status) if flt.status else None,
-        LearnwareRow.contributor_key_id: flt.contributor_key_id,
+        rows.domain: flt.domain,
+        rows.task: flt.task,
+        rows.base_model_id: flt.base_model_id,
+        rows.license: flt.license,
+        rows.status: Status(flt.status) if flt.status else None,
+        rows.contributor_key_id: flt.contributor_key_id,
     }
     conditions = [column == value for column, value in equal.items() if value]
     if flt.spec_kind:
         conditions.append(
-            exists().where(SpecRow.learnware_id == LearnwareRow.id, SpecRow.kind == flt.spec_kind)
+            exists().where(SpecRow.learnware_id == rows.id, SpecRow.kind == flt.spec_kind)
         )
     return conditions
 
 
-def _visible(visible: Visibility | None) -> list[ColumnElement[bool]]:
+def _visible(visible: Visibility | None, rows: _Rows = LearnwareRow) -> list[ColumnElement[bool]]:
     """``Visibility.allows`` as SQL: the caller's own rows, or others' at allowed statuses."""
     if visible is None or visible.others is None:
         return []
-    others = LearnwareRow.status.in_(sorted(visible.others))
+    others = rows.status.in_(sorted(visible.others))
     if visible.own_key_id is None:
         return [others]
-    return [or_(LearnwareRow.contributor_key_id == visible.own_key_id, others)]
+    return [or_(rows.contributor_key_id == visible.own_key_id, others)]
+
+
+def _newest_only(flt: LearnwareFilter, visible: Visibility | None) -> list[ColumnElement[bool]]:
+    """Unless ``flt.all_versions``: no newer version of the row's (contributor, name) passes
+    the same filter and visibility (the unique (contributor, name, version) index finds it)."""
+    if flt.all_versions:
+        return []
+    newer = aliased(LearnwareRow)
+    return [
+        ~exists().where(
+            newer.contributor_key_id == LearnwareRow.contributor_key_id,
+            newer.name == LearnwareRow.name,
+            newer.version > LearnwareRow.version,
+            *_conditions(flt, newer),
+            *_visible(visible, newer),
+        )
+    ]
 
 
 def _page_size(requested: int) -> int:

@@ -28,3 +28,8 @@ def console(stderr: bool = False, width: int | None = None):  # type: ignore[no-
     from rich.console import Console
 
     return Console(stderr=stderr, soft_wrap=True, width=width)
+
+
+def epsilon_text(epsilon: float | None) -> str:
+    """An epsilon as every command prints it; None is a release without DP, said plainly."""
+    return "none (no DP)" if epsilon is None else f"{epsilon:.3g}"

@@ -40,6 +40,7 @@ def test_service_has_every_rpc_with_its_streaming_shape() -> None:
         "Search": (False, False),
         "Fetch": (False, True),
         "Withdraw": (False, False),
+        "GetHistory": (False, False),
         "RegisterKey": (False, False),
         "RevokeKey": (False, False),
         "ListKeys": (False, False),

@@ -149,9 +149,13 @@ def test_list_pages_and_filters(world):
     market = world["market"]
     alice = market.client("alice")
     ids = {alice.submit(package(world, domain="law")).id for _ in range(3)}
-    listed = list(market.client("uma").iter_learnwares(domain="law", page_size=2))
+    uma = market.client("uma")
+    listed = list(uma.iter_learnwares(domain="law", page_size=2, all_versions=True))
     assert {i.id for i in listed} == ids
     assert all(i.status == pb.LEARNWARE_STATUS_USABLE for i in listed)
+    # one name submitted three times: by default only its newest version is listed
+    (newest,) = uma.iter_learnwares(domain="law", page_size=2)
+    assert newest.version == max(i.version for i in listed) >= 3
 
 
 def _refused(world, submit, error, needle):
@@ -363,7 +367,10 @@ def test_concurrent_searches_and_uploads(tmp_path, lwm_home):
         assert len(set(ids)) == 4
         stored = market.running.market.store
         assert all(stored.get(i).status is Status.USABLE for i in ids)
-        assert len(market.client("ursula").search(query, top_k=10)) == 4
+        assert {stored.get(i).version for i in ids} == {1, 2, 3, 4}  # one name, 4 versions
+        ursula = market.client("ursula")
+        assert len(ursula.search(query, top_k=10, all_versions=True)) == 4
+        assert [r.learnware.version for r in ursula.search(query, top_k=10)] == [4]
 
 
 def test_revoking_a_contributor_withdraws_its_learnwares_from_users(world):
@@ -559,7 +566,8 @@ def rejection(reason: str) -> Judgment:
 
 
 def listed(market: Market, caller: Caller) -> set[str]:
-    return {r.id for r in market.list_page(caller, LearnwareFilter(), 100, "").items}
+    every = LearnwareFilter(all_versions=True)  # the packages share one name: versions
+    return {r.id for r in market.list_page(caller, every, 100, "").items}
 
 
 def test_one_visibility_rule_for_get_list_and_fetch(world, tmp_path, monkeypatch):

@@ -175,7 +175,7 @@ class SpecInfo(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., schema_id: _Optional[str] = ..., dim: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., n: _Optional[int] = ...) -> None: ...
 
 class LearnwareInfo(_message.Message):
-    __slots__ = ("id", "name", "domain", "task", "description", "license", "base_model", "contributor_key_id", "contributor_name", "status", "reason", "created_at", "updated_at", "package_size", "package_sha256", "specs", "dp")
+    __slots__ = ("id", "name", "domain", "task", "description", "license", "base_model", "contributor_key_id", "contributor_name", "status", "reason", "created_at", "updated_at", "package_size", "package_sha256", "specs", "dp", "version", "downloads")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,8 @@ class LearnwareInfo(_message.Message):
     PACKAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     domain: str
@@ -210,7 +212,9 @@ class LearnwareInfo(_message.Message):
     package_sha256: str
     specs: _containers.RepeatedCompositeFieldContainer[SpecInfo]
     dp: DpSummary
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., description: _Optional[str] = ..., license: _Optional[str] = ..., base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., contributor_key_id: _Optional[str] = ..., contributor_name: _Optional[str] = ..., status: _Optional[_Union[LearnwareStatus, str]] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., package_size: _Optional[int] = ..., package_sha256: _Optional[str] = ..., specs: _Optional[_Iterable[_Union[SpecInfo, _Mapping]]] = ..., dp: _Optional[_Union[DpSummary, _Mapping]] = ...) -> None: ...
+    version: int
+    downloads: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., description: _Optional[str] = ..., license: _Optional[str] = ..., base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., contributor_key_id: _Optional[str] = ..., contributor_name: _Optional[str] = ..., status: _Optional[_Union[LearnwareStatus, str]] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., package_size: _Optional[int] = ..., package_sha256: _Optional[str] = ..., specs: _Optional[_Iterable[_Union[SpecInfo, _Mapping]]] = ..., dp: _Optional[_Union[DpSummary, _Mapping]] = ..., version: _Optional[int] = ..., downloads: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("id",)
@@ -219,7 +223,7 @@ class GetRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "domain", "task", "base_model_id", "status", "contributor_key_id", "spec_kind", "license")
+    __slots__ = ("page_size", "page_token", "domain", "task", "base_model_id", "status", "contributor_key_id", "spec_kind", "license", "all_versions")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +233,7 @@ class ListRequest(_message.Message):
     CONTRIBUTOR_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_KIND_FIELD_NUMBER: _ClassVar[int]
     LICENSE_FIELD_NUMBER: _ClassVar[int]
+    ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     domain: str
@@ -238,7 +243,8 @@ class ListRequest(_message.Message):
     contributor_key_id: str
     spec_kind: str
     license: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., base_model_id: _Optional[str] = ..., status: _Optional[_Union[LearnwareStatus, str]] = ..., contributor_key_id: _Optional[str] = ..., spec_kind: _Optional[str] = ..., license: _Optional[str] = ...) -> None: ...
+    all_versions: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., base_model_id: _Optional[str] = ..., status: _Optional[_Union[LearnwareStatus, str]] = ..., contributor_key_id: _Optional[str] = ..., spec_kind: _Optional[str] = ..., license: _Optional[str] = ..., all_versions: bool = ...) -> None: ...
 
 class ListResponse(_message.Message):
     __slots__ = ("learnwares", "next_page_token")
@@ -263,20 +269,22 @@ class QuerySpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., schema_id: _Optional[str] = ..., vector: _Optional[bytes] = ..., dim: _Optional[int] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("spec", "top_k", "domain", "task", "base_model_id", "license")
+    __slots__ = ("spec", "top_k", "domain", "task", "base_model_id", "license", "all_versions")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LICENSE_FIELD_NUMBER: _ClassVar[int]
+    ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     spec: QuerySpec
     top_k: int
     domain: str
     task: str
     base_model_id: str
     license: str
-    def __init__(self, spec: _Optional[_Union[QuerySpec, _Mapping]] = ..., top_k: _Optional[int] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., base_model_id: _Optional[str] = ..., license: _Optional[str] = ...) -> None: ...
+    all_versions: bool
+    def __init__(self, spec: _Optional[_Union[QuerySpec, _Mapping]] = ..., top_k: _Optional[int] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., base_model_id: _Optional[str] = ..., license: _Optional[str] = ..., all_versions: bool = ...) -> None: ...
 
 class Why(_message.Message):
     __slots__ = ("kind", "schema_id", "rank", "text")
@@ -351,6 +359,18 @@ class WithdrawRequest(_message.Message):
     id: str
     reason: str
     def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetHistoryRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[LearnwareInfo]
+    def __init__(self, versions: _Optional[_Iterable[_Union[LearnwareInfo, _Mapping]]] = ...) -> None: ...
 
 class RegisterKeyRequest(_message.Message):
     __slots__ = ("public_key", "role", "name")

@@ -72,6 +72,11 @@ class MarketStub(object):
                 request_serializer=learnware_dot_market_dot_v1_dot_market__pb2.WithdrawRequest.SerializeToString,
                 response_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.LearnwareInfo.FromString,
                 _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/learnware.market.v1.Market/GetHistory',
+                request_serializer=learnware_dot_market_dot_v1_dot_market__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.HistoryResponse.FromString,
+                _registered_method=True)
         self.RegisterKey = channel.unary_unary(
                 '/learnware.market.v1.Market/RegisterKey',
                 request_serializer=learnware_dot_market_dot_v1_dot_market__pb2.RegisterKeyRequest.SerializeToString,
@@ -174,6 +179,15 @@ class MarketServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHistory(self, request, context):
+        """Every version of a learnware's (contributor, name) the caller may see, newest first
+        (the one asked for among them). Role: USER, CONTRIBUTOR or ADMIN.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterKey(self, request, context):
         """Admin: register a public key with a role. Role: ADMIN.
         Errors: INVALID_ARGUMENT (not an Ed25519 key, empty name, unspecified role),
@@ -243,6 +257,11 @@ def add_MarketServicer_to_server(servicer, server):
                     servicer.Withdraw,
                     request_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.WithdrawRequest.FromString,
                     response_serializer=learnware_dot_market_dot_v1_dot_market__pb2.LearnwareInfo.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.GetHistoryRequest.FromString,
+                    response_serializer=learnware_dot_market_dot_v1_dot_market__pb2.HistoryResponse.SerializeToString,
             ),
             'RegisterKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterKey,
@@ -457,6 +476,33 @@ class Market(object):
             '/learnware.market.v1.Market/Withdraw',
             learnware_dot_market_dot_v1_dot_market__pb2.WithdrawRequest.SerializeToString,
             learnware_dot_market_dot_v1_dot_market__pb2.LearnwareInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learnware.market.v1.Market/GetHistory',
+            learnware_dot_market_dot_v1_dot_market__pb2.GetHistoryRequest.SerializeToString,
+            learnware_dot_market_dot_v1_dot_market__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
