@@ -199,7 +199,7 @@ def show_command(
     if as_json:
         print(json.dumps(shown, indent=2))
         return
-    privacy, signer = shown["privacy"], shown["signer"]
+    privacy, signer, checks = shown["privacy"], shown["signer"], shown["checks"]
     lines = [
         f"{shown['name']} v{shown['version']} ({shown['id']}): {shown['domain']}/{shown['task']}",
         f"  {shown['description']}" if shown["description"] else "",
@@ -214,7 +214,7 @@ def show_command(
         ),
         f"  total epsilon {epsilon_text(privacy['total_epsilon'])}, delta "
         f"{privacy['total_delta']:g} ({privacy['accountant']})",
-        f"  checks: {shown['status']}" + (f": {shown['reason']}" if shown["reason"] else ""),
+        f"  checks: {checks['status']}" + (f": {checks['reason']}" if checks["reason"] else ""),
         f"  signed by {signer['name']} (key {signer['key_id']})",
         f"  package {shown['package_size']} bytes, sha256 {shown['package_sha256'][:16]}…; "
         f"{shown['downloads']} downloads",

@@ -112,6 +112,19 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
         (["privacy", "budget", "0", "--data", "D.jsonl"], 2, "budget epsilon"),
         (["privacy", "reset", "--data", "D.jsonl"], 2, "--yes"),
         (["privacy", "reset", "--data", "D.jsonl", "--yes"], 7, "nothing was recorded"),
+        # the catalogue (tests/test_market_cli.py runs them against a real market)
+        (["market", "list", "--server", "127.0.0.1:1", "--key", "K", "--status", "gone"],
+         2, "--status"),
+        (["market", "withdraw", "ID", "--reason", " ", "--server", "127.0.0.1:1", "--key", "K"],
+         2, "--reason"),
+        (["market", "submit", "NOFILE", "--server", "127.0.0.1:1", "--key", "K"],
+         2, "not a learnware folder"),
+        (["package", "build", "--adapter", "NOFILE", "--data", "D.jsonl", "--name", "x",
+          "--domain", "d", "--task", "t", "--license", "MIT", "--key", "K", "--base-model", "tiny"],
+         2, "adapter_config.json is missing"),
+        (["package", "build", "--adapter", "D", "--data", "D.jsonl", "--name", "Bad Name",
+          "--domain", "d", "--task", "t", "--license", "MIT", "--key", "K", "--base-model", "tiny"],
+         2, "name"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, needle):
