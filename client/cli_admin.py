@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
+from client.cli_user import market_client
 from shared.cli_options import (
     CaOpt,
     CertKeyOpt,
@@ -23,9 +24,6 @@ from shared.cli_options import (
     ServerOpt,
     console,
 )
-
-if TYPE_CHECKING:
-    from client.market import MarketClient
 
 ROLES = ("contributor", "user", "admin")
 
@@ -42,20 +40,6 @@ def _say(text: str) -> None:
     console().print(text)
 
 
-def _client(
-    server: str,
-    key: Path,
-    ca: Path | None,
-    insecure: bool,
-    cert: Path | None,
-    cert_key: Path | None,
-) -> MarketClient:
-    from client.cli_user import connection
-    from client.market import MarketClient
-
-    return MarketClient(connection(server, key, ca, insecure, cert, cert_key))
-
-
 def stats(
     server: ServerOpt,
     key: KeyOpt,
@@ -68,7 +52,7 @@ def stats(
     """Counts by status, kind and domain, blob bytes, keys and uptime (admin)."""
     from google.protobuf.json_format import MessageToDict
 
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         reply = client.stats()
     data = MessageToDict(reply, preserving_proto_field_name=True)
     if as_json:
@@ -99,7 +83,7 @@ def register_key(
         raise InvalidInput(f"--role must be contributor, user or admin, got {role!r}")
     if not pub.is_file():
         raise InvalidInput(f"public key file not found: {pub}")
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         info = client.register_key(pub.read_bytes(), role.lower(), name or pub.stem)
     _say(f"registered {info.key_id} ({info.name}) as {role.lower()}")
 
@@ -120,7 +104,7 @@ def revoke_key(
 
     path = Path(pub)
     key_id = signing.key_id(signing.load_public_key(path)) if path.is_file() else pub
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         info = client.revoke_key(key_id, reason)
     _say(f"revoked {info.key_id} ({info.name})")
 
@@ -138,7 +122,7 @@ def list_keys(
     """The registered keys and their roles."""
     from shared.proto import market_pb2 as pb
 
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         keys = client.list_keys(include_revoked)
     for info in keys:
         role = pb.Role.Name(info.role).removeprefix("ROLE_").lower()

@@ -172,12 +172,8 @@ def package_build(
     from client.contribute import ContributeConfig, package_adapter
     from shared.home import Home
 
-    config = ContributeConfig(
-        learnware=_card(name, domain, task, description, license, contributor or key.stem),
-        base_model=base_model,
-        spec=_spec_settings(spec, spec_epsilon),
-        delta=delta,
-    )
+    card = _card(name, domain, task, description, license, contributor or key.stem)
+    config = ContributeConfig(card, base_model, _spec_settings(spec, spec_epsilon), delta)
     package = package_adapter(
         adapter, data, config, key, out or Path(name), home=Home.resolve(home), progress=not as_json
     )

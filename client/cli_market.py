@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from client.cli_user import market_client
 from shared.cli_options import (
     CaOpt,
     CertKeyOpt,
@@ -30,7 +31,6 @@ from shared.cli_options import (
 )
 
 if TYPE_CHECKING:
-    from client.market import MarketClient
     from shared.proto import market_pb2 as pb
 
 STATUSES = ("PENDING", "USABLE", "REJECTED", "WITHDRAWN")
@@ -43,20 +43,6 @@ market_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(market_app, name="market")
-
-
-def _client(
-    server: str,
-    key: Path,
-    ca: Path | None,
-    insecure: bool,
-    cert: Path | None,
-    cert_key: Path | None,
-) -> MarketClient:
-    from client.cli_user import connection
-    from client.market import MarketClient
-
-    return MarketClient(connection(server, key, ca, insecure, cert, cert_key))
 
 
 def _status(value: str | None) -> int | None:
@@ -155,7 +141,7 @@ def list_command(
         filters["status"] = wanted
     if domain:
         filters["domain"] = domain
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         if mine:
             filters["contributor_key_id"] = client.key_id
         rows = [summary(info) for info in client.iter_learnwares(**filters)]
@@ -194,7 +180,7 @@ def show_command(
 ) -> None:
     """One learnware: manifest, base model, specs, privacy per release and in total, the
     market's checks, its signer, size, downloads and every version of its name."""
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         shown = details(client.get(learnware_id), client.history(learnware_id))
     if as_json:
         print(json.dumps(shown, indent=2))
@@ -242,7 +228,7 @@ def withdraw_command(
 
     if not reason.strip():
         raise InvalidInput("--reason must say why the learnware is withdrawn")
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         row = summary(client.withdraw(learnware_id, reason))
     if as_json:
         print(json.dumps(row, indent=2))
@@ -268,7 +254,7 @@ def submit_command(
 
     if not folder.is_dir():
         raise InvalidInput(f"{folder} is not a learnware folder")
-    with _client(server, key, ca, insecure, cert, cert_key) as client:
+    with market_client(server, key, ca, insecure, cert, cert_key) as client:
         verdict = submit_package(client, folder)
         if verdict.status == "REJECTED":
             raise LwmError(

@@ -32,7 +32,7 @@ from shared.cli_options import (
 
 if TYPE_CHECKING:
     from client.evaluate import LearnwareEvaluation
-    from client.market import Connection
+    from client.market import Connection, MarketClient
     from client.user import SearchOutcome
 
 OptServerOpt = Annotated[
@@ -91,6 +91,20 @@ def connection(
     if insecure:
         _warn("--insecure: no TLS, everything on the wire is readable (loopback only)")
     return Connection(server, key, ca, insecure, cert, cert_key)
+
+
+def market_client(
+    server: str,
+    key: Path,
+    ca: Path | None,
+    insecure: bool,
+    cert: Path | None,
+    cert_key: Path | None,
+) -> MarketClient:
+    """A ``MarketClient`` on ``connection``'s rules, for commands that only call the market."""
+    from client.market import MarketClient
+
+    return MarketClient(connection(server, key, ca, insecure, cert, cert_key))
 
 
 def _warn(text: str) -> None:
