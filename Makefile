@@ -51,6 +51,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_spec_build.py
 	$(BIN)/python benchmarks/bench_identification.py
 	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_web.py
 	$(BIN)/python benchmarks/bench_federation.py --quality
 
 proto: venv
