@@ -5,7 +5,11 @@ that nothing but a POST with its CSRF token changes anything."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -334,3 +338,37 @@ def test_plain_http_only_on_loopback(world):
 
     with pytest.raises(InvalidInput, match="loopback only"):
         asyncio.run(start_web(app, "0.0.0.0:0", None))
+
+
+def test_lwm_server_start_web_serves_https_and_stops_on_sigterm(tmp_path, lwm_home):
+    import httpx
+    from test_server_process import free_port, start_server
+
+    from server.pki import init_server_dir
+
+    layout = init_server_dir(tmp_path / "srv")
+    web_port = free_port()
+    extra = ("--web", f"127.0.0.1:{web_port}")
+    proc = start_server(layout.dir, free_port(), lwm_home.root, extra=extra)
+    try:
+        page = httpx.get(f"https://localhost:{web_port}/", verify=str(layout.ca_cert))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+
+    assert page.status_code == 200 and "Catalogue" in page.text
+    assert code == 0
+
+
+def test_lwm_server_start_refuses_plain_web_off_loopback(tmp_path, lwm_home):
+    from server.pki import init_server_dir
+
+    layout = init_server_dir(tmp_path / "srv")
+    command = [sys.executable, "-m", "client.cli", "server", "start", "--dir", str(layout.dir)]
+    command += ["--address", "127.0.0.1:0", "--insecure", "--no-smoke", "--web", "0.0.0.0:0"]
+    env = {**os.environ, "LWM_HOME": str(lwm_home.root)}
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    assert done.returncode == 2
+    assert "loopback only" in done.stderr.splitlines()[-1]

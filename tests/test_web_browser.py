@@ -21,6 +21,8 @@ from web_fixtures import admin_token, publish_catalogue
 try:
     from selenium import webdriver
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
 except ImportError:  # pragma: no cover - the dev extras install it
     webdriver = None
 
@@ -71,6 +73,11 @@ def browser() -> Iterator[webdriver.Chrome]:
     yield from chromium()
 
 
+def arrive(driver: webdriver.Chrome, url: str) -> None:
+    """Wait until a click's navigation has landed on ``url``."""
+    WebDriverWait(driver, 15).until(expected_conditions.url_to_be(url))
+
+
 def screenshot(driver: webdriver.Chrome, name: str) -> None:
     folder = os.environ.get("LWM_WEB_SCREENSHOTS")
     if folder:
@@ -85,11 +92,11 @@ def test_catalogue_link_budget_and_admin_login(world, browser):
     browser.get(base + "/")
     screenshot(browser, "catalogue")
     browser.find_element(By.LINK_TEXT, "cardiology-notes").click()
+    arrive(browser, f"{base}/learnware/{pub.learnware_id}")
     screenshot(browser, "learnware")
     total = browser.find_element(By.CSS_SELECTOR, "#total-budget .total")
     name = browser.find_element(By.ID, "learnware-name").text
 
-    assert browser.current_url == f"{base}/learnware/{pub.learnware_id}"
     assert name == "cardiology-notes"
     assert float(total.get_attribute("data-epsilon")) == pub.manifest.dp.total.epsilon
     assert total.text.startswith(f"ε = {pub.manifest.dp.total.epsilon:.3g}")
@@ -97,14 +104,15 @@ def test_catalogue_link_budget_and_admin_login(world, browser):
     browser.get(base + "/admin/keys")
     browser.find_element(By.ID, "token").send_keys(admin_token(world["market"], time.time()).text())
     browser.find_element(By.ID, "login").click()
+    arrive(browser, f"{base}/admin/keys")
     keys = browser.find_element(By.CSS_SELECTOR, "table.keys").text
 
-    assert browser.current_url == f"{base}/admin/keys"
     assert world["market"].layout.admin_key_id in keys and "St Mary's Hospital" in keys
     session = browser.get_cookie("lwm_session")
     assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
 
     browser.find_element(By.ID, "logout").click()
+    arrive(browser, f"{base}/")
     browser.get(base + "/admin/keys")
     assert browser.current_url == f"{base}/admin/login"
 
@@ -120,7 +128,9 @@ def test_a_stranger_cannot_reach_the_admin_view_or_log_in(world, browser):
         assert not browser.find_elements(By.CSS_SELECTOR, "table.keys"), page
     browser.find_element(By.ID, "token").send_keys("lwmweb1.made.up.token.for.fun")
     browser.find_element(By.ID, "login").click()
-    error = browser.find_element(By.ID, "login-error").text
+    error = WebDriverWait(browser, 15).until(
+        expected_conditions.presence_of_element_located((By.ID, "login-error"))
+    ).text
     browser.get(base + "/admin/keys")
 
     assert "login token" in error

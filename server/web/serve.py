@@ -22,6 +22,8 @@ from shared import transport
 from shared.errors import InvalidInput
 
 _START_TIMEOUT_S = 10.0
+_STOP_GRACE_S = 5  # a stalled browser cannot hold the server's stop longer than this
+_MAX_CONNECTIONS = 256  # beyond: 503 at once, as gRPC bounds its calls
 
 
 @dataclass
@@ -60,6 +62,8 @@ async def start_web(
         access_log=False,
         server_header=False,
         lifespan="off",
+        limit_concurrency=_MAX_CONNECTIONS,
+        timeout_graceful_shutdown=_STOP_GRACE_S,
         ssl_certfile=None if tls_files is None else str(tls_files.server_cert),
         ssl_keyfile=None if tls_files is None else str(tls_files.server_key),
     )

@@ -51,29 +51,17 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class LearnwareView:
-    """A learnware as the catalogue and its own page show it."""
+    """A learnware as the catalogue and its own page show it: the market's record (name,
+    domain, task, licence, base model, status and reason, size, ...) and what its signed
+    manifest and the key registry add."""
 
-    id: str
-    name: str
-    domain: str
-    task: str
-    description: str
-    license: str
-    base_model_id: str
-    base_model_sha256: str
+    record: LearnwareRecord
     specs: tuple[SpecEntry, ...]
     releases: tuple[Release, ...]
     total: Budget
     accountant: str
     contributor_name: str
-    contributor_key_id: str
     contributor_revoked: bool
-    size_bytes: int
-    package_sha256: str
-    status: str
-    reason: str
-    created_at: datetime
-    updated_at: datetime
     # Issue 14, item 3 (versions) adds version and downloads here and fills history.
     history: tuple[HistoryEntry, ...] = ()
 
@@ -89,14 +77,7 @@ def learnware_view(record: LearnwareRecord, contributor: KeyRecord | None) -> Le
     manifest = Manifest.from_json(record.manifest_json)
     ledger = manifest.dp
     return LearnwareView(
-        id=record.id,
-        name=record.name,
-        domain=record.domain,
-        task=record.task,
-        description=record.description,
-        license=record.license,
-        base_model_id=record.base_model_id,
-        base_model_sha256=record.base_model_sha256,
+        record=record,
         specs=manifest.specs,
         releases=tuple(
             Release(part.what, part.mechanism, Budget(part.epsilon, part.delta))
@@ -105,14 +86,7 @@ def learnware_view(record: LearnwareRecord, contributor: KeyRecord | None) -> Le
         total=Budget(ledger.total.epsilon, ledger.total.delta),
         accountant=ledger.total.accountant,
         contributor_name=contributor.name if contributor else record.contributor_name,
-        contributor_key_id=record.contributor_key_id,
         contributor_revoked=contributor is None or contributor.revoked,
-        size_bytes=record.package_size,
-        package_sha256=record.package_sha256,
-        status=record.status.value,
-        reason=record.reason,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
     )
 
 
