@@ -21,6 +21,8 @@ lint: venv
 	$(BIN)/ruff check shared server client tests benchmarks
 	$(BIN)/mypy shared server client
 
+# tests/test_web_browser.py drives headless Chromium: Debian's `chromium` and `chromium-driver`
+# (.ci/run installs them when missing); without them those tests skip and say why.
 # Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests kept
 # together so its module fixtures (a market server, a trained adapter) are built once. The
 # files that start a Ray cluster (Flower's simulation engine) run afterwards on their own:
@@ -49,6 +51,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_spec_build.py
 	$(BIN)/python benchmarks/bench_identification.py
 	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_web.py
 	$(BIN)/python benchmarks/bench_federation.py --quality
 
 proto: venv

@@ -138,3 +138,35 @@ def _revocation(info: Any) -> str:
     when = f" {stamp.ToDatetime().isoformat(timespec='seconds')}Z" if stamp.seconds else ""
     why = f": {info.revoke_reason}" if info.revoke_reason else ""
     return f"  (revoked{when}{why})"
+
+
+@admin_app.command("web-token")
+def web_token(
+    server: ServerOpt,
+    key: KeyOpt,
+    ca: CaOpt = None,
+    insecure: InsecureOpt = False,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    ttl: Annotated[
+        int, typer.Option("--ttl", help="Seconds the token lives (at most 3600).")
+    ] = 600,
+) -> None:
+    """Mint a one-time login token for the market's web page, signed by your admin key.
+
+    Prints only the token (paste it into the page's login form). It names the market it is
+    for (its TLS certificate, as every signed request does), so it logs in nowhere else."""
+    import time
+
+    from client.cli_user import connection
+    from shared import signing, transport
+    from shared.market_identity import MarketIdentity
+    from shared.web_token import mint_web_token
+
+    conn = connection(server, key, ca, insecure, cert, cert_key)
+    address = transport.parse_address(conn.address)
+    market_id = MarketIdentity(
+        address.host, address.port, ca=ca, client_cert=cert, client_key=cert_key, insecure=insecure
+    )()
+    private = signing.load_private_key(key)
+    print(mint_web_token(private, market_id, ttl, time.time()).text())

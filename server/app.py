@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -36,6 +36,9 @@ from server.store import Store
 from shared import transport
 from shared.home import Home
 from shared.market_identity import server_market_id
+
+if TYPE_CHECKING:
+    from server.web import WebServer
 
 log = logging.getLogger("lwm.server")
 T = TypeVar("T")
@@ -67,10 +70,13 @@ class RunningServer:
     health: Any
     settings: ServerSettings
     _loop: _LoopThread
+    web: WebServer | None = None  # the web page, when started with settings.web_address
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING first, smoke runs killed (they stay PENDING), then
-        let in-flight calls finish."""
+        """Graceful stop: the web page closed and NOT_SERVING first, smoke runs killed (they
+        stay PENDING), then let in-flight calls finish."""
+        if self.web is not None:
+            self._loop.run(self.web.stop())
         self._loop.run(self.health.enter_graceful_shutdown())
         self.market.close()
         self._loop.run(self.server.stop(self.settings.grace_s if grace_s is None else grace_s))
@@ -122,11 +128,16 @@ def build_server(settings: ServerSettings) -> RunningServer:
     pending = market.start()
     tls_files = _tls_files(settings)
     refs = [b.ref for b in base_models.values()]
-    service = MarketService(market, refs, server_market_id(tls_files), settings.calls)
+    market_id = server_market_id(tls_files)
+    service = MarketService(market, refs, market_id, settings.calls)
     loop = _LoopThread()
+    server: grpc.aio.Server | None = None
     try:
         server, port, health = loop.run(_start_grpc(settings, service, tls_files))
+        web = _start_web(loop, settings, market, market_id, tls_files)
     except BaseException:
+        if server is not None:
+            loop.run(server.stop(0))
         loop.close()
         service.close()
         store.close()
@@ -141,7 +152,25 @@ def build_server(settings: ServerSettings) -> RunningServer:
         port,
         "mTLS" if settings.require_client_cert else "TLS" if tls_files else "INSECURE",
     )
-    return RunningServer(server, market, service, port, health, settings, loop)
+    if web is not None:
+        log.info("web page on %s", web.url)
+    return RunningServer(server, market, service, port, health, settings, loop, web)
+
+
+def _start_web(
+    loop: _LoopThread,
+    settings: ServerSettings,
+    market: Market,
+    market_id: str,
+    tls_files: transport.ServerTlsFiles | None,
+) -> WebServer | None:
+    """The web page on the server's loop, after gRPC (None without ``web_address``)."""
+    if settings.web_address is None:
+        return None
+    from server.web import build_web_app, start_web
+
+    app = build_web_app(market, market_id, tls=tls_files is not None)
+    return loop.run(start_web(app, settings.web_address, tls_files))
 
 
 async def _start_grpc(
@@ -206,7 +235,10 @@ def serve_forever(settings: ServerSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(json.dumps({"event": "ready", "port": running.port}), flush=True)
+    ready: dict[str, Any] = {"event": "ready", "port": running.port}
+    if running.web is not None:
+        ready["web"] = running.web.url
+    print(json.dumps(ready), flush=True)
     while not stop.wait(0.5):
         pass
     running.stop()

@@ -69,6 +69,10 @@ def start(
     ] = False,
     grace: Annotated[float, typer.Option("--grace", help="Seconds in-flight calls get.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    web: Annotated[
+        str | None,
+        typer.Option("--web", help="HOST:PORT for the web page (loopback only without TLS)."),
+    ] = None,
 ) -> None:
     """Serve the market until SIGTERM (graceful: NOT_SERVING, drain, exit 0)."""
     import sys
@@ -99,5 +103,6 @@ def start(
         reflection=reflection,
         grace_s=grace,
         admin_pub=layout.admin_pub,
+        web_address=web,
     )
     sys.exit(serve_forever(settings))

@@ -127,6 +127,7 @@ class ServerSettings:
     reflection: bool = False
     grace_s: float = 10.0
     admin_pub: Path | None = None  # registered as ADMIN at start when given
+    web_address: str | None = None  # HOST:PORT of the web page (server.web); None: no page
 
     def __post_init__(self) -> None:
         if not self.base_models:

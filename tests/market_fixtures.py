@@ -44,7 +44,12 @@ class MarketUnderTest:
 
 @contextmanager
 def market_server(
-    tmp: Path, home: Home, *, run_smoke: bool = True, calls: CallLimits | None = None
+    tmp: Path,
+    home: Home,
+    *,
+    run_smoke: bool = True,
+    calls: CallLimits | None = None,
+    web_address: str | None = None,
 ) -> Iterator[MarketUnderTest]:
     layout = init_server_dir(tmp / "server")
     settings = ServerSettings(
@@ -57,6 +62,7 @@ def market_server(
         admin_pub=layout.admin_pub,
         grace_s=0,
         calls=calls or CallLimits(),
+        web_address=web_address,
     )
     running = build_server(settings)
     keys = tmp / "keys"

@@ -37,9 +37,16 @@ def free_port() -> int:
 
 
 def start_server(
-    server_dir: Path, port: int, home: Path, *, smoke: bool = False, grace: float = 5
+    server_dir: Path,
+    port: int,
+    home: Path,
+    *,
+    smoke: bool = False,
+    grace: float = 5,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
-    """``lwm server start`` (the smoke run off unless ``smoke``), once it says ready."""
+    """``lwm server start`` (the smoke run off unless ``smoke``; ``extra`` options), once it
+    says ready."""
     env = {**os.environ, "LWM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [
@@ -55,6 +62,7 @@ def start_server(
             *([] if smoke else ["--no-smoke"]),
             "--grace",
             f"{grace:g}",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
