@@ -6,8 +6,10 @@ Phases, each ``--seconds`` long with the same honest load:
   1. honest only;
   2. honest + abuse, started a couple of seconds before the honest load.
 
-Honest (one process): ``--searchers`` threads searching back to back, each on its own
-channel, with a 5 s deadline; a contributor submitting a fresh package every 2 s; a health
+Honest (one process): ``--searchers`` threads, each on its own channel, sending
+``--search-rate`` searches a second between them on a fixed schedule (an open load that
+leaves the cores room: a closed loop would measure queueing on 2 cores, not the stalls),
+each with a 5 s deadline; a contributor submitting a fresh package every 2 s; a health
 check every 100 ms with a 1 s deadline.
 Abuse (another process): ``--stalled`` calls without a key that open and never send their
 first message (reopened as soon as the market cuts them), 4 authenticated uploads that send
@@ -76,6 +78,7 @@ class Job:
     keys: dict[str, str]  # name -> private key file
     seconds: float
     searchers: int = 8
+    search_rate: float = 50.0  # honest searches a second, all searchers together
     stalled: int = 64
     packages: tuple[str, ...] = ()  # honest contributor's packages, one per submit
     silent_package: str = ""  # the attacker's package whose header opens silent uploads
@@ -126,7 +129,11 @@ def honest(job: Job) -> dict[str, object]:
             request_serializer=pb.SearchRequest.SerializeToString,
             response_deserializer=pb.SearchResponse.FromString,
         )
+        period = job.searchers / job.search_rate  # each searcher's share of the rate
+        next_at = time.monotonic() + period * i / job.searchers  # staggered starts
         for j, _ in enumerate(_until(job.seconds)):
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += period
             request = pb.SearchRequest(spec=queries[(i + j) % len(queries)], top_k=10)
             call = functools.partial(stub, request, timeout=SEARCH_DEADLINE_S)
             _timed(call, out.search_s, out.search_errors)
@@ -333,6 +340,24 @@ def _start_server(server_dir: Path, db: str, port: int, tree: Path | None) -> ob
     return proc
 
 
+def _seed(db: str, home: Home, tmp: Path, count: int, tree: Path | None) -> None:
+    """``seed_learnwares`` with the serving tree's own store code (its schema version)."""
+    if tree is None:
+        seed_learnwares(db, home, tmp, count)
+        return
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    code = (
+        "import sys; from pathlib import Path; "
+        f"sys.path[:0] = [{str(tree)!r}, {str(tree / 'tests')!r}, {str(here)!r}]; "
+        "import builders, market_fixtures, bench_server; from shared.home import Home; "
+        f"bench_server.seed_learnwares({db!r}, Home.resolve({str(home.root)!r}), "
+        f"Path({str(tmp)!r}), {count})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tree)
+
+
 def _packages(home: Home, tmp: Path, count: int, key: signing.Ed25519PrivateKey) -> list[Path]:
     adapter = train_lora_adapter(home, tmp / "adapter", steps=0)
     out = []
@@ -378,7 +403,7 @@ def _summary(rows: dict[str, object]) -> dict[str, object]:
 def run(args: argparse.Namespace, home: Home, tmp: Path) -> dict[str, object]:
     layout = init_server_dir(tmp / "server")
     db = f"sqlite:///{tmp / 'market.db'}"
-    seed_learnwares(db, home, tmp / "seed", args.learnwares)
+    _seed(db, home, tmp / "seed", args.learnwares, args.server_tree)
     port = _free_port()
     proc = _start_server(layout.dir, db, port, args.server_tree)
     address = f"localhost:{port}"
@@ -404,12 +429,20 @@ def _phases(
         keys[name] = str(tmp / f"{name}.key")
         signing.save_private_key(keys[name], private[name])
         admin.register_key(signing.public_key_bytes(public), role, name)
-    per_phase = int(args.seconds / SUBMIT_EVERY_S) + 1
+    per_phase = int(args.seconds / SUBMIT_EVERY_S) + 1 if args.submits else 0
     packages = _packages(home, tmp / "honest", 2 * per_phase, private["carl"])
     carl = MarketClient(Connection(address, key_path=Path(keys["carl"]), ca=layout.ca_cert))
     big_id = carl.submit(_big_package(home, tmp, private["carl"])).id
     silent = _packages(home, tmp / "mallory", 1, private["mallory"])[0]
-    base = Job(address, str(layout.ca_cert), keys, args.seconds, args.searchers, args.stalled)
+    base = Job(
+        address,
+        str(layout.ca_cert),
+        keys,
+        args.seconds,
+        args.searchers,
+        args.search_rate,
+        args.stalled,
+    )
     spawn = multiprocessing.get_context("spawn")
     report: dict[str, object] = {}
     with spawn.Pool(2) as pool:
@@ -498,6 +531,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
     parser.add_argument("--learnwares", type=int, default=2000)
     parser.add_argument("--searchers", type=int, default=8)
+    parser.add_argument(
+        "--no-submits", dest="submits", action="store_false", help="no honest uploads"
+    )
+    parser.add_argument("--search-rate", type=float, default=50.0, help="searches/s in all")
     parser.add_argument("--stalled", type=int, default=64)
     parser.add_argument("--server-tree", type=Path, default=None, help="serve from this checkout")
     parser.add_argument("--out", default="bench-out/abuse.json")

@@ -192,7 +192,7 @@ def seed_learnwares(db: str, home: Home, tmp: Path, count: int) -> None:
         )
         base = LearnwareRecord(
             id="",
-            name="synthetic",
+            name="synthetic-0",
             domain="demo",
             task="text",
             description="",
@@ -221,6 +221,7 @@ def seed_learnwares(db: str, home: Home, tmp: Path, count: int) -> None:
                 replace(
                     base,
                     id=uuid.uuid4().hex,
+                    name=f"synthetic-{i}",  # distinct learnwares, not versions of one
                     package_sha256=hashlib.sha256(str(i).encode()).hexdigest(),
                     specs=(SpecRecord("rkme", spec.schema_id, spec.dim, specs_to_bytes([spec])),),
                 )

@@ -13,6 +13,7 @@ thread pools. Callers of ``build_server`` stay synchronous.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -97,6 +98,21 @@ def limit_blas_threads() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def freeze_startup_heap() -> None:
+    """Keep the objects made at start-up out of the garbage collector's full passes: call
+    once, after ``build_server``, in the serving process.
+
+    Start-up imports torch and transformers and loads the index: millions of long-lived
+    objects that every full (generation 2) collection walks again. Under 50 searches a
+    second that cost a ~240 ms pause every ~5 s, stalling every call and the health
+    service at once (load-and-abuse benchmark: honest Search p99 235 ms, 18.7 ms with
+    this). ``gc.freeze`` moves them to a generation the collector never scans; what is made
+    later is collected as before. Process-wide, so ``build_server`` (tests) leaves it alone.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_server(settings: ServerSettings) -> RunningServer:
@@ -227,6 +243,7 @@ def _ensure_admin(market: Market, public_key: bytes) -> None:
 def serve_forever(settings: ServerSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     running = build_server(settings)
+    freeze_startup_heap()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

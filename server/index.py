@@ -138,17 +138,28 @@ class SpecIndex:
         return self.search_point(to_index_point(spec), k, allowed)
 
     def search_point(
-        self, query: IndexPoint, k: int, allowed: Collection[str] | None = None
+        self,
+        query: IndexPoint,
+        k: int,
+        allowed: Collection[str] | None = None,
+        excluded: Collection[str] = (),
     ) -> list[Hit]:
+        """The ``k`` nearest of the ``allowed`` keys (all if ``None``) that are not
+        ``excluded`` (the market's superseded versions): exact either way, never fewer
+        than ``k`` because some were left out."""
         if k < 1:
             raise SpecError(f"top-k must be >= 1, got {k}")
         with self._lock.reading():
             if not self._keys:
                 return []
             if self._approx is not None:
-                hits = self._search_approx(query, k, allowed)
+                hits = self._search_approx(query, k, allowed, excluded)
                 if hits is not None:
                     return hits
+            if allowed is None and excluded:
+                return self._search_exact(query, k, None, self._rows_of(excluded))
+            if excluded:
+                allowed = [key for key in allowed or () if key not in excluded]
             return self._search_exact(query, k, self._allowed_rows(allowed))
 
     def search_exact(self, query: IndexPoint, k: int) -> list[Hit]:
@@ -217,9 +228,22 @@ class SpecIndex:
         terms = self._tbuf[:n] if rows is None else self._tbuf[rows]
         return distances(query, matrix, terms)
 
-    def _search_exact(self, query: IndexPoint, k: int, rows: np.ndarray | None) -> list[Hit]:
+    def _rows_of(self, keys: Collection[str]) -> np.ndarray:
+        return np.fromiter((self._rows[k] for k in keys if k in self._rows), dtype=np.int64)
+
+    def _search_exact(
+        self,
+        query: IndexPoint,
+        k: int,
+        rows: np.ndarray | None,
+        skip_rows: np.ndarray | None = None,
+    ) -> list[Hit]:
+        """Exact top ``k`` over ``rows`` (all if ``None``) but ``skip_rows`` (with all)."""
         d = self._distances(query, rows)
-        if d.size == 0:
+        if skip_rows is not None and skip_rows.size:
+            d[skip_rows] = np.inf
+            k = min(k, d.size - skip_rows.size)
+        if d.size == 0 or k < 1:
             return []
         top = np.argpartition(d, k - 1)[:k] if k < d.size else np.arange(d.size)
         top = top[np.argsort(d[top], kind="stable")]
@@ -230,14 +254,20 @@ class SpecIndex:
         ]
 
     def _search_approx(
-        self, query: IndexPoint, k: int, allowed: Collection[str] | None
+        self, query: IndexPoint, k: int, allowed: Collection[str] | None, excluded: Collection[str]
     ) -> list[Hit] | None:
         assert self._approx is not None
         want = max(self.config.rerank, 4 * k)
         candidates = self._approx.candidates(query, want)
-        if allowed is not None:
+        if allowed is not None or excluded:
             candidates = np.array(
-                [r for r in candidates if self._keys[r] in allowed], dtype=np.int64
+                [
+                    r
+                    for r in candidates
+                    if (allowed is None or self._keys[r] in allowed)
+                    and self._keys[r] not in excluded
+                ],
+                dtype=np.int64,
             )
             if len(candidates) < k:
                 return None  # too few survive the filter: exact scan of the allowed rows

@@ -361,13 +361,12 @@ class Market:
         k = min(top_k or self.limits.default_top_k, self.limits.max_top_k)
         # No market lock here: the index has its own readers-writer lock, so searches run
         # in parallel. A learnware withdrawn between the index answer and this lookup is
-        # simply dropped from the answer. Superseded versions are dropped after the index
-        # answers, which therefore returns that many more (exact: none of them is kept).
+        # simply dropped from the answer. The index leaves superseded versions out itself.
         hidden = frozenset() if flt.all_versions else self._newest.superseded
         point = to_index_point(query)
-        hits = self.indexes[query.kind].search_point(point, k + len(hidden), self._allowed(flt))
-        found = [(self._usable.get(h.key), h) for h in hits if h.key not in hidden]
-        kept = [(r, h) for r, h in found if r is not None][:k]
+        hits = self.indexes[query.kind].search_point(point, k, self._allowed(flt), hidden)
+        found = [(self._usable.get(h.key), h) for h in hits]
+        kept = [(r, h) for r, h in found if r is not None]
         return [
             SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
             for i, (r, h) in enumerate(kept)
@@ -404,9 +403,7 @@ class Market:
                 f"a contributor may fetch only its own learnwares, not {record.id}"
             )
         if record.status is Status.REJECTED:
-            raise FailedPrecondition(
-                f"learnware {record.id} was rejected: its package is not kept"
-            )
+            raise FailedPrecondition(f"learnware {record.id} was rejected: its package is not kept")
         if offset < 0 or offset > record.package_size:
             raise SpecError(
                 f"offset {offset} is outside the package of {record.package_size} bytes"

@@ -121,3 +121,26 @@ def test_concurrent_searches_and_writes_stay_consistent():
         t.join()
     assert not errors, errors[0]
     assert len(index) == 500 and "base0" not in index and "new199" in index
+
+
+@pytest.mark.parametrize("approx_min_rows", [10_000, 100])
+def test_excluded_keys_are_left_out_and_k_still_filled(approx_min_rows):
+    """The market's superseded versions: never in the answer, which still has k hits,
+    exactly the k best of the rest, with or without an allowed set, exact or approximate."""
+    rng = np.random.default_rng(4)
+    specs = [make_spec(rng.normal(size=16)) for _ in range(400)]
+    config = IndexConfig(approx_min_rows=approx_min_rows, projection_dim=8, rerank=400)
+    index = SpecIndex("rkme", SCHEMA_ID, 16, config)
+    index.add_many((f"lw{i}", s) for i, s in enumerate(specs))
+    query = make_spec(rng.normal(size=16))
+    order = [
+        f"lw{i}" for i in sorted(range(400), key=lambda i: reference_distance(query, specs[i]))
+    ]
+    excluded = frozenset(order[:30:2])  # half of the 30 best
+    point = to_index_point(query)
+    hits = [h.key for h in index.search_point(point, 10, None, excluded)]
+    assert hits == [k for k in order if k not in excluded][:10]
+    allowed = set(order[:40])
+    hits = [h.key for h in index.search_point(point, 10, allowed, excluded)]
+    assert hits == [k for k in order[:40] if k not in excluded][:10]
+    assert index.search_point(point, 10, set(excluded), excluded) == []
