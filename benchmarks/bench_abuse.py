@@ -4,7 +4,9 @@ errors with and without the abuse, in the same run.
 
 Phases, each ``--seconds`` long with the same honest load:
   1. honest only;
-  2. honest + abuse, started a couple of seconds before the honest load.
+  2. honest + ``--stalled`` calls that never send (the issue's yardstick);
+  3. honest + every attack below.
+The attacks start a couple of seconds before the honest load of their phase.
 
 Honest (one process): ``--searchers`` threads, each on its own channel, sending
 ``--search-rate`` searches a second between them on a fixed schedule (an open load that
@@ -47,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import _free_port, seed_learnwares  # noqa: E402
+from bench_server import _free_port, seed, start_server  # noqa: E402
 from builders import (  # noqa: E402
     build_learnware,
     random_rkme_spec,
@@ -67,6 +69,8 @@ MARKET = "/learnware.market.v1.Market/"
 SEARCH_DEADLINE_S = 5.0
 HEALTH_EVERY_S, HEALTH_DEADLINE_S = 0.1, 1.0
 SUBMIT_EVERY_S = 2.0
+PHASES = ("honest only", "honest + stalled calls", "honest + every attack")
+READER_PAUSE_S = 35.0  # a slow reader reads nothing this long (the market's idle limit: 30 s)
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,9 @@ class Job:
     search_rate: float = 50.0  # honest searches a second, all searchers together
     stalled: int = 64
     packages: tuple[str, ...] = ()  # honest contributor's packages, one per submit
-    silent_package: str = ""  # the attacker's package whose header opens silent uploads
+    silent_packages: tuple[str, ...] = ()  # the attacker's packages, one per silent upload
     big_id: str = ""  # a learnware for the slow readers
+    stalls_only: bool = False  # the abuse is only the stalled calls
 
 
 @dataclass
@@ -224,8 +229,10 @@ def abuse(job: Job) -> dict[str, dict[str, int]]:
     stranger = transport.channel(job.address, ca=job.ca)
     mallory = signing.load_private_key(job.keys["mallory"])
     mallory_channel = transport.channel(job.address, ca=job.ca, signing_key=mallory)
-    with tempfile.TemporaryFile() as tar:
-        silent_first = list(upload_requests(Path(job.silent_package), tar, 1024))[:2]
+    silent_first = []  # per package: its header and 1 KB (distinct packages: uploads of
+    for package in job.silent_packages:  # the same bytes would queue behind each other)
+        with tempfile.TemporaryFile() as tar:
+            silent_first.append(list(upload_requests(Path(package), tar, 1024))[:2])
 
     def ended(call: grpc.Future) -> str:
         """How the market ended ``call``, or that it was still open when the phase ended."""
@@ -241,9 +248,9 @@ def abuse(job: Job) -> dict[str, dict[str, int]]:
             stranger.stream_unary(MARKET + method).future(phase.silent_after([]), timeout=3600)
         )
 
-    def silent_upload() -> str:
+    def silent_upload(first: list[object]) -> Callable[[], str]:
         send = mallory_channel.stream_unary(MARKET + "Submit", request_serializer=_serialize)
-        return ended(send.future(phase.silent_after(silent_first), timeout=3600))  # type: ignore[arg-type]
+        return lambda: ended(send.future(phase.silent_after(first), timeout=3600))  # type: ignore[arg-type]
 
     def slow_reader() -> str:
         reader = transport.channel(
@@ -255,13 +262,17 @@ def abuse(job: Job) -> dict[str, dict[str, int]]:
         fetch = reader.unary_stream(MARKET + "Fetch", request_serializer=_serialize)
         stream = fetch(pb.FetchRequest(id=job.big_id), timeout=3600)
         try:
-            next(stream)  # the header; then read nothing more
+            next(stream)  # the header; then read nothing for a while
+            if phase.over.wait(timeout=min(phase.left(), READER_PAUSE_S)) or not phase.left():
+                stream.cancel()
+                return "still open at the end"
+            for _ in stream:  # what the market sent before it ended the call, then its status
+                pass
         except grpc.RpcError as err:
             return _code(err)
-        try:
-            return ended(stream)  # type: ignore[arg-type]
         finally:
             reader.close()
+        return "OK (read it all after the pause)"
 
     replay_request = pb.SearchRequest(
         spec=query_spec(random_rkme_spec(rkme_schema(Home.resolve()), seed=1))
@@ -296,12 +307,17 @@ def abuse(job: Job) -> dict[str, dict[str, int]]:
         repeat("stalled call, no key", stalled_call("Search" if i % 2 else "Submit"))
         for i in range(job.stalled)
     ]
-    attacks += [repeat("silent upload", silent_upload) for _ in range(4)]
-    attacks += [repeat("slow reader", slow_reader) for _ in range(2)]
-    attacks += [
-        repeat("replayed signature", replay),
-        repeat("signature for another market", other_market),
-    ]
+    if job.stalls_only:
+        silent_first, job_slow_readers = [], 0
+    else:
+        job_slow_readers = 2
+    attacks += [repeat("silent upload", silent_upload(first)) for first in silent_first]
+    attacks += [repeat("slow reader", slow_reader) for _ in range(job_slow_readers)]
+    if not job.stalls_only:
+        attacks += [
+            repeat("replayed signature", replay),
+            repeat("signature for another market", other_market),
+        ]
     threads = [threading.Thread(target=attack, daemon=True) for attack in attacks]
     phase.start(job.seconds)
     for thread in threads:
@@ -322,42 +338,6 @@ def _serialize(message: object) -> bytes:
 # ---------------------------------------------------------------- the run
 
 
-def _start_server(server_dir: Path, db: str, port: int, tree: Path | None) -> object:
-    import subprocess
-
-    env = dict(os.environ)
-    if tree is not None:  # that checkout's code first on the path, the same interpreter
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
-    command = [
-        sys.executable, "-m", "client.cli", "server", "start",
-        "--dir", str(server_dir), "--db", db, "--address", f"127.0.0.1:{port}",
-        "--no-smoke", "--log-level", "ERROR",
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if '"ready"' not in line:
-        raise RuntimeError(f"server did not start: {line}")
-    return proc
-
-
-def _seed(db: str, home: Home, tmp: Path, count: int, tree: Path | None) -> None:
-    """``seed_learnwares`` with the serving tree's own store code (its schema version)."""
-    if tree is None:
-        seed_learnwares(db, home, tmp, count)
-        return
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    code = (
-        "import sys; from pathlib import Path; "
-        f"sys.path[:0] = [{str(tree)!r}, {str(tree / 'tests')!r}, {str(here)!r}]; "
-        "import builders, market_fixtures, bench_server; from shared.home import Home; "
-        f"bench_server.seed_learnwares({db!r}, Home.resolve({str(home.root)!r}), "
-        f"Path({str(tmp)!r}), {count})"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tree)
-
-
 def _packages(home: Home, tmp: Path, count: int, key: signing.Ed25519PrivateKey) -> list[Path]:
     adapter = train_lora_adapter(home, tmp / "adapter", steps=0)
     out = []
@@ -375,7 +355,7 @@ def _packages(home: Home, tmp: Path, count: int, key: signing.Ed25519PrivateKey)
 
 
 def _big_package(home: Home, tmp: Path, key: signing.Ed25519PrivateKey) -> Path:
-    adapter = train_lora_adapter(home, tmp / "big-adapter", steps=0, r=256)  # ~6 MB
+    adapter = train_lora_adapter(home, tmp / "big-adapter", steps=0, r=1024)  # ~26 MB
     spec = write_specs(tmp / "big.safetensors", [random_rkme_spec(rkme_schema(home), seed=7)])
     return build_learnware(
         tmp / "big", adapter=adapter, spec_file=spec, base=model_ref("tiny", home), private_key=key
@@ -403,9 +383,9 @@ def _summary(rows: dict[str, object]) -> dict[str, object]:
 def run(args: argparse.Namespace, home: Home, tmp: Path) -> dict[str, object]:
     layout = init_server_dir(tmp / "server")
     db = f"sqlite:///{tmp / 'market.db'}"
-    _seed(db, home, tmp / "seed", args.learnwares, args.server_tree)
+    seed(db, home, tmp / "seed", args.learnwares, args.server_tree)
     port = _free_port()
-    proc = _start_server(layout.dir, db, port, args.server_tree)
+    proc = start_server(layout.dir, db, port, args.server_tree)
     address = f"localhost:{port}"
     try:
         return _phases(args, home, tmp, layout, address)
@@ -430,10 +410,10 @@ def _phases(
         signing.save_private_key(keys[name], private[name])
         admin.register_key(signing.public_key_bytes(public), role, name)
     per_phase = int(args.seconds / SUBMIT_EVERY_S) + 1 if args.submits else 0
-    packages = _packages(home, tmp / "honest", 2 * per_phase, private["carl"])
+    packages = _packages(home, tmp / "honest", len(PHASES) * per_phase, private["carl"])
     carl = MarketClient(Connection(address, key_path=Path(keys["carl"]), ca=layout.ca_cert))
     big_id = carl.submit(_big_package(home, tmp, private["carl"])).id
-    silent = _packages(home, tmp / "mallory", 1, private["mallory"])[0]
+    silent = _packages(home, tmp / "mallory", 4, private["mallory"])
     base = Job(
         address,
         str(layout.ca_cert),
@@ -445,17 +425,27 @@ def _phases(
     )
     spawn = multiprocessing.get_context("spawn")
     report: dict[str, object] = {}
+    honest_jobs = [
+        replace_job(base, packages=tuple(map(str, packages[i * per_phase : (i + 1) * per_phase])))
+        for i in range(len(PHASES))
+    ]
     with spawn.Pool(2) as pool:
-        calm = replace_job(base, packages=tuple(map(str, packages[:per_phase])))
-        report["honest only"] = pool.apply(honest, (calm,))
-        attack = replace_job(
-            base, seconds=args.seconds + 4, silent_package=str(silent), big_id=big_id
-        )
-        attacks = pool.apply_async(abuse, (attack,))
-        time.sleep(2)  # the attacks are in place before the honest load starts
-        loud = replace_job(base, packages=tuple(map(str, packages[per_phase:])))
-        report["honest under abuse"] = pool.apply(honest, (loud,))
-        report["attacks"] = attacks.get(timeout=args.seconds + 120)
+        report[PHASES[0]] = pool.apply(honest, (honest_jobs[0],))
+        for name, stalls_only, job in (
+            (PHASES[1], True, honest_jobs[1]),
+            (PHASES[2], False, honest_jobs[2]),
+        ):
+            attack = replace_job(
+                base,
+                seconds=args.seconds + 4,
+                silent_packages=tuple(map(str, silent)),
+                big_id=big_id,
+                stalls_only=stalls_only,
+            )
+            attacks = pool.apply_async(abuse, (attack,))
+            time.sleep(2)  # the attacks are in place before the honest load starts
+            report[name] = pool.apply(honest, (job,))
+            report[name]["attacks"] = attacks.get(timeout=args.seconds + 120)  # type: ignore[index]
     return report
 
 
@@ -482,7 +472,7 @@ def _print(report: dict[str, object], label: str) -> None:
         "health errors",
     ):
         table.add_column(column)
-    for phase in ("honest only", "honest under abuse"):
+    for phase in PHASES:
         s = report[phase]["summary"]  # type: ignore[index]
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         table.add_row(
@@ -491,10 +481,11 @@ def _print(report: dict[str, object], label: str) -> None:
             fmt(s["health_max_ms"]), _counts(s["health_errors"]),
         )  # fmt: skip
     attacks = Table(title="how the attacks ended (calls by status)")
-    attacks.add_column("attack")
-    attacks.add_column("ended with")
-    for attack, codes in report["attacks"].items():  # type: ignore[attr-defined]
-        attacks.add_row(attack, _counts(codes))
+    for column in ("phase", "attack", "ended with"):
+        attacks.add_column(column)
+    for phase in PHASES[1:]:
+        for attack, codes in report[phase]["attacks"].items():  # type: ignore[index]
+            attacks.add_row(phase, attack, _counts(codes))
     console = Console(width=150)
     console.print(table)
     console.print(attacks)
@@ -511,7 +502,7 @@ def _plot(report: dict[str, object], path: Path, label: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for phase in ("honest only", "honest under abuse"):
+    for phase in PHASES:
         values = np.sort(np.array(report[phase]["search_s"]) * 1000)  # type: ignore[index]
         if len(values):
             ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=phase)
@@ -542,7 +533,7 @@ def main() -> None:
     label = f"server from {args.server_tree}" if args.server_tree else "this tree"
     with tempfile.TemporaryDirectory() as tmp:
         report = run(args, Home.resolve(), Path(tmp))
-    for phase in ("honest only", "honest under abuse"):
+    for phase in PHASES:
         report[phase]["summary"] = _summary(report[phase])  # type: ignore[index]
     _print(report, label)
     out = Path(args.out)

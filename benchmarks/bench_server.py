@@ -232,13 +232,13 @@ def search_load(args: argparse.Namespace, home: Home, tmp: Path) -> dict:  # typ
     layout = init_server_dir(tmp / "srv2")
     db = f"sqlite:///{tmp / 's.db'}"
     started = time.perf_counter()
-    seed_learnwares(db, home, tmp / "seed", args.learnwares)
+    seed(db, home, tmp / "seed", args.learnwares, args.server_tree)
     print(
         f"inserted {args.learnwares} learnwares in {time.perf_counter() - started:.0f} s",
         flush=True,
     )
     port = _free_port()
-    proc = _start_server(layout.dir, db, port)
+    proc = start_server(layout.dir, db, port, args.server_tree)
     address = f"localhost:{port}"
     admin = MarketClient(Connection(address, key_path=layout.admin_key, ca=layout.ca_cert))
     upriv, upub = signing.generate_keypair()
@@ -287,30 +287,42 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(server_dir: Path, db: str, port: int):  # type: ignore[no-untyped-def]
+def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None):  # type: ignore[no-untyped-def]
+    """``lwm server start`` in its own process (smoke run off), from ``tree`` when given
+    (another checkout, e.g. the commit before a change: the same clients against both)."""
     import subprocess
 
+    env = dict(os.environ)
+    if tree is not None:  # that checkout's code first on the path, the same interpreter
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
     command = [
-        sys.executable,
-        "-m",
-        "client.cli",
-        "server",
-        "start",
-        "--dir",
-        str(server_dir),
-        "--db",
-        db,
-        "--address",
-        f"127.0.0.1:{port}",
-        "--no-smoke",
-        "--log-level",
-        "WARNING",
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        sys.executable, "-m", "client.cli", "server", "start",
+        "--dir", str(server_dir), "--db", db, "--address", f"127.0.0.1:{port}",
+        "--no-smoke", "--log-level", "ERROR",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
     line = proc.stdout.readline() if proc.stdout else ""
     if '"ready"' not in line:
         raise RuntimeError(f"server did not start: {line}")
     return proc
+
+
+def seed(db: str, home: Home, tmp: Path, count: int, tree: Path | None = None) -> None:
+    """``seed_learnwares`` with the serving tree's own store code (its schema version)."""
+    if tree is None:
+        seed_learnwares(db, home, tmp, count)
+        return
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    code = (
+        "import sys; from pathlib import Path; "
+        f"sys.path[:0] = [{str(tree)!r}, {str(tree / 'tests')!r}, {str(here)!r}]; "
+        "import builders, market_fixtures, bench_server; from shared.home import Home; "
+        f"bench_server.seed_learnwares({db!r}, Home.resolve({str(home.root)!r}), "
+        f"Path({str(tmp)!r}), {count})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tree)
 
 
 def _client_process(job: tuple) -> tuple[list[float], float]:  # type: ignore[type-arg]
@@ -350,6 +362,8 @@ def main() -> None:
     parser.add_argument("--learnwares", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--searches", type=int, default=100, help="per client")
+    parser.add_argument("--server-tree", type=Path, default=None, help="serve from this checkout")
+    parser.add_argument("--skip-transfer", action="store_true", help="only the Search load")
     parser.add_argument("--out", default="bench-out/server.json")
     args = parser.parse_args()
     limit_blas_threads()  # as `lwm server start` does: the searches below run in parallel
@@ -358,7 +372,7 @@ def main() -> None:
         report = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "transfer": transfer(args, home, Path(tmp)),
+            "transfer": None if args.skip_transfer else transfer(args, home, Path(tmp)),
             "search": search_load(args, home, Path(tmp)),
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,8 @@ async def first_message(requests: AsyncIterator[M], timeout_s: float, what: str 
 
 async def _next(requests: AsyncIterator[M], timeout_s: float, late: str) -> M | object:
     try:
-        return await asyncio.wait_for(anext(requests), timeout_s)
+        async with asyncio.timeout(timeout_s):  # no task per wait, unlike wait_for
+            return await anext(requests)
     except StopAsyncIteration:
         return _END
     except TimeoutError:
@@ -54,7 +55,8 @@ async def write(context: aio.ServicerContext, message: object, timeout_s: float)
     it within ``timeout_s`` (a reader that stopped reading holds the call no longer),
     ``CallEnded`` when the client cancelled meanwhile."""
     try:
-        await asyncio.wait_for(context.write(message), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await context.write(message)
     except TimeoutError:
         raise DeadlineExceeded(f"the client read nothing for {timeout_s:g} s") from None
     except Exception as err:  # gRPC's (private) error for a write to a call that is over:

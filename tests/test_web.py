@@ -14,7 +14,13 @@ import time
 from dataclasses import replace
 
 import pytest
-from builders import train_lora_adapter
+from builders import (
+    build_learnware,
+    random_rkme_spec,
+    rkme_schema,
+    train_lora_adapter,
+    write_specs,
+)
 from market_fixtures import market_server
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -27,6 +33,7 @@ from server.web.security import SESSION_COOKIE
 from shared import signing
 from shared.errors import InvalidInput, Unauthenticated
 from shared.market_identity import server_market_id
+from shared.models import model_ref
 from shared.web_token import WebToken, mint_web_token
 
 EVIL = "<script>alert(1)</script>"
@@ -103,13 +110,13 @@ def test_catalogue_shows_every_field_and_the_composed_budget(world):
         assert row.count('class="release"') == 2  # the spec and the adapter
 
 
-def test_learnware_page_shows_checks_ledger_and_an_empty_history(world):
+def test_learnware_page_shows_checks_ledger_and_its_one_version(world):
     pub = world["published"]["loan-memos"]
 
     page = web(world).get(f"/learnware/{pub.learnware_id}")
 
     assert page.status_code == 200
-    assert "USABLE" in page.text and 'id="history"' in page.text
+    assert "USABLE" in page.text and "version 1 (this page)" in page.text
     shown = re.search(r'id="total-budget"><span class="total" data-epsilon="([^"]+)"', page.text)
     assert float(shown.group(1)) == pub.manifest.dp.total.epsilon
     assert "dp-sgd" in page.text and pub.manifest.base_model.sha256 in page.text
@@ -372,3 +379,36 @@ def test_lwm_server_start_refuses_plain_web_off_loopback(tmp_path, lwm_home):
 
     assert done.returncode == 2
     assert "loopback only" in done.stderr.splitlines()[-1]
+
+
+def test_a_new_version_replaces_the_old_in_the_catalogue_and_downloads_count(tmp_path, lwm_home):
+    """Issue 14, item 3 on the page: a second submission of a name is its version 2, the
+    catalogue lists only that one, its page links version 1, and a fetch counts."""
+    adapter = train_lora_adapter(lwm_home, tmp_path / "adapter", steps=0)
+    with market_server(tmp_path, lwm_home, run_smoke=False) as market:
+        first = publish_catalogue(market, lwm_home, tmp_path, adapter)["loan-memos"]
+        key = signing.load_private_key(market.keys_dir / "st-marys.key")
+        spec = random_rkme_spec(rkme_schema(lwm_home), seed=99)
+        package = build_learnware(
+            tmp_path / "v2",
+            adapter=adapter,
+            spec_file=write_specs(tmp_path / "v2.safetensors", [spec]),
+            base=model_ref("tiny", lwm_home),
+            private_key=key,
+            name="loan-memos",
+            domain="finance",
+        )
+        with market.client("st-marys") as client:
+            second = client.submit(package).id
+        market.new_key("uma", Role.USER)
+        with market.client("uma") as uma:
+            uma.fetch(second, tmp_path / "fetched.tar")
+        client = web({"market": market})
+
+        catalogue = client.get("/").text
+        page = client.get(f"/learnware/{second}").text
+
+    assert second in catalogue and first.learnware_id not in catalogue
+    assert 'id="version">2<' in page and 'id="downloads">1<' in page
+    assert "version 2 (this page)" in page
+    assert f'<a href="/learnware/{first.learnware_id}">version 1</a>' in page

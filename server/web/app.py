@@ -123,7 +123,8 @@ class WebPage:
 
     def learnware(self, request: Request) -> Response:
         record = self.market.get(PUBLIC, request.path_params["learnware_id"])
-        view = learnware_view(record, self.market.key_of(record.contributor_key_id))
+        history = self.market.history(PUBLIC, record.id)
+        view = learnware_view(record, self.market.key_of(record.contributor_key_id), history)
         return self._render(request, "learnware.html", {"lw": view})
 
     # ------------------------------------------------------------------ login
@@ -163,9 +164,11 @@ class WebPage:
         return RedirectResponse("/admin/keys", status_code=303)
 
     def admin_keys(self, request: Request) -> Response:
-        return self._admin(request, "admin_keys.html", lambda _: {
-            "keys": self.market.list_keys(include_revoked=True)
-        })
+        return self._admin(
+            request,
+            "admin_keys.html",
+            lambda _: {"keys": self.market.list_keys(include_revoked=True)},
+        )
 
     def admin_submissions(self, request: Request) -> Response:
         def lists(caller: Caller) -> dict[str, Any]:
@@ -234,4 +237,3 @@ class WebPage:
     def error(self, request: Request, exc: Exception) -> Response:
         status = HTTP_STATUS.get(getattr(exc, "status", ""), 500)
         return self._render(request, "error.html", {"message": str(exc)}, status)
-

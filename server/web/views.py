@@ -9,7 +9,6 @@ contributor composed in the RDP accountant, the figure a data-protection officer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from server.records import KeyRecord, LearnwareRecord
 from shared.learnware import Manifest, SpecEntry
@@ -39,17 +38,6 @@ class Release:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    """One version of a learnware name. Placeholder: filled once ``Market.history`` lands
-    (issue 14, item 3); every page renders an empty history until then."""
-
-    learnware_id: str
-    version: int
-    status: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
 class LearnwareView:
     """A learnware as the catalogue and its own page show it: the market's record (name,
     domain, task, licence, base model, status and reason, size, ...) and what its signed
@@ -62,18 +50,22 @@ class LearnwareView:
     accountant: str
     contributor_name: str
     contributor_revoked: bool
-    # Issue 14, item 3 (versions) adds version and downloads here and fills history.
-    history: tuple[HistoryEntry, ...] = ()
+    history: tuple[LearnwareRecord, ...] = ()  # every version of its name, newest first
 
     @property
     def spec_kinds(self) -> tuple[str, ...]:
         return tuple(spec.kind for spec in self.specs)
 
 
-def learnware_view(record: LearnwareRecord, contributor: KeyRecord | None) -> LearnwareView:
+def learnware_view(
+    record: LearnwareRecord,
+    contributor: KeyRecord | None,
+    history: tuple[LearnwareRecord, ...] = (),
+) -> LearnwareView:
     """``record`` with its manifest read (``InvalidInput`` if it does not parse: the market
-    stores only checked manifests) and its contributor as the key registry names it (the
-    name in the record, kept from the upload, when the key is gone)."""
+    stores only checked manifests), its contributor as the key registry names it (the
+    name in the record, kept from the upload, when the key is gone) and, on its own page,
+    the versions of its name (``Market.history``)."""
     manifest = Manifest.from_json(record.manifest_json)
     ledger = manifest.dp
     return LearnwareView(
@@ -87,6 +79,7 @@ def learnware_view(record: LearnwareRecord, contributor: KeyRecord | None) -> Le
         accountant=ledger.total.accountant,
         contributor_name=contributor.name if contributor else record.contributor_name,
         contributor_revoked=contributor is None or contributor.revoked,
+        history=history,
     )
 
 
