@@ -69,6 +69,28 @@ def start(
     ] = False,
     grace: Annotated[float, typer.Option("--grace", help="Seconds in-flight calls get.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    first_message_timeout: Annotated[
+        float,
+        typer.Option(
+            "--first-message-timeout", help="Seconds a call may take to send its request."
+        ),
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option("--idle-timeout", help="Seconds an upload or download may go silent."),
+    ] = 30.0,
+    max_calls_per_address: Annotated[
+        int, typer.Option("--max-calls-per-address", help="Calls in flight per client address.")
+    ] = 256,
+    max_calls_per_key: Annotated[
+        int, typer.Option("--max-calls-per-key", help="Calls in flight per signing key.")
+    ] = 64,
+    max_concurrent_smokes: Annotated[
+        int, typer.Option("--max-concurrent-smokes", help="Smoke runs at once.")
+    ] = 1,
+    smoke_memory_mb: Annotated[
+        int, typer.Option("--smoke-memory-mb", help="Address space of one smoke run.")
+    ] = 3072,
     web: Annotated[
         str | None,
         typer.Option("--web", help="HOST:PORT for the web page (loopback only without TLS)."),
@@ -79,9 +101,17 @@ def start(
 
     from server.app import limit_blas_threads, serve_forever, setup_logging
     from server.pki import open_server_dir
-    from server.settings import ServerSettings
+    from server.sandbox import SmokeLimits
+    from server.settings import CallLimits, ServerSettings
     from shared.home import Home
 
+    calls = CallLimits(  # the cheap checks of numbers first
+        first_message_s=first_message_timeout,
+        idle_s=idle_timeout,
+        max_calls_per_address=max_calls_per_address,
+        max_calls_per_key=max_calls_per_key,
+    )
+    smoke_limits = SmokeLimits(memory_bytes=smoke_memory_mb * 1024 * 1024)
     setup_logging(log_level)
     limit_blas_threads()
     layout = open_server_dir(dir)
@@ -102,6 +132,9 @@ def start(
         run_smoke=not no_smoke,
         reflection=reflection,
         grace_s=grace,
+        calls=calls,
+        max_concurrent_smokes=max_concurrent_smokes,
+        smoke_limits=smoke_limits,
         admin_pub=layout.admin_pub,
         web_address=web,
     )

@@ -106,6 +106,9 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
         (["spec", "rank", "NOFILE", "NOFILE"], 4, "not found"),
         (["keys", "new", "alice", "--out", "D"], 2, "File exists"),  # --out is a file
         (["keys", "new", "../alice"], 2, "plain file stem"),
+        (["server", "start", "--dir", "NOFILE", "--idle-timeout", "0"], 2, "idle_s must be > 0"),
+        (["server", "start", "--dir", "NOFILE", "--max-calls-per-address", "5000"],
+         2, "max_concurrent_rpcs must exceed max_calls_per_address"),
         # the privacy ledger (tests/test_privacy_ledger.py spends and refuses a budget)
         (["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--budget-epsilon", "-1"],
          2, "budget epsilon"),
