@@ -158,6 +158,7 @@ def world(tmp_path_factory, lwm_home) -> Iterator[World]:
         first = alice.submit(_package(tmp, lwm_home, adapter, alice_key, seed=1))
         other = alice.submit(_package(tmp, lwm_home, adapter, alice_key, seed=2))
         uma.get(first.id)
+        uma.history(first.id)
         list(uma.iter_learnwares())
         uma.search(random_rkme_spec(rkme_schema(lwm_home), seed=1))
         uma.fetch(first.id, tmp / "fetched.tar")
@@ -176,7 +177,7 @@ def other_body(world: World, name: str, request: Any) -> Any:
         return [pb.SubmitRequest(header=header), *request[1:]]
     changed = type(request)()
     changed.CopyFrom(request)
-    if name in ("Get", "Fetch", "Withdraw"):
+    if name in ("Get", "GetHistory", "Fetch", "Withdraw"):
         changed.id = world.other_id  # the same user signature for another learnware
     elif name == "RegisterKey":
         changed.public_key, changed.role, changed.name = world.mallory, pb.ROLE_ADMIN, "root2"
