@@ -96,6 +96,12 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
     assert "private" not in json.dumps(summary)  # inspect never prints the text itself
 
 
+# ``lwm contribute`` with every required option (a bad one is appended; --license last).
+CONTRIBUTE = ["contribute", "D.jsonl", "--name", "x", "--domain", "d", "--task", "t",
+              "--key", "K", "--spec-epsilon", "4", "--base-model", "tiny", "--spec", "rkme",
+              "--out", "OUT", "--license", "MIT"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
@@ -128,6 +134,31 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
         (["package", "build", "--adapter", "D", "--data", "D.jsonl", "--name", "Bad Name",
           "--domain", "d", "--task", "t", "--license", "MIT", "--key", "K", "--base-model", "tiny"],
          2, "name"),
+        # numbers: counts are 1 or more, refused while parsing (issue 15)
+        (["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--top-k", "0"],
+         2, "--top-k must be at least 1"),
+        (["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--top-k", "-3"],
+         2, "--top-k must be at least 1"),
+        (["generate", "D", "--prompt", "hi", "--max-new-tokens", "0"], 2, "--max-new-tokens"),
+        (["evaluate", "D", "D.jsonl", "--batch-size", "0"], 2, "--batch-size"),
+        ([*CONTRIBUTE, "--steps", "0"], 2, "--steps must be at least 1"),
+        ([*CONTRIBUTE, "--batch-size", "-1"], 2, "--batch-size must be at least 1"),
+        ([*CONTRIBUTE, "--lora-r", "0"], 2, "--lora-r must be at least 1"),
+        # licences: an SPDX id on the list the spdx package ships (or LicenseRef-...)
+        ([*CONTRIBUTE[:-1], "Made-Up-1.0"], 2, "'Made-Up-1.0' is not an SPDX license id"),
+        (["package", "build", "--adapter", "D", "--data", "D.jsonl", "--name", "x",
+          "--domain", "d", "--task", "t", "--license", "MIT AND Nope", "--key", "K",
+          "--base-model", "tiny"], 2, "'Nope' is not an SPDX license id"),
+        # files a command writes: checked before any work, never silently overwritten
+        (["spec", "make", "D", "--out", "D"], 8, "exists; refusing to overwrite it (pass --force)"),
+        (["spec", "make", "D", "--out", "NODIR/x.safetensors"], 2, "NODIR does not exist"),
+        (["spec", "make", "D", "--out", "D/x.safetensors"], 2, "is not a folder"),
+        (["spec", "schema", "--out", "D"], 8, "pass --force"),
+        (["fetch", "abc123", "--out", "D/x", "--server", "127.0.0.1:1", "--key", "K"],
+         2, "is not a folder"),
+        (["keys", "new", "alice", "--out", "D/keys"], 2, "Not a directory"),
+        (["server", "init", "--dir", "D"], 2, "File exists"),
+        (["server", "init", "--dir", "D/srv"], 2, "Not a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, needle):
