@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from shared.cli_options import HomeOpt, console
+from shared.cli_options import ForceOpt, HomeOpt, console
 from shared.errors import InvalidInput, LwmError
 
 app = typer.Typer(
@@ -114,12 +114,16 @@ def spec_make(
         Path | None, typer.Option("--schema", help="Market schema JSON (default: local).")
     ] = None,
     pave_model: Annotated[str, typer.Option("--pave-model", help="Spec model for PAVE.")] = "tiny",
+    force: ForceOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Compute a (DP) specification of DATA locally; only the spec is written."""
     from client.specs import SpecMaker
     from shared.data import load_dataset
+    from shared.files import check_writable
     from shared.spec.schema import KINDS
+
+    check_writable(out, force=force)
 
     if kind not in KINDS:
         from shared.errors import SchemaMismatch
@@ -181,9 +185,14 @@ def spec_rank(
 def spec_schema(
     out: Annotated[Path | None, typer.Option("--out", help="Write the JSON here.")] = None,
     pave_model: Annotated[str, typer.Option("--pave-model", help="Spec model for PAVE.")] = "tiny",
+    force: ForceOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Print (or write) the default local market schema as JSON."""
+    from shared.files import check_writable
+
+    if out is not None:
+        check_writable(out, force=force)
     text = _schema(None, pave_model, home).to_json()
     if out is None:
         print(text)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from client.finetune import FinetuneConfig
-from shared.cli_options import HomeOpt, JsonOpt, console, epsilon_text
+from shared.cli_options import HomeOpt, JsonOpt, console, count_option, epsilon_text
 from shared.errors import InvalidInput, LwmError
 
 if TYPE_CHECKING:
@@ -53,9 +53,9 @@ def contribute_command(
         float | None, typer.Option("--train-epsilon", help="DP epsilon of the adapter.")
     ] = None,
     delta: Annotated[float, typer.Option("--delta", help="DP delta of every part.")] = 1e-5,
-    steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = FinetuneConfig.steps,
+    steps: Annotated[int, count_option("--steps", "Training steps.")] = FinetuneConfig.steps,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help="(Expected) batch size.")
+        int, count_option("--batch-size", "(Expected) batch size.")
     ] = FinetuneConfig.batch_size,
     lr: Annotated[
         float | None, typer.Option("--lr", help="Learning rate (default: Adam 1e-2, SGD 0.5).")
@@ -63,10 +63,8 @@ def contribute_command(
     optimizer: Annotated[
         str, typer.Option("--optimizer", help="auto (AdamW; SGD under DP), adam or sgd.")
     ] = FinetuneConfig.optimizer,
-    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.")] = FinetuneConfig.rank,
-    lora_alpha: Annotated[
-        int, typer.Option("--lora-alpha", help="LoRA alpha.")
-    ] = FinetuneConfig.alpha,
+    lora_r: Annotated[int, count_option("--lora-r", "LoRA rank.")] = FinetuneConfig.rank,
+    lora_alpha: Annotated[int, count_option("--lora-alpha", "LoRA alpha.")] = FinetuneConfig.alpha,
     targets: Annotated[
         str, typer.Option("--target-modules", help="Comma-separated LoRA modules.")
     ] = ",".join(FinetuneConfig.target_modules),

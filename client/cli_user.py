@@ -27,6 +27,7 @@ from shared.cli_options import (
     KeyOpt,
     ServerOpt,
     console,
+    count_option,
     epsilon_text,
 )
 
@@ -133,7 +134,7 @@ def search(
     data: Annotated[Path, typer.Argument(help="Your data: JSONL, CSV, .txt or save_to_disk.")],
     server: ServerOpt,
     key: KeyOpt,
-    top_k: Annotated[int, typer.Option("--top-k", help="How many matches.")] = 5,
+    top_k: Annotated[int, count_option("--top-k", "How many matches.")] = 5,
     domain: Annotated[str | None, typer.Option("--domain", help="Only this domain.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="Only this task.")] = None,
     kind: Annotated[
@@ -288,7 +289,7 @@ def _load(
 def generate(
     source: Annotated[str, typer.Argument(metavar="ID|DIR", help="Learnware folder or id.")],
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    max_new_tokens: Annotated[int, count_option("--max-new-tokens")] = 32,
     base_model: BaseModelOpt = None,
     server: OptServerOpt = None,
     key: OptKeyOpt = None,
@@ -311,7 +312,7 @@ def evaluate(
     with_base: Annotated[
         bool, typer.Option("--with-base", help="Also score the base model alone.")
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    batch_size: Annotated[int, count_option("--batch-size")] = 16,
     base_model: BaseModelOpt = None,
     server: OptServerOpt = None,
     key: OptKeyOpt = None,

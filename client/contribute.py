@@ -309,11 +309,16 @@ def _prepare(
 
 def accepted_base(name: str, home: Home, accepted: Sequence[ModelRef] | None) -> ModelRef:
     """The base model's identity, refused (``SchemaMismatch``) unless the market accepts it."""
-    from shared.models import model_ref
+    from shared.models.causal import builtin_model_id, model_ref
 
+    listed = ", ".join(f"{a.model_id} ({a.sha256[:12]})" for a in accepted or ()) or "none"
+    model_id = builtin_model_id(name)
+    if accepted is not None and model_id not in (None, *(a.model_id for a in accepted)):
+        raise SchemaMismatch(  # before a conversion of minutes
+            f"the market does not accept base model {model_id}; it accepts: {listed}"
+        )
     ref = model_ref(name, home)
     if accepted is not None and ref not in set(accepted):
-        listed = ", ".join(f"{a.model_id} ({a.sha256[:12]})" for a in accepted) or "none"
         raise SchemaMismatch(
             f"the market does not accept base model {ref.model_id} with weights "
             f"{ref.sha256[:12]}; it accepts: {listed}"

@@ -59,6 +59,7 @@ from shared.errors import (
     SchemaMismatch,
     Unavailable,
 )
+from shared.files import check_writable
 from shared.home import Home
 from shared.learnware import (
     Manifest,
@@ -357,6 +358,7 @@ def fetch_learnware(
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AlreadyExists(f"{out} exists and is not an empty folder")
+    check_writable(out, force=True, parents=True)  # before the market is asked anything
     with _client(conn) as client:
         market = client.market_id()
         info = client.get(learnware_id)

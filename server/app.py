@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import grpc
 
@@ -72,6 +72,7 @@ class RunningServer:
     settings: ServerSettings
     _loop: _LoopThread
     web: WebServer | None = None  # the web page, when started with settings.web_address
+    blob_lock: BinaryIO | None = None  # held while serving (BlobStore.claim)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: the web page closed and NOT_SERVING first, smoke runs killed (they
@@ -84,6 +85,8 @@ class RunningServer:
         self._loop.close()
         self.service.close()
         self.market.store.close()
+        if self.blob_lock is not None:
+            self.blob_lock.close()
 
 
 def limit_blas_threads() -> None:
@@ -138,7 +141,13 @@ def build_server(settings: ServerSettings) -> RunningServer:
         gate=JudgingGate(settings.max_concurrent_smokes, settings.max_waiting_judgments),
     )
     store = Store.open(settings.db_url)
-    market = Market(store, BlobStore(settings.blobs_dir), checker, settings.limits)
+    blobs = BlobStore(settings.blobs_dir)
+    try:
+        blob_lock = blobs.claim()  # before start() cleans the store: one server per store
+    except BaseException:
+        store.close()
+        raise
+    market = Market(store, blobs, checker, settings.limits)
     if settings.admin_pub is not None:
         _ensure_admin(market, settings.admin_pub.read_bytes())
     pending = market.start()
@@ -157,6 +166,7 @@ def build_server(settings: ServerSettings) -> RunningServer:
         loop.close()
         service.close()
         store.close()
+        blob_lock.close()
         raise
     # PENDING learnwares are judged after serving starts, not before (minutes each).
     rejudge = threading.Thread(target=market.rejudge, args=(pending,), name="lwm-rejudge")
@@ -170,7 +180,7 @@ def build_server(settings: ServerSettings) -> RunningServer:
     )
     if web is not None:
         log.info("web page on %s", web.url)
-    return RunningServer(server, market, service, port, health, settings, loop, web)
+    return RunningServer(server, market, service, port, health, settings, loop, web, blob_lock)
 
 
 def _start_web(
@@ -201,6 +211,7 @@ async def _start_grpc(
         options=[
             *transport.message_size_options(),
             ("grpc.server_handshake_timeout_ms", int(calls.handshake_s * 1000)),
+            ("grpc.so_reuseport", 0),  # a second server on a used port fails to bind
         ],
     )
     server.add_generic_rpc_handlers((service.handler(),))

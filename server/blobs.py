@@ -35,7 +35,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from shared.errors import IntegrityError, InvalidInput, NotFound, ResourceExhausted
+from shared.errors import (
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEMP_SUFFIX = ".part"
@@ -185,6 +191,23 @@ class BlobStore:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = self.root / "work"  # unpacked packages under check (scratch folders)
         self._uploads = _KeyedLocks()
+
+    def claim(self) -> BinaryIO:
+        """Lock the store for one serving process (``flock`` on ``root/.lock``, released
+        when the returned file closes or the process dies). A second server on the same
+        blobs is refused here, before its start-up cleanup could delete the first one's
+        uploads in progress, whatever port it asked for."""
+        import fcntl
+
+        handle = (self.root / ".lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FailedPrecondition(
+                f"blob store {self.root} is in use by another running server"
+            ) from None
+        return handle
 
     @contextmanager
     def provisional(self, sha256: str, owned: Callable[[str], bool]) -> Iterator[None]:

@@ -20,6 +20,7 @@ HomeOpt = Annotated[
     str | None, typer.Option("--home", help="Cache folder (default $LWM_HOME or ~/.cache/lwm).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")]
 
 
 def console(stderr: bool = False, width: int | None = None):  # type: ignore[no-untyped-def]
@@ -33,3 +34,22 @@ def console(stderr: bool = False, width: int | None = None):  # type: ignore[no-
 def epsilon_text(epsilon: float | None) -> str:
     """An epsilon as every command prints it; None is a release without DP, said plainly."""
     return "none (no DP)" if epsilon is None else f"{epsilon:.3g}"
+
+
+def at_least(flag: str, low: float):  # type: ignore[no-untyped-def]
+    """A typer ``callback`` refusing ``flag`` values below ``low`` with a one-line reason
+    (``InvalidInput``, exit 2) before any work; click's own ``min=`` prints a usage box."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and value < low:
+            from shared.errors import InvalidInput
+
+            raise InvalidInput(f"{flag} must be at least {low:g}, got {value:g}")
+        return value
+
+    return check
+
+
+def count_option(flag: str, help: str = ""):  # type: ignore[no-untyped-def]
+    """``typer.Option(flag)`` for a count (steps, sizes, ranks, top-k): 1 or more."""
+    return typer.Option(flag, help=help, callback=at_least(flag, 1))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shared.errors import AlreadyExists, InvalidInput, NotFound
 
-__all__ = ["building", "read_file", "write_atomically"]
+__all__ = ["building", "check_writable", "read_file", "write_atomically"]
 
 
 def read_file(path: str | Path, what: str) -> bytes:
@@ -31,6 +31,23 @@ def read_file(path: str | Path, what: str) -> bytes:
         raise NotFound(f"{what} not found: {path}") from err
     except OSError as err:
         raise InvalidInput(f"cannot read {what} {path}: {err.strerror}") from err
+
+
+def check_writable(path: Path, *, force: bool = False, parents: bool = False) -> None:
+    """Refuse, before any work, to write ``path`` where the write would fail or clobber:
+    it exists (unless ``force``: ``AlreadyExists``), or its folder is missing (unless
+    ``parents``: the command makes it) or not writable (``InvalidInput``). A command that
+    computes or downloads for minutes checks this first."""
+    if (path.exists() or path.is_symlink()) and not force:
+        raise AlreadyExists(f"{path} exists; refusing to overwrite it (pass --force)")
+    folder = path.absolute().parent
+    while parents and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        missing = "is not a folder" if folder.exists() else "does not exist"
+        raise InvalidInput(f"{path}: {folder} {missing}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{path}: folder {folder} is not writable")
 
 
 def write_atomically(

@@ -96,40 +96,254 @@ def test_models_list_and_data_inspect(lwm_home, tmp_path):
     assert "private" not in json.dumps(summary)  # inspect never prints the text itself
 
 
-@pytest.mark.parametrize(
-    ("args", "code", "needle"),
-    [
-        (["data", "inspect", "MISSING.jsonl"], 3, "MISSING.jsonl"),
-        (["spec", "make", "EMPTY", "--out", "x.safetensors"], 3, "EMPTY"),
-        (["spec", "make", "D", "--epsilon", "0", "--out", "x.safetensors"], 4, "epsilon"),
-        (["spec", "make", "D", "--kind", "nope", "--out", "x.safetensors"], 5, "nope"),
-        (["spec", "rank", "NOFILE", "NOFILE"], 4, "not found"),
-        (["keys", "new", "alice", "--out", "D"], 2, "File exists"),  # --out is a file
-        (["keys", "new", "../alice"], 2, "plain file stem"),
-        (["server", "start", "--dir", "NOFILE", "--idle-timeout", "0"], 2, "idle_s must be > 0"),
-        (["server", "start", "--dir", "NOFILE", "--max-calls-per-address", "5000"],
-         2, "max_concurrent_rpcs must exceed max_calls_per_address"),
-        # the privacy ledger (tests/test_privacy_ledger.py spends and refuses a budget)
-        (["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--budget-epsilon", "-1"],
-         2, "budget epsilon"),
-        (["privacy", "budget", "0", "--data", "D.jsonl"], 2, "budget epsilon"),
-        (["privacy", "reset", "--data", "D.jsonl"], 2, "--yes"),
-        (["privacy", "reset", "--data", "D.jsonl", "--yes"], 7, "nothing was recorded"),
-        # the catalogue (tests/test_market_cli.py runs them against a real market)
-        (["market", "list", "--server", "127.0.0.1:1", "--key", "K", "--status", "gone"],
-         2, "--status"),
-        (["market", "withdraw", "ID", "--reason", " ", "--server", "127.0.0.1:1", "--key", "K"],
-         2, "--reason"),
-        (["market", "submit", "NOFILE", "--server", "127.0.0.1:1", "--key", "K"],
-         2, "not a learnware folder"),
-        (["package", "build", "--adapter", "NOFILE", "--data", "D.jsonl", "--name", "x",
-          "--domain", "d", "--task", "t", "--license", "MIT", "--key", "K", "--base-model", "tiny"],
-         2, "adapter_config.json is missing"),
-        (["package", "build", "--adapter", "D", "--data", "D.jsonl", "--name", "Bad Name",
-          "--domain", "d", "--task", "t", "--license", "MIT", "--key", "K", "--base-model", "tiny"],
-         2, "name"),
-    ],
-)
+# ``lwm contribute`` with every required option (a bad one is appended; --license last).
+CONTRIBUTE = [
+    "contribute",
+    "D.jsonl",
+    "--name",
+    "x",
+    "--domain",
+    "d",
+    "--task",
+    "t",
+    "--key",
+    "K",
+    "--spec-epsilon",
+    "4",
+    "--base-model",
+    "tiny",
+    "--spec",
+    "rkme",
+    "--out",
+    "OUT",
+    "--license",
+    "MIT",
+]
+
+
+BAD_INPUT = [
+    pytest.param(
+        ["data", "inspect", "MISSING.jsonl"], 3, "MISSING.jsonl", id="a missing data file"
+    ),
+    pytest.param(
+        ["spec", "make", "EMPTY", "--out", "x.safetensors"], 3, "EMPTY", id="an empty data file"
+    ),
+    pytest.param(
+        ["spec", "make", "D", "--epsilon", "0", "--out", "x.safetensors"],
+        4,
+        "epsilon",
+        id="epsilon 0",
+    ),
+    pytest.param(
+        ["spec", "make", "D", "--kind", "nope", "--out", "x.safetensors"],
+        5,
+        "nope",
+        id="an unknown spec kind",
+    ),
+    pytest.param(["spec", "rank", "NOFILE", "NOFILE"], 4, "not found", id="missing spec files"),
+    pytest.param(
+        ["keys", "new", "alice", "--out", "D"], 2, "File exists", id="--out is a file, not a folder"
+    ),
+    pytest.param(["keys", "new", "../alice"], 2, "plain file stem", id="a key name with a path"),
+    pytest.param(
+        ["server", "start", "--dir", "NOFILE", "--idle-timeout", "0"],
+        2,
+        "idle_s must be > 0",
+        id="--idle-timeout 0",
+    ),
+    pytest.param(
+        ["server", "start", "--dir", "NOFILE", "--max-calls-per-address", "5000"],
+        2,
+        "max_concurrent_rpcs must exceed max_calls_per_address",
+        id="more calls per address than in total",
+    ),
+    # the privacy ledger (tests/test_privacy_ledger.py spends and refuses a budget)
+    pytest.param(
+        ["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--budget-epsilon", "-1"],
+        2,
+        "budget epsilon",
+        id="a negative budget epsilon",
+    ),
+    pytest.param(
+        ["privacy", "budget", "0", "--data", "D.jsonl"], 2, "budget epsilon", id="a budget of 0"
+    ),
+    pytest.param(["privacy", "reset", "--data", "D.jsonl"], 2, "--yes", id="a reset without --yes"),
+    pytest.param(
+        ["privacy", "reset", "--data", "D.jsonl", "--yes"],
+        7,
+        "nothing was recorded",
+        id="a reset with nothing recorded",
+    ),
+    # the catalogue (tests/test_market_cli.py runs them against a real market)
+    pytest.param(
+        ["market", "list", "--server", "127.0.0.1:1", "--key", "K", "--status", "gone"],
+        2,
+        "--status",
+        id="an unknown --status",
+    ),
+    pytest.param(
+        ["market", "withdraw", "ID", "--reason", " ", "--server", "127.0.0.1:1", "--key", "K"],
+        2,
+        "--reason",
+        id="a blank --reason",
+    ),
+    pytest.param(
+        ["market", "submit", "NOFILE", "--server", "127.0.0.1:1", "--key", "K"],
+        2,
+        "not a learnware folder",
+        id="a folder that is not a learnware",
+    ),
+    pytest.param(
+        [
+            "package",
+            "build",
+            "--adapter",
+            "NOFILE",
+            "--data",
+            "D.jsonl",
+            "--name",
+            "x",
+            "--domain",
+            "d",
+            "--task",
+            "t",
+            "--license",
+            "MIT",
+            "--key",
+            "K",
+            "--base-model",
+            "tiny",
+        ],
+        2,
+        "adapter_config.json is missing",
+        id="an adapter folder without its config",
+    ),
+    pytest.param(
+        [
+            "package",
+            "build",
+            "--adapter",
+            "D",
+            "--data",
+            "D.jsonl",
+            "--name",
+            "Bad Name",
+            "--domain",
+            "d",
+            "--task",
+            "t",
+            "--license",
+            "MIT",
+            "--key",
+            "K",
+            "--base-model",
+            "tiny",
+        ],
+        2,
+        "name",
+        id="a name with spaces",
+    ),
+    # numbers: counts are 1 or more, refused while parsing (issue 15)
+    pytest.param(
+        ["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--top-k", "0"],
+        2,
+        "--top-k must be at least 1",
+        id="--top-k 0",
+    ),
+    pytest.param(
+        ["search", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--top-k", "-3"],
+        2,
+        "--top-k must be at least 1",
+        id="--top-k -3",
+    ),
+    pytest.param(
+        ["generate", "D", "--prompt", "hi", "--max-new-tokens", "0"],
+        2,
+        "--max-new-tokens",
+        id="--max-new-tokens 0",
+    ),
+    pytest.param(
+        ["evaluate", "D", "D.jsonl", "--batch-size", "0"], 2, "--batch-size", id="--batch-size 0"
+    ),
+    pytest.param([*CONTRIBUTE, "--steps", "0"], 2, "--steps must be at least 1", id="--steps 0"),
+    pytest.param(
+        [*CONTRIBUTE, "--batch-size", "-1"],
+        2,
+        "--batch-size must be at least 1",
+        id="--batch-size -1",
+    ),
+    pytest.param([*CONTRIBUTE, "--lora-r", "0"], 2, "--lora-r must be at least 1", id="--lora-r 0"),
+    # licences: an SPDX id on the list the spdx package ships (or LicenseRef-...)
+    pytest.param(
+        [*CONTRIBUTE[:-1], "Made-Up-1.0"],
+        2,
+        "'Made-Up-1.0' is not an SPDX license id",
+        id="an invented licence id",
+    ),
+    pytest.param(
+        [
+            "package",
+            "build",
+            "--adapter",
+            "D",
+            "--data",
+            "D.jsonl",
+            "--name",
+            "x",
+            "--domain",
+            "d",
+            "--task",
+            "t",
+            "--license",
+            "MIT AND Nope",
+            "--key",
+            "K",
+            "--base-model",
+            "tiny",
+        ],
+        2,
+        "'Nope' is not an SPDX license id",
+        id="an invented id in an expression",
+    ),
+    # files a command writes: checked before any work, never silently overwritten
+    pytest.param(
+        ["spec", "make", "D", "--out", "D"],
+        8,
+        "exists; refusing to overwrite it (pass --force)",
+        id="--out is an existing file",
+    ),
+    pytest.param(
+        ["spec", "make", "D", "--out", "NODIR/x.safetensors"],
+        2,
+        "NODIR does not exist",
+        id="--out in a missing folder",
+    ),
+    pytest.param(
+        ["spec", "make", "D", "--out", "D/x.safetensors"],
+        2,
+        "is not a folder",
+        id="--out under a file",
+    ),
+    pytest.param(
+        ["spec", "schema", "--out", "D"], 8, "pass --force", id="--out is an existing file"
+    ),
+    pytest.param(
+        ["fetch", "abc123", "--out", "D/x", "--server", "127.0.0.1:1", "--key", "K"],
+        2,
+        "is not a folder",
+        id="--out under a file",
+    ),
+    pytest.param(
+        ["keys", "new", "alice", "--out", "D/keys"], 2, "Not a directory", id="--out under a file"
+    ),
+    pytest.param(["server", "init", "--dir", "D"], 2, "File exists", id="--dir is a file"),
+    pytest.param(
+        ["server", "init", "--dir", "D/srv"], 2, "Not a directory", id="--dir under a file"
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), BAD_INPUT)
 def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, needle):
     (tmp_path / "EMPTY").write_text("")
     write_jsonl(tmp_path / "D", ["a perfectly fine text to make a spec from"])
@@ -147,3 +361,31 @@ def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lwm: error:") and needle in lines[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE_START = "<!-- bad-input table: generated from tests/test_cli.py BAD_INPUT -->"
+TABLE_END = "<!-- end of bad-input table -->"
+
+
+def bad_input_table() -> str:
+    """README's "Bad input" table, one row per ``BAD_INPUT`` case (so it cannot drift):
+    ``python tests/test_cli.py`` prints it."""
+    lines = ["| input | command | exit code | message contains |", "|---|---|---|---|"]
+    for case in BAD_INPUT:
+        args, code, needle = case.values
+        if args[: len(CONTRIBUTE) - 1] == CONTRIBUTE[:-1]:  # the long valid part, elided
+            args = ["contribute", "D.jsonl", "…", "--license", *args[len(CONTRIBUTE) - 1 :]]
+        command = " ".join(a if a.strip() and " " not in a else repr(a) for a in args)
+        lines.append(f"| {case.id} | `lwm {command}` | {code} | `{needle}` |")
+    return "\n".join(lines)
+
+
+def test_readme_bad_input_table_is_the_tests():
+    text = README.read_text()
+    shown = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert shown == bad_input_table(), "regenerate it: python tests/test_cli.py"
+
+
+if __name__ == "__main__":
+    print(bad_input_table())

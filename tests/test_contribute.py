@@ -313,3 +313,18 @@ def test_existing_output_folder_is_refused_first(
         monkeypatch, capsys, *contribute_args(data, market, lwm_home, "--out", str(out))
     )
     assert code == 8 and "exists" in one_line_error(err)
+
+
+def test_a_builtin_base_the_market_does_not_accept_is_refused_before_it_is_converted(
+    tmp_path, lwm_home
+):
+    """smollm2-135m converts for about a minute on first use: a market that accepts only
+    tiny refuses it by model id first (it used to convert, then refuse)."""
+    from client.contribute import accepted_base
+    from shared.home import Home
+    from shared.models import model_ref
+
+    fresh = Home.resolve(str(tmp_path / "fresh-home"))
+    with pytest.raises(SchemaMismatch, match="does not accept base model"):
+        accepted_base("smollm2-135m", fresh, [model_ref("tiny", lwm_home)])
+    assert not (fresh.root / "models").exists()

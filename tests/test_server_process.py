@@ -267,3 +267,43 @@ def hung_smoke_run(server_pid: int) -> list[int]:
     assert len(found) == 1, f"expected one confined smoke run of the server, found {found}"
     os.kill(found[0], signal.SIGSTOP)
     return found
+
+
+def _second_server(
+    server_dir: Path, port: int, home: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LWM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    args = ["server", "start", "--dir", str(server_dir), "--address", f"127.0.0.1:{port}"]
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *args, "--no-smoke", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_a_second_server_neither_shares_the_port_nor_cleans_the_first_ones_blobs(
+    tmp_path, lwm_home
+):
+    """gRPC sets SO_REUSEPORT by default: a second server on a busy port used to start and
+    share it, after its start-up cleanup had deleted the first one's uploads in progress."""
+    init_server_dir(tmp_path / "srv")
+    init_server_dir(tmp_path / "other")
+    port = free_port()
+    first = start_server(tmp_path / "srv", port, lwm_home.root)
+    try:
+        upload = tmp_path / "srv" / "blobs" / "tmp" / "upload-in-progress"
+        upload.write_bytes(b"half a package")
+        same_blobs = _second_server(tmp_path / "srv", free_port(), lwm_home.root)
+        assert same_blobs.returncode == 16, same_blobs.stderr
+        assert "in use by another running server" in same_blobs.stderr.strip().splitlines()[-1]
+        assert upload.read_bytes() == b"half a package"
+        same_port = _second_server(tmp_path / "other", port, lwm_home.root)
+        assert same_port.returncode == 2, same_port.stderr
+        last = same_port.stderr.strip().splitlines()[-1]
+        assert last.startswith("lwm: error: cannot listen on"), same_port.stderr
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)

@@ -5,6 +5,7 @@ Kept apart from ``manifest.py`` so the records there read as a schema, not as pl
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -87,9 +88,37 @@ def slug(where: str, value: object) -> None:
 
 
 def spdx(where: str, value: object) -> None:
-    """An SPDX license id or a flat expression of ids joined by AND/OR/WITH."""
+    """An SPDX license id or a flat expression of ids joined by AND/OR/WITH; each licence
+    id (not an exception after WITH) must be on the SPDX list ``spdx`` ships, or a
+    ``LicenseRef-`` of the contributor's own."""
     if not isinstance(value, str) or len(value) > 128 or not _SPDX.fullmatch(value):
         raise InvalidInput(f"{where} must be an SPDX license id such as 'MIT', got {value!r}")
+    words = value.split(" ")
+    licences = [w for i, w in enumerate(words) if i % 2 == 0 and (i == 0 or words[i - 1] != "WITH")]
+    unknown = [w for w in licences if not _known_licence(w)]
+    if unknown:
+        raise InvalidInput(
+            f"{where}: {unknown[0]!r} is not an SPDX license id (see https://spdx.org/licenses/; "
+            "your own terms: LicenseRef-NAME)"
+        )
+
+
+def _known_licence(word: str) -> bool:
+    """On the list, case-insensitively (as SPDX matches ids), also in its newer ``-only`` /
+    ``-or-later`` / ``+`` forms, which the list of ``spdx`` 2.5.1 predates."""
+    if word.startswith("LicenseRef-"):
+        return True
+    base = word.lower().removesuffix("+").removesuffix("-only").removesuffix("-or-later")
+    return base in _spdx_ids()
+
+
+@functools.lru_cache(maxsize=1)
+def _spdx_ids() -> frozenset[str]:
+    """The SPDX licence ids (lower case) of the ``spdx`` package the demo corpora install."""
+    from shared.data.sources import package_dir
+
+    folder = package_dir("spdx", "spdx==2.5.1") / "data"
+    return frozenset(f.stem.removeprefix("deprecated_").lower() for f in folder.glob("*.txt"))
 
 
 def hex_string(where: str, value: object, *, length: int) -> None:

