@@ -6,6 +6,7 @@ import os
 
 # No network here: Hugging Face libraries must fail fast instead of trying the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 # Under pytest-xdist each worker (and every server or CLI process it starts) computes on one
 # thread: two workers with two BLAS threads each on two cores spin against each other.
 if os.environ.get("PYTEST_XDIST_WORKER"):

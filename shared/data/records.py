@@ -46,6 +46,7 @@ class Dataset:
     records: tuple[Record, ...]
     source: str
     format: str
+    split: str | None = None  # the DatasetDict split read, if the source had splits
 
     def __post_init__(self) -> None:
         if not self.records:
@@ -67,6 +68,7 @@ class Dataset:
             "count": len(texts),
             "format": self.format,
             "source": self.source,
+            "split": self.split,
             "fields": fields,
             "labelled": sum(r.is_labelled for r in self.records),
             "chars": _spread(chars),
