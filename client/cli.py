@@ -15,7 +15,16 @@ from typing import Annotated
 
 import typer
 
-from shared.cli_options import ForceOpt, HomeOpt, console
+from shared.cli_options import (
+    DATA_HELP,
+    ForceOpt,
+    HomeOpt,
+    PromptColumnOpt,
+    ResponseColumnOpt,
+    SplitOpt,
+    TextColumnOpt,
+    console,
+)
 from shared.errors import InvalidInput, LwmError
 
 app = typer.Typer(
@@ -102,7 +111,7 @@ def _schema(schema_file: Path | None, pave_model: str, home: str | None):  # typ
 
 @spec_app.command("make")
 def spec_make(
-    data: Annotated[Path, typer.Argument(help="JSONL, CSV, .txt or a save_to_disk folder.")],
+    data: Annotated[Path, typer.Argument(help=DATA_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Where to write the spec (.safetensors).")],
     kind: Annotated[str, typer.Option("--kind", help="rkme or pave.")] = "rkme",
     epsilon: Annotated[
@@ -115,11 +124,15 @@ def spec_make(
     ] = None,
     pave_model: Annotated[str, typer.Option("--pave-model", help="Spec model for PAVE.")] = "tiny",
     force: ForceOpt = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Compute a (DP) specification of DATA locally; only the spec is written."""
     from client.specs import SpecMaker
-    from shared.data import load_dataset
+    from shared.data import DataSource, load_dataset
     from shared.files import check_writable
     from shared.spec.schema import KINDS
 
@@ -130,7 +143,7 @@ def spec_make(
 
         raise SchemaMismatch(f"unknown spec kind {kind!r}; known kinds: {', '.join(KINDS)}")
     budget = _budget(epsilon, delta, no_dp)
-    dataset = load_dataset(data)
+    dataset = load_dataset(DataSource(data, split, text_column, prompt_column, response_column))
     maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home))
     spec = maker.make(dataset.texts(), kind, budget, progress=True)
     spec.save(out)
@@ -222,13 +235,19 @@ def models_list(home: HomeOpt = None) -> None:
 
 @data_app.command("inspect")
 def data_inspect(
-    data: Annotated[Path, typer.Argument(help="JSONL, CSV, .txt or a save_to_disk folder.")],
+    data: Annotated[Path, typer.Argument(help=DATA_HELP)],
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
 ) -> None:
-    """Summarise a data file: format, records, fields and lengths (no text is printed)."""
-    from shared.data import load_dataset
+    """Summarise a data file: format, split, records, fields and lengths (no text is
+    printed)."""
+    from shared.data import DataSource, load_dataset
 
-    summary = load_dataset(data).summary()
+    source = DataSource(data, split, text_column, prompt_column, response_column)
+    summary = load_dataset(source).summary()
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return

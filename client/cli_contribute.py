@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from client.finetune import FinetuneConfig
-from shared.cli_options import HomeOpt, JsonOpt, console, count_option, epsilon_text
+from shared.cli_options import (
+    DATA_HELP,
+    HomeOpt,
+    JsonOpt,
+    PromptColumnOpt,
+    ResponseColumnOpt,
+    SplitOpt,
+    TextColumnOpt,
+    console,
+    count_option,
+    epsilon_text,
+)
 from shared.errors import InvalidInput, LwmError
 
 if TYPE_CHECKING:
@@ -32,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
 
 def contribute_command(
-    data: Annotated[Path, typer.Argument(help="Your texts: JSONL, CSV, .txt or an HF folder.")],
+    data: Annotated[Path, typer.Argument(help=f"Your texts: {DATA_HELP}")],
     name: Annotated[str, typer.Option("--name", help="Learnware name (a-z, 0-9, . _ -).")],
     domain: Annotated[str, typer.Option("--domain", help="Domain, e.g. finance.")],
     task: Annotated[str, typer.Option("--task", help="Task, e.g. text-generation.")],
@@ -86,10 +97,15 @@ def contribute_command(
     ] = False,
     client_cert: Annotated[Path | None, typer.Option("--client-cert", help="mTLS cert.")] = None,
     client_key: Annotated[Path | None, typer.Option("--client-key", help="mTLS key.")] = None,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: Annotated[str | None, typer.Option("--home", help="Cache folder.")] = None,
 ) -> None:
     """Fine-tune a LoRA learnware on DATA, make its DP spec, sign it and submit it (or --out)."""
     from client.contribute import ContributeConfig, contribute, make_learnware
+    from shared.data import DataSource
     from shared.home import Home
 
     if (server is None) == (out is None):
@@ -119,15 +135,16 @@ def contribute_command(
             "[bold yellow]warning:[/] no --dp-sgd: the adapter is NOT differentially private"
         )
     lwm_home = Home.resolve(home)
+    source = DataSource(data, split, text_column, prompt_column, response_column)
     if out is not None:
-        package = make_learnware(data, config, key, out, home=lwm_home, progress=True)
+        package = make_learnware(source, config, key, out, home=lwm_home, progress=True)
         console().print(f"wrote {package.folder}: {_summary(config, package.manifest.dp)}")
         return
     from client.cli_user import connection
 
     assert server is not None  # exactly one of server/out, checked above
     conn = connection(server, key, ca, insecure, client_cert, client_key)
-    verdict = contribute(data, config, conn, home=lwm_home, progress=True)
+    verdict = contribute(source, config, conn, home=lwm_home, progress=True)
     if verdict.status == "REJECTED":
         raise LwmError(f"the market rejected learnware {verdict.learnware_id}: {verdict.reason}")
     summary = _summary(config, verdict.manifest.dp)
@@ -139,7 +156,7 @@ def package_build(
     adapter: Annotated[
         Path, typer.Option("--adapter", help="A peft LoRA adapter folder, trained anywhere.")
     ],
-    data: Annotated[Path, typer.Option("--data", help="Your texts (for the DP specs).")],
+    data: Annotated[Path, typer.Option("--data", help=f"Texts for the DP specs: {DATA_HELP}")],
     name: Annotated[str, typer.Option("--name", help="Learnware name (a-z, 0-9, . _ -).")],
     domain: Annotated[str, typer.Option("--domain", help="Domain, e.g. finance.")],
     task: Annotated[str, typer.Option("--task", help="Task, e.g. text-generation.")],
@@ -163,17 +180,29 @@ def package_build(
     ] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
 ) -> None:
     """Wrap an existing LoRA adapter with DP specs of --data, a manifest and your signature
     (submit it with ``lwm market submit``). Its training is unknown here, so the package
     claims no DP for the adapter: its total epsilon is none."""
     from client.contribute import ContributeConfig, package_adapter
+    from shared.data import DataSource
     from shared.home import Home
 
     card = _card(name, domain, task, description, license, contributor or key.stem)
     config = ContributeConfig(card, base_model, _spec_settings(spec, spec_epsilon), delta)
+    source = DataSource(data, split, text_column, prompt_column, response_column)
     package = package_adapter(
-        adapter, data, config, key, out or Path(name), home=Home.resolve(home), progress=not as_json
+        adapter,
+        source,
+        config,
+        key,
+        out or Path(name),
+        home=Home.resolve(home),
+        progress=not as_json,
     )
     if as_json:
         manifest = package.manifest

@@ -13,7 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.cli_options import HomeOpt, JsonOpt
+from shared.cli_options import (
+    DATA_HELP,
+    HomeOpt,
+    JsonOpt,
+    PromptColumnOpt,
+    ResponseColumnOpt,
+    SplitOpt,
+    TextColumnOpt,
+)
 
 BudgetEpsilonOpt = Annotated[
     float | None,
@@ -23,9 +31,7 @@ BudgetEpsilonOpt = Annotated[
         "default: the ledger's own, 10 for new data).",
     ),
 ]
-DataOpt = Annotated[
-    Path, typer.Option("--data", help="The data file (JSONL, CSV, .txt or save_to_disk).")
-]
+DataOpt = Annotated[Path, typer.Option("--data", help=f"The data the ledger is of: {DATA_HELP}")]
 privacy_app = typer.Typer(
     help="Your privacy ledgers: epsilon spent per dataset and its budget.",
     no_args_is_help=True,
@@ -47,10 +53,19 @@ def _ledgers(home: str | None) -> Any:
     return PrivacyLedgers.at(Home.resolve(home))
 
 
-def _texts(data: Path) -> list[str]:
-    from shared.data import load_dataset
+def _texts(
+    data: Path,
+    split: str | None,
+    text_column: str | None,
+    prompt_column: str | None,
+    response_column: str | None,
+) -> list[str]:
+    """The texts a ledger is keyed by: the same split and columns as the search that spent."""
+    from shared.data import DataSource, load_dataset
 
-    return load_dataset(data).texts()
+    return load_dataset(
+        DataSource(data, split, text_column, prompt_column, response_column)
+    ).texts()
 
 
 def show(
@@ -58,6 +73,10 @@ def show(
         Path | None, typer.Option("--data", help="Only this data's ledger, with its releases.")
     ] = None,
     as_json: JsonOpt = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """List the ledgers: data fingerprint, releases, epsilon spent at delta, budget."""
@@ -65,7 +84,7 @@ def show(
     if data is None:
         found = ledgers.all()
     else:
-        one = ledgers.get(_texts(data))
+        one = ledgers.get(_texts(data, split, text_column, prompt_column, response_column))
         found = () if one is None else (one,)
     if as_json:
         rows = [
@@ -86,15 +105,24 @@ def show(
 def budget(
     epsilon: Annotated[float, typer.Argument(help="The total epsilon allowed (inf: no limit).")],
     data: DataOpt,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Set the total epsilon DATA's ledger allows."""
-    print(_ledgers(home).set_budget(_texts(data), epsilon).describe())
+    texts = _texts(data, split, text_column, prompt_column, response_column)
+    print(_ledgers(home).set_budget(texts, epsilon).describe())
 
 
 def reset(
     data: DataOpt,
     yes: Annotated[bool, typer.Option("--yes", help="Yes, forget what was spent.")] = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Forget every release recorded for DATA (what left this machine stays released)."""
@@ -102,5 +130,6 @@ def reset(
 
     if not yes:
         raise InvalidInput("resetting a privacy ledger forgets what was spent: pass --yes")
-    forgotten = _ledgers(home).reset(_texts(data))
+    texts = _texts(data, split, text_column, prompt_column, response_column)
+    forgotten = _ledgers(home).reset(texts)
     print(f"forgot {len(forgotten.releases)} release(s) of data {forgotten.fingerprint[:12]}")

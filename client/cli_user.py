@@ -18,6 +18,7 @@ import typer
 
 from client.cli_privacy import BudgetEpsilonOpt
 from shared.cli_options import (
+    DATA_HELP,
     CaOpt,
     CertKeyOpt,
     CertOpt,
@@ -25,7 +26,11 @@ from shared.cli_options import (
     InsecureOpt,
     JsonOpt,
     KeyOpt,
+    PromptColumnOpt,
+    ResponseColumnOpt,
     ServerOpt,
+    SplitOpt,
+    TextColumnOpt,
     console,
     count_option,
     epsilon_text,
@@ -131,7 +136,7 @@ def _revoked(path: Path | None) -> frozenset[str]:
 
 
 def search(
-    data: Annotated[Path, typer.Argument(help="Your data: JSONL, CSV, .txt or save_to_disk.")],
+    data: Annotated[Path, typer.Argument(help=f"Your data: {DATA_HELP}")],
     server: ServerOpt,
     key: KeyOpt,
     top_k: Annotated[int, count_option("--top-k", "How many matches.")] = 5,
@@ -149,16 +154,21 @@ def search(
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
     as_json: JsonOpt = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Find learnwares for DATA: a DP spec of it is made here; only the spec is sent."""
     from client.user import private_search
+    from shared.data import DataSource
 
     conn = connection(server, key, ca, insecure, cert, cert_key)
     if no_dp:
         _warn("--no-dp: the spec is NOT differentially private")
     outcome = private_search(
-        data,
+        DataSource(data, split, text_column, prompt_column, response_column),
         conn,
         kind=kind,
         epsilon=epsilon,
@@ -308,7 +318,7 @@ def generate(
 
 def evaluate(
     source: Annotated[str, typer.Argument(metavar="ID|DIR", help="Learnware folder or id.")],
-    data: Annotated[Path, typer.Argument(help="Text (perplexity) or prompt/response data.")],
+    data: Annotated[Path, typer.Argument(help=f"Text or prompt/response pairs: {DATA_HELP}")],
     with_base: Annotated[
         bool, typer.Option("--with-base", help="Also score the base model alone.")
     ] = False,
@@ -321,13 +331,18 @@ def evaluate(
     revoked_keys: RevokedOpt = None,
     trust: TrustOpt = None,
     as_json: JsonOpt = False,
+    split: SplitOpt = None,
+    text_column: TextColumnOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    response_column: ResponseColumnOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
     from client.evaluate import evaluate as run
-    from shared.data import load_dataset
+    from shared.data import DataSource, load_dataset
 
-    dataset = load_dataset(data)  # bad data fails before any model loads
+    chosen = DataSource(data, split, text_column, prompt_column, response_column)
+    dataset = load_dataset(chosen)  # bad data fails before any model loads
     learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys, trust)
     result = run(
         learnware,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from client.finetune import NO_DP_MECHANISM, FinetuneConfig, finetune_lora
 from client.publish import LearnwareCard, Published, SpecSettings, Verdict, publish
 from shared import signing
+from shared.data.columns import DataPath
 from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
 from shared.home import Home
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from shared.models import ModelRef
     from shared.spec.record import Specification
 
-Texts = Sequence[str] | str | Path
+Texts = Sequence[str] | DataPath
 Key = signing.Ed25519PrivateKey | str | Path
 
 
@@ -83,7 +84,7 @@ class ContributeConfig:
 
 def load_texts(data: Texts) -> list[str]:
     """Texts from a data file or folder (``shared.data.load_dataset``), or given directly."""
-    if isinstance(data, str | Path):
+    if isinstance(data, DataPath):
         from shared.data import load_dataset
 
         return load_dataset(data).texts()

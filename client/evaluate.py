@@ -29,10 +29,9 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.data import Dataset, Record
+from shared.data import DataPath, Dataset, Record
 from shared.errors import DataError, InvalidInput
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ class LearnwareEvaluation:
 
 def evaluate(
     learnware: LoadedLearnware,
-    data: str | Path | Dataset | Sequence[Record],
+    data: DataPath | Dataset | Sequence[Record],
     *,
     with_base: bool = False,
     batch_size: int = 16,
@@ -113,8 +112,8 @@ def evaluate(
         return LearnwareEvaluation(result, score())
 
 
-def _records(data: str | Path | Dataset | Sequence[Record]) -> list[Record]:
-    if isinstance(data, str | Path):
+def _records(data: DataPath | Dataset | Sequence[Record]) -> list[Record]:
+    if isinstance(data, DataPath):
         from shared.data import load_dataset
 
         data = load_dataset(data)

@@ -50,6 +50,7 @@ from client.privacy_ledger import Ledger, LedgerSession, PrivacyLedgers, planned
 from client.specs import SpecMaker
 from client.trust import Signer, TrustStore, refuse_revoked
 from shared import signing
+from shared.data.columns import DataPath
 from shared.errors import (
     AlreadyExists,
     IntegrityError,
@@ -128,7 +129,7 @@ class SearchOutcome:
 
 
 def private_search(
-    data: str | Path | Sequence[str],
+    data: DataPath | Sequence[str],
     conn: Connection | MarketClient,
     kind: str | None = None,
     epsilon: float = 4.0,
@@ -227,8 +228,8 @@ def _held_ledger(
         yield held
 
 
-def _texts(data: str | Path | Sequence[str]) -> list[str]:
-    if isinstance(data, str | Path):
+def _texts(data: DataPath | Sequence[str]) -> list[str]:
+    if isinstance(data, DataPath):
         from shared.data import load_dataset
 
         return load_dataset(data).texts()

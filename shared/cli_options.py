@@ -21,6 +21,25 @@ HomeOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")]
+# Every command that reads user data takes these four beside its data path, and passes one
+# ``shared.data.DataSource(path, split, text_column, prompt_column, response_column)``.
+SplitOpt = Annotated[
+    str | None,
+    typer.Option("--split", help="Split of a DatasetDict folder (default: train; never merged)."),
+]
+TextColumnOpt = Annotated[
+    str | None, typer.Option("--text-column", help="Column of plain text (default: text).")
+]
+PromptColumnOpt = Annotated[
+    str | None, typer.Option("--prompt-column", help="Column of prompts (default: prompt).")
+]
+ResponseColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--response-column", help="Column of responses (default: response or completion)."
+    ),
+]
+DATA_HELP = "JSONL, JSON, CSV, parquet, Arrow, .txt or a save_to_disk folder."
 
 
 def console(stderr: bool = False, width: int | None = None):  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
-from shared.data import DataOptions, Dataset, Record, load_dataset
+from shared.data import Dataset, DataSource, Record, load_dataset
 from shared.errors import DataError
 
 
@@ -30,9 +30,9 @@ def _save_dict(root: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
     ).save_to_disk(str(root))
 
 
-def _error(path: Path, options: DataOptions | None = None) -> str:
+def _error(source: Path | DataSource) -> str:
     with pytest.raises(DataError) as excinfo:
-        load_dataset(path, options)
+        load_dataset(source)
     message = str(excinfo.value)
     assert "\n" not in message
     return message
@@ -151,7 +151,7 @@ def test_dataset_dict_reads_train_by_default_and_never_merges(tmp_path: Path) ->
     _save_dict(root, {"train": [{"text": "train text"}], "test": [{"text": "test text"}]})
 
     train = load_dataset(root)
-    test = load_dataset(root, DataOptions(split="test"))
+    test = load_dataset(DataSource(root, split="test"))
 
     assert (train.texts(), train.split) == (["train text"], "train")
     assert (test.texts(), test.split) == (["test text"], "test")
@@ -163,26 +163,25 @@ def test_dataset_dict_without_train_is_refused_with_its_splits(tmp_path: Path) -
     _save_dict(root, {"validation": [{"text": "v"}], "test": [{"text": "t"}]})
 
     assert "no 'train' split; choose one with --split: validation, test" in _error(root)
-    assert "no split 'dev'; choose one with --split: validation, test" in _error(
-        root, DataOptions(split="dev")
-    )
+    dev = DataSource(root, split="dev")
+    assert "no split 'dev'; choose one with --split: validation, test" in _error(dev)
 
 
 def test_split_on_a_single_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "x"}\n')
-    assert "--split test is for a DatasetDict" in _error(path, DataOptions(split="test"))
+    assert "--split test is for a DatasetDict" in _error(DataSource(path, split="test"))
     folder = tmp_path / "saved"
     _write_saved(folder)
-    assert "drop --split test" in _error(folder, DataOptions(split="test"))
+    assert "drop --split test" in _error(DataSource(folder, split="test"))
 
 
 def test_column_mapping(tmp_path: Path) -> None:
     path = tmp_path / "qa.parquet"
     pq.write_table(_rows_table([{"question": " Q1 ", "answer": "A1", "note": "n1"}]), path)
 
-    pairs = load_dataset(path, DataOptions(prompt_column="question", response_column="answer"))
-    notes = load_dataset(path, DataOptions(text_column="note"))
+    pairs = load_dataset(DataSource(path, prompt_column="question", response_column="answer"))
+    notes = load_dataset(DataSource(path, text_column="note"))
 
     assert pairs.records == (Record(prompt="Q1", response="A1"),)
     assert notes.texts() == ["n1"]
@@ -192,7 +191,7 @@ def test_bad_column_name_lists_the_columns(tmp_path: Path) -> None:
     path = tmp_path / "qa.parquet"
     pq.write_table(_rows_table([{"question": "Q1", "answer": "A1"}]), path)
 
-    message = _error(path, DataOptions(text_column="body"))
+    message = _error(DataSource(path, text_column="body"))
 
     assert message == f"{path}: no column 'body' (--text-column; found: answer, question)"
 

@@ -228,6 +228,33 @@ def test_config_min_holders_and_what_each_machine_needs(
         FederationConfig.from_toml(toml, machine=2)
 
 
+def test_holder_data_names_its_split_and_columns(holders_data, coordinator_key, tmp_path):
+    """A holder's [[holders]] table may name a split and columns, as ``--split`` and
+    ``--text-column`` do on the command line; each holder reads only its own split."""
+    import datasets
+
+    from client.federation.client_app import AppCache, holder_texts
+
+    saved = tmp_path / "bank_b_saved"
+    rows = {"train": [{"body": "bank b train"}], "test": [{"body": "bank b test"}]}
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in rows.items()}).save_to_disk(
+        str(saved)
+    )
+    toml = tmp_path / "fed.toml"
+    toml.write_text(
+        'rounds = 1\n[learnware]\nname = "x"\ndomain = "finance"\ntask = "t"\nlicense = "MIT"\n'
+        f'[market]\nkey = "{coordinator_key}"\nout = "pkg"\n'
+        f'[[holders]]\nname = "a"\ndata = "{holders_data[0]}"\n'
+        '[[holders]]\nname = "b"\ndata = "bank_b_saved"\nsplit = "test"\ntext_column = "body"\n'
+    )
+    config = FederationConfig.from_toml(toml)
+
+    assert holder_texts(config, 1, AppCache()) == ["bank b test"]
+    toml.write_text(toml.read_text().replace('split = "test"', "split = 3"))
+    with pytest.raises(InvalidInput, match=r"holders\[1\]\.split must be a name, got 3"):
+        FederationConfig.from_toml(toml)
+
+
 def test_deployed_apps_read_fed_toml_from_node_config_else_run_config(
     holders_data, coordinator_key, tmp_path
 ):

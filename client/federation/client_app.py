@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.federation.config import FederationConfig
+from shared.data.columns import DataSource
 from shared.dpsgd import History
 from shared.errors import InvalidInput
 
@@ -122,7 +123,8 @@ def holder_texts(config: FederationConfig, index: int, cache: AppCache) -> list[
     from client.contribute import load_texts
 
     holder = config.holders[index]
-    key = str(holder.data) if isinstance(holder.data, Path) else f"{index}:{holder.name}"
+    on_disk = isinstance(holder.data, Path | DataSource)
+    key = str(holder.data) if on_disk else f"{index}:{holder.name}"
     return list(cache.get("texts", key, lambda: load_texts(holder.data)))
 
 

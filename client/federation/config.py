@@ -43,7 +43,8 @@ Example::
 
     [[holders]]
     name = "bank-b"
-    data = "bank_b.jsonl"
+    data = "bank_b_saved"          # any format ``lwm data inspect`` reads; optional keys
+    split = "train"                # split, text_column, prompt_column, response_column
 
 Relative paths are read from the TOML file's folder. Which files must exist depends on the
 machine reading it (``machine``): on one machine (simulation) all of them; on a
@@ -59,9 +60,11 @@ from typing import Any
 from client.finetune import FinetuneConfig
 from client.publish import LearnwareCard, SpecSettings
 from client.toml_file import read_toml
+from shared.data.columns import DataSource
 from shared.errors import InvalidInput, LwmError
 from shared.privacy import DEFAULT_DELTA
 
+HOLDER_DATA_KEYS = ("split", "text_column", "prompt_column", "response_column")
 TOP_KEYS = {
     "base_model", "rounds", "local_steps", "batch_size", "max_tokens", "lr", "home",
     "min_holders", "learnware", "lora", "dp", "spec", "market", "holders",
@@ -74,11 +77,12 @@ Machine = str | int  # ALL_HERE, COORDINATOR or a holder's index (its SuperNode)
 @dataclass(frozen=True)
 class Holder:
     """One data holder: a name (a Flower SuperNode) and its texts: the path of its data
-    file (FED.toml), or the texts themselves where one machine runs every holder (the
-    simulation engine ships them to its workers inside the config; no file needed)."""
+    file (FED.toml; a ``DataSource`` where it names a split or columns), or the texts
+    themselves where one machine runs every holder (the simulation engine ships them to its
+    workers inside the config; no file needed)."""
 
     name: str
-    data: Path | tuple[str, ...]
+    data: Path | DataSource | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,9 @@ class FederationConfig:
         else:
             raise InvalidInput(f"machine must be {ALL_HERE!r}, {COORDINATOR!r} or a holder index")
         for h in holders:
-            if isinstance(h.data, Path) and not h.data.exists():
-                raise InvalidInput(f"holder {h.name!r}: data {h.data} does not exist")
+            data = h.data.path if isinstance(h.data, DataSource) else h.data
+            if isinstance(data, Path) and not data.exists():
+                raise InvalidInput(f"holder {h.name!r}: data {data} does not exist")
         if machine in (ALL_HERE, COORDINATOR) and not self.market.key.is_file():
             raise InvalidInput(f"market.key: the coordinator key {self.market.key} does not exist")
 
@@ -274,7 +279,12 @@ def _holders(raw: Any, path: Any) -> tuple[Holder, ...]:
     for i, h in enumerate(raw):
         if not isinstance(h, dict) or "name" not in h or "data" not in h:
             raise InvalidInput(f"holder #{i + 1} needs a name and a data path")
-        holders.append(Holder(str(h["name"]), path(h["data"], f"holders[{i}].data")))
+        data = path(h["data"], f"holders[{i}].data")
+        choices = {k: h[k] for k in HOLDER_DATA_KEYS if k in h}
+        for key, value in choices.items():
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"holders[{i}].{key} must be a name, got {value!r}")
+        holders.append(Holder(str(h["name"]), DataSource(data, **choices) if choices else data))
     return tuple(holders)
 
 

@@ -2,14 +2,16 @@
 
 Every format (JSONL, JSON, CSV, parquet, Arrow, ``save_to_disk``) arrives here as rows of
 named columns, so plain text, prompt/response, prompt/completion and chat ``messages``
-records become the same texts whichever file they came from. ``DataOptions`` carries the
-user's choices (``--split``, ``--text-column``, ``--prompt-column``, ``--response-column``).
+records become the same texts whichever file they came from. ``DataSource`` is a path with
+the user's choices (``--split``, ``--text-column``, ``--prompt-column``,
+``--response-column``); every API that takes a data path takes one in its place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared.data.records import Record
@@ -20,14 +22,19 @@ MESSAGES = "messages"
 
 
 @dataclass(frozen=True)
-class DataOptions:
-    """The user's choices for one source: which split of a ``DatasetDict`` (None: ``train``),
-    and the columns holding the text, prompt and response (None: the usual names)."""
+class DataSource:
+    """A data file or folder and the user's choices for it: which split of a ``DatasetDict``
+    (None: ``train``), and the columns holding the text, prompt and response (None: the
+    usual names)."""
 
+    path: Path
     split: str | None = None
     text_column: str | None = None
     prompt_column: str | None = None
     response_column: str | None = None
+
+
+DataPath = str | Path | DataSource  # what every data-taking API accepts: bare, or with choices
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class ColumnMap:
     messages: str | None
 
     @classmethod
-    def resolve(cls, columns: Iterable[str], options: DataOptions, where: str) -> ColumnMap:
+    def resolve(cls, columns: Iterable[str], options: DataSource, where: str) -> ColumnMap:
         """Named columns must exist; otherwise the usual names are used where present. A
         table with nothing to read is refused with the columns it has, so the user can name
         theirs with the options."""

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.data.columns import ColumnMap, DataOptions
+from shared.data.columns import ColumnMap, DataPath, DataSource
 from shared.data.records import Dataset, Record
 from shared.errors import DataError
 
@@ -35,14 +35,15 @@ _TEXT = (".txt", ".text")
 _KNOWN = ", ".join([*_BUILDERS, *_TEXT])
 
 
-def load_dataset(path: str | Path, options: DataOptions | None = None) -> Dataset:
-    """Load user data by file type (see the module doc), with ``options``' split and columns.
+def load_dataset(source: DataPath) -> Dataset:
+    """Load user data by file type (see the module doc), with a ``DataSource``'s split and
+    columns (a bare path: ``train`` and the usual column names).
 
     Whitespace around every field is stripped and blank records are skipped. A dataset
     with no records left is an error, so callers never get an empty ``Dataset``.
     """
-    options = options or DataOptions()
-    path = Path(path).expanduser()
+    options = source if isinstance(source, DataSource) else DataSource(Path(source))
+    path = options.path.expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     split = None
@@ -75,7 +76,7 @@ def _dataset(records: list[Record], path: Path, fmt: str, split: str | None) -> 
     return Dataset(records=tuple(records), source=str(path), format=fmt, split=split)
 
 
-def _records(table: Any, options: DataOptions, where: str) -> list[Record]:
+def _records(table: Any, options: DataSource, where: str) -> list[Record]:
     columns = ColumnMap.resolve(table.column_names, options, where)
     records: list[Record] = []
     for number, row in enumerate(table):
