@@ -348,3 +348,38 @@ def test_arrow_file_that_is_not_arrow(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.arrow"
     path.write_bytes(b"garbage, not arrow")
     assert f"{path}: not a readable arrow file" in _error(path)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_lwm_data_inspect_and_spec_make_read_parquet(lwm_home, tmp_path: Path) -> None:
+    """The CLI reads a parquet file through the column options, and refuses a DatasetDict
+    without the split it needs as one line with exit code 3 (a DataError)."""
+    from test_cli import lwm
+
+    from shared.data import load_domain
+
+    path = tmp_path / "notes.parquet"
+    texts = load_domain("software")[:20]
+    pq.write_table(pa.table({"id": list(range(len(texts))), "body": texts}), path)
+    columns = ("--text-column", "body")
+
+    summary = json.loads(lwm(lwm_home, "data", "inspect", str(path), *columns, "--json").stdout)
+    out = tmp_path / "spec.safetensors"
+    made = lwm(lwm_home, "spec", "make", str(path), *columns, "--out", str(out)).stdout
+
+    assert (summary["format"], summary["count"], summary["split"]) == ("parquet", 20, None)
+    assert f"rkme spec of {len(texts)} texts" in made and out.is_file()
+    missing = lwm(lwm_home, "data", "inspect", str(path), check=False)
+    assert missing.returncode == 3
+    assert (
+        missing.stderr.strip().endswith("--text-column, --prompt-column, --response-column")
+        and "found: body, id" in missing.stderr
+    )
+    folder = tmp_path / "dict"
+    _save_dict(folder, {"validation": [{"text": "v"}], "test": [{"text": "t"}]})
+    refused = lwm(lwm_home, "data", "inspect", str(folder), check=False)
+    assert refused.returncode == 3 and "choose one with --split: validation, test" in refused.stderr
+    picked = lwm(lwm_home, "data", "inspect", str(folder), "--split", "test", "--json").stdout
+    assert json.loads(picked)["split"] == "test"
