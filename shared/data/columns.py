@@ -75,6 +75,12 @@ class ColumnMap:
             )
         return mapping
 
+    @property
+    def names(self) -> list[str]:
+        """The columns read, so the others (images, ids, long metadata) are never decoded."""
+        chosen = (self.text, self.prompt, self.response, self.messages)
+        return list(dict.fromkeys(name for name in chosen if name is not None))
+
     def record(self, row: Mapping[str, Any], where: str) -> Record | None:
         """The record of one row; None if every field is blank."""
         text = _field(row, self.text, where)

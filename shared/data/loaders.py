@@ -79,7 +79,7 @@ def _dataset(records: list[Record], path: Path, fmt: str, split: str | None) -> 
 def _records(table: Any, options: DataSource, where: str) -> list[Record]:
     columns = ColumnMap.resolve(table.column_names, options, where)
     records: list[Record] = []
-    for number, row in enumerate(table):
+    for number, row in enumerate(table.select_columns(columns.names)):
         record = columns.record(row, f"{where} row {number}")
         if record is not None:
             records.append(record)
