@@ -142,6 +142,18 @@ BAD_INPUT = [
     ),
     pytest.param(["spec", "rank", "NOFILE", "NOFILE"], 4, "not found", id="missing spec files"),
     pytest.param(
+        ["data", "inspect", "D.jsonl", "--text-column", "body"],
+        3,
+        "no column 'body' (--text-column; found: text)",
+        id="a column the data does not have",
+    ),
+    pytest.param(
+        ["data", "inspect", "D.jsonl", "--split", "test"],
+        3,
+        "one table without splits",
+        id="--split on a file without splits",
+    ),
+    pytest.param(
         ["keys", "new", "alice", "--out", "D"], 2, "File exists", id="--out is a file, not a folder"
     ),
     pytest.param(["keys", "new", "../alice"], 2, "plain file stem", id="a key name with a path"),
