@@ -2,9 +2,9 @@
 
 Why in the handlers and not in a server interceptor: a server interceptor sees the method
 and metadata but not ``context.auth_context()`` (the TLS peer), and it cannot tell the
-handler who the caller is. So each handler starts with
-``caller = auth.require(context, METHOD, roles, request)``; ``abort_with`` is the one place
-project errors become gRPC status codes on the server.
+handler who the caller is. So the service (``server.service``) reads a call's
+``Credentials`` and runs ``Authenticator.authenticate`` before any work; ``grpc_status``
+names the status each project error is answered with.
 
 Every authenticated RPC needs the signed metadata of ``shared.signing`` (key id, timestamp,
 nonce, signature over the method, the request body's hash and this market's id); an mTLS
@@ -22,13 +22,12 @@ signing_key=key)`` puts it on the channel and every call carries fresh auth meta
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -45,10 +44,8 @@ __all__ = [
     "Caller",
     "Credentials",
     "ReplayCache",
-    "abort_with",
     "grpc_status",
     "market_method",
-    "status_on_error",
 ]
 
 MARKET_SERVICE: str = market_pb2.DESCRIPTOR.services_by_name["Market"].full_name
@@ -139,9 +136,7 @@ class ReplayCache:
     the nonces it saw before, so it cannot tell a replay of them.
     """
 
-    def __init__(
-        self, window_s: float, started_at: float, max_entries: int = 1_000_000
-    ) -> None:
+    def __init__(self, window_s: float, started_at: float, max_entries: int = 1_000_000) -> None:
         self._window_s = window_s
         self._oldest_allowed = int(started_at)  # whole seconds, as requests are signed
         self._max_entries = max_entries
@@ -211,22 +206,6 @@ class Authenticator:
         self._window_s = window_s
         self._replays = ReplayCache(window_s, clock(), max_nonces)
 
-    def require(
-        self,
-        context: grpc.ServicerContext | grpc.aio.ServicerContext,
-        method: str,
-        roles: set[Role] | frozenset[Role],
-        request: Message | None,
-    ) -> Caller:
-        """Authenticate the call to ``method`` (full path) carrying ``request`` (of a
-        client stream: its first message, ``None`` if it sent none) and check its role.
-
-        Raises ``Unauthenticated`` (missing/unknown/revoked key, bad signature, stale
-        timestamp, replay), ``ResourceExhausted`` (replay cache full) or
-        ``PermissionDenied`` (role not in ``roles``; ADMIN always passes).
-        """
-        return self.authenticate(Credentials.of(context), method, roles, request)
-
     def authenticate(
         self,
         credentials: Credentials,
@@ -234,8 +213,14 @@ class Authenticator:
         roles: set[Role] | frozenset[Role],
         request: Message | None,
     ) -> Caller:
-        """``require`` with the credentials already read from the call (the market server
-        reads them on its event loop and checks them in a worker thread)."""
+        """Authenticate the call to ``method`` (full path) carrying ``request`` (of a
+        client stream: its first message, ``None`` if it sent none) and check its role.
+        The server reads ``credentials`` on its event loop and checks them in a worker.
+
+        Raises ``Unauthenticated`` (missing/unknown/revoked key, bad signature, stale
+        timestamp, replay), ``ResourceExhausted`` (replay cache full) or
+        ``PermissionDenied`` (role not in ``roles``; ADMIN always passes).
+        """
         return self.check(
             _metadata(credentials.metadata),
             method,
@@ -281,21 +266,3 @@ def grpc_status(error: LwmError) -> grpc.StatusCode:
         return grpc.StatusCode[error.status]
     except KeyError:
         return grpc.StatusCode.INTERNAL
-
-
-def abort_with(context: grpc.ServicerContext, error: LwmError) -> NoReturn:
-    """End the RPC with ``error``'s status code and its one-line message."""
-    context.abort(grpc_status(error), str(error))
-    raise AssertionError("context.abort returned")  # it always raises; this is for mypy
-
-
-@contextlib.contextmanager
-def status_on_error(context: grpc.ServicerContext) -> Iterator[None]:
-    """``with status_on_error(context): ...`` turns any ``LwmError`` into ``abort_with``.
-
-    Other exceptions pass through: gRPC reports them as UNKNOWN without leaking details.
-    """
-    try:
-        yield
-    except LwmError as error:
-        abort_with(context, error)

@@ -23,8 +23,19 @@ GET = auth.market_method("Get")
 GET_X = signing.request_body(market_pb2.GetRequest(id="x"))
 
 
+@contextlib.contextmanager
+def status_on_error(context: grpc.ServicerContext) -> Iterator[None]:
+    """An ``LwmError`` ends the call with ``auth.grpc_status`` and its message, as
+    ``server.service`` answers (there on grpc.aio; this double is a plain gRPC server)."""
+    try:
+        yield
+    except errors.LwmError as error:
+        context.abort(auth.grpc_status(error), str(error))
+
+
 class _Market(market_pb2_grpc.MarketServicer):
-    """Thin handlers as the real service writes them: require, then answer with the caller.
+    """Thin handlers as the real service runs them: authenticate the call's credentials,
+    then answer with the caller.
 
     ``Get`` with an id ``raise:NAME`` raises ``shared.errors.NAME`` to exercise the mapping.
     """
@@ -33,15 +44,15 @@ class _Market(market_pb2_grpc.MarketServicer):
         self._auth = authenticator
 
     def _require(self, context: grpc.ServicerContext, name: str, request: Any) -> auth.Caller:
-        return self._auth.require(
-            context, auth.market_method(name), auth.MARKET_ROLES[name], request
+        return self._auth.authenticate(
+            auth.Credentials.of(context), auth.market_method(name), auth.MARKET_ROLES[name], request
         )
 
     def GetSchema(self, request, context):  # noqa: N802 (gRPC's names)
         return market_pb2.Schema(protocol_version="1")
 
     def Get(self, request, context):  # noqa: N802
-        with auth.status_on_error(context):
+        with status_on_error(context):
             if request.id.startswith("raise:"):
                 raise getattr(errors, request.id.removeprefix("raise:"))("boom: one line")
             caller = self._require(context, "Get", request)
@@ -52,14 +63,14 @@ class _Market(market_pb2_grpc.MarketServicer):
             )
 
     def Submit(self, request_iterator, context):  # noqa: N802
-        with auth.status_on_error(context):
+        with status_on_error(context):
             first = next(request_iterator, None)
             caller = self._require(context, "Submit", first)
             count = 1 + sum(1 for _ in request_iterator)
             return market_pb2.SubmitResponse(id=caller.key_id, reason=str(count))
 
     def Fetch(self, request, context):  # noqa: N802
-        with auth.status_on_error(context):
+        with status_on_error(context):
             caller = self._require(context, "Fetch", request)
         yield market_pb2.FetchChunk(header=market_pb2.FetchHeader(id=caller.key_id))
 
@@ -228,9 +239,7 @@ def _tampered(key: signing.Ed25519PrivateKey, method: str) -> list[tuple[str, st
             id="signed-for-another-method",
         ),
         pytest.param(
-            lambda key: (
-                _signed(signing.generate_keypair()[0])[:1] + _signed(key)[1:]
-            ),
+            lambda key: _signed(signing.generate_keypair()[0])[:1] + _signed(key)[1:],
             id="another-key-id",
         ),
     ],
@@ -298,7 +307,7 @@ def _all_errors() -> list[type[errors.LwmError]]:
 
 
 @pytest.mark.parametrize("error_class", _all_errors(), ids=lambda c: c.__name__)
-def test_abort_with_maps_each_error_to_its_status(port: int, error_class) -> None:
+def test_each_error_is_answered_with_its_status(port: int, error_class) -> None:
     market = stub(port)
 
     error = fails(
