@@ -34,7 +34,6 @@ it is sent: a search whose connection then fails still counts (it may have left)
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import BudgetExceeded, InvalidInput, NotFound
-from shared.files import write_atomically
+from shared.files import FileLock, write_atomically
 from shared.home import Home
 from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, compose_epsilon
 from shared.spec.schema import SpecSchema
@@ -230,7 +229,7 @@ class PrivacyLedgers:
         ledger's budget first (``math.inf``: no limit); None keeps the one it has."""
         key = fingerprint(texts)
         self.folder.mkdir(parents=True, exist_ok=True)
-        with _locked(self.folder / f"{key}.lock"):
+        with FileLock(self.folder / f"{key}.lock"):
             path = self._path(key)
             ledger = (
                 self._read(path)
@@ -284,18 +283,6 @@ class LedgerSession:
         self.ledger = replace(self.ledger, releases=(*self.ledger.releases, release))
         write_atomically(self.path, self.ledger.to_json(), mode=0o600)
         return self.ledger
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (made if missing), released on exit. The lock file
-    stays: the ledger itself is replaced on every write, so it cannot carry the lock."""
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _budget(epsilon: float) -> float | None:

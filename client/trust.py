@@ -35,7 +35,7 @@ as the name a manifest gives itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from typing import Any
 
 from shared import signing
 from shared.errors import IntegrityError, InvalidInput, NotFound, UntrustedKey
-from shared.files import write_atomically
+from shared.files import FileLock, write_atomically
 from shared.home import Home
 
 TRUST_FILE = "trust.json"
@@ -111,28 +111,42 @@ class TrustStore:
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
             raise InvalidInput(f"trust store {self.path} is unreadable: {err}") from err
 
-    def _save(self, pins: tuple[Pin, ...]) -> None:
-        body: dict[str, Any] = {"format": FORMAT, "pins": [asdict(p) for p in pins]}
-        data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        write_atomically(self.path, data, mode=0o600)
+    def _edit(self, change: Callable[[tuple[Pin, ...]], tuple[Pin, ...]]) -> int:
+        """Read, ``change`` and write the pins under a lock beside the file, so two ``lwm``
+        commands pinning at once (a fetch's first use, a ``trust add``) lose neither.
+        Returns how many pins the change removed (net)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.path.with_name(self.path.name + ".lock")):
+            before = self.pins()
+            pins = change(before)
+            body: dict[str, Any] = {"format": FORMAT, "pins": [asdict(p) for p in pins]}
+            data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+            write_atomically(self.path, data, mode=0o600)
+        return len(before) - len(pins)
 
     # ------------------------------------------------------------------ lwm trust
     def add(self, public_key: str | Path | bytes, name: str) -> Pin:
         """Pin a key yourself (a PEM file or text, or raw bytes); replaces your older pin."""
         raw = signing.public_key_bytes(signing.load_public_key(public_key))
         pin = Pin(signing.key_id(raw), raw.hex(), name, None, _now())
-        kept = tuple(p for p in self.pins() if not (p.market is None and p.key_id == pin.key_id))
-        self._save((*kept, pin))
+        self._edit(
+            lambda pins: (
+                *(p for p in pins if not (p.market is None and p.key_id == pin.key_id)),
+                pin,
+            )
+        )
         return pin
 
     def remove(self, key_id: str) -> int:
         """Forget every pin (yours and first-use) of ``key_id``; ``NotFound`` if none."""
-        pins = self.pins()
-        kept = tuple(p for p in pins if p.key_id != key_id)
-        if len(kept) == len(pins):
-            raise NotFound(f"key {key_id} is not pinned in {self.path}")
-        self._save(kept)
-        return len(pins) - len(kept)
+
+        def drop(pins: tuple[Pin, ...]) -> tuple[Pin, ...]:
+            kept = tuple(p for p in pins if p.key_id != key_id)
+            if len(kept) == len(pins):
+                raise NotFound(f"key {key_id} is not pinned in {self.path}")
+            return kept
+
+        return self._edit(drop)
 
     # ------------------------------------------------------------------ checks
     def check(self, market: str, key_id: str, name: str, public_key: bytes | None) -> Signer:
@@ -180,7 +194,8 @@ class TrustStore:
     def remember(self, signer: Signer) -> None:
         """Record a first-use pin, after the package it signed passed every check."""
         if signer.new_pin is not None:
-            self._save((*self.pins(), signer.new_pin))
+            new_pin = signer.new_pin
+            self._edit(lambda pins: (*pins, new_pin))
 
     def key_for_folder(self, key_id: str) -> signing.Ed25519PublicKey:
         """The pinned key a local folder's signature must verify with (any pin of it)."""

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -35,6 +35,7 @@ from server.service import MarketService
 from server.settings import ServerSettings
 from server.store import Store
 from shared import transport
+from shared.files import FileLock
 from shared.home import Home
 from shared.market_identity import server_market_id
 
@@ -72,7 +73,7 @@ class RunningServer:
     settings: ServerSettings
     _loop: _LoopThread
     web: WebServer | None = None  # the web page, when started with settings.web_address
-    blob_lock: BinaryIO | None = None  # held while serving (BlobStore.claim)
+    blob_lock: FileLock | None = None  # held while serving (BlobStore.claim)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: the web page closed and NOT_SERVING first, smoke runs killed (they
@@ -86,7 +87,7 @@ class RunningServer:
         self.service.close()
         self.market.store.close()
         if self.blob_lock is not None:
-            self.blob_lock.close()
+            self.blob_lock.release()
 
 
 def limit_blas_threads() -> None:
@@ -166,7 +167,7 @@ def build_server(settings: ServerSettings) -> RunningServer:
         loop.close()
         service.close()
         store.close()
-        blob_lock.close()
+        blob_lock.release()
         raise
     # PENDING learnwares are judged after serving starts, not before (minutes each).
     rejudge = threading.Thread(target=market.rejudge, args=(pending,), name="lwm-rejudge")

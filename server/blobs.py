@@ -42,6 +42,7 @@ from shared.errors import (
     NotFound,
     ResourceExhausted,
 )
+from shared.files import FileLock
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEMP_SUFFIX = ".part"
@@ -192,22 +193,15 @@ class BlobStore:
         self.work_dir = self.root / "work"  # unpacked packages under check (scratch folders)
         self._uploads = _KeyedLocks()
 
-    def claim(self) -> BinaryIO:
-        """Lock the store for one serving process (``flock`` on ``root/.lock``, released
-        when the returned file closes or the process dies). A second server on the same
-        blobs is refused here, before its start-up cleanup could delete the first one's
-        uploads in progress, whatever port it asked for."""
-        import fcntl
-
-        handle = (self.root / ".lock").open("ab")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise FailedPrecondition(
-                f"blob store {self.root} is in use by another running server"
-            ) from None
-        return handle
+    def claim(self) -> FileLock:
+        """Lock the store for one serving process (``root/.lock``, released by the returned
+        lock's ``release`` or the process's death). A second server on the same blobs is
+        refused here, before its start-up cleanup could delete the first one's uploads in
+        progress, whatever port it asked for."""
+        lock = FileLock(self.root / ".lock")
+        if not lock.acquire(wait=False):
+            raise FailedPrecondition(f"blob store {self.root} is in use by another running server")
+        return lock
 
     @contextmanager
     def provisional(self, sha256: str, owned: Callable[[str], bool]) -> Iterator[None]:

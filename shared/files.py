@@ -17,10 +17,48 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from shared.errors import AlreadyExists, InvalidInput, NotFound
 
 __all__ = ["building", "check_writable", "read_file", "write_atomically"]
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path`` (made if missing) between processes, held from
+    ``acquire`` until ``release`` or the holder's death (the kernel drops it then, so a
+    crash never leaves a stale lock). The lock file stays: files it guards may be replaced
+    on every write, so they cannot carry the lock themselves. Used as a context manager it
+    waits for the lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: BinaryIO | None = None
+
+    def acquire(self, *, wait: bool = True) -> bool:
+        """Take the lock; with ``wait=False``, ``False`` at once if another holds it."""
+        import fcntl
+
+        handle = self.path.open("ab")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor releases the flock
+            self._handle = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def read_file(path: str | Path, what: str) -> bytes:
@@ -50,9 +88,7 @@ def check_writable(path: Path, *, force: bool = False, parents: bool = False) ->
         raise InvalidInput(f"{path}: folder {folder} is not writable")
 
 
-def write_atomically(
-    path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True
-) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
     """Write ``data`` to a temp file beside ``path`` with ``mode`` from the start, then move it in.
 
     Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile,

@@ -300,3 +300,24 @@ def test_cli_trust_add_list_remove(world, lwm_home, tmp_path):
     assert removed.returncode == 0 and TrustStore(Path(trust)).pins() == ()
     again = lwm(lwm_home.root, "trust", "remove", _key_id(world, "hospital"), "--trust", trust)
     assert again.returncode == 7 and "not pinned" in again.stderr
+
+
+def test_pins_written_at_once_by_several_processes_are_all_kept(tmp_path):
+    """Each ``lwm`` command reads, changes and rewrites the trust file: without a lock,
+    two pinning at once lose the pins the other wrote meanwhile."""
+    script = (
+        "import sys; from pathlib import Path; from client.trust import TrustStore; "
+        "from shared import signing; store = TrustStore(Path(sys.argv[1])); "
+        "pins = [store.add(signing.public_key_bytes(signing.generate_keypair()[1]), 'n') "
+        "for _ in range(30)]; print(' '.join(p.key_id for p in pins))"
+    )
+    store = tmp_path / "trust.json"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(store)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    added = {kid for p in procs for kid in p.communicate(timeout=120)[0].split()}
+    assert [p.returncode for p in procs] == [0] * len(procs) and len(added) == 6 * 30
+    assert {pin.key_id for pin in TrustStore(store).pins()} == added
