@@ -215,12 +215,23 @@ def spec_schema(
 
 
 @models_app.command("list")
-def models_list(home: HomeOpt = None) -> None:
+def models_list(
+    paths: Annotated[
+        bool,
+        typer.Option("--paths", help="One line each: name, id, sha256 and local folder (TSV)."),
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
     """Models this machine can load offline, and how to get the missing ones."""
     from rich.table import Table
 
     from shared.models import list_models
 
+    if paths:  # the folder is what plain transformers / peft load as the base model
+        for info in list_models(_home(home)):
+            where = str(info.path) if info.path else f"not here yet: {info.how_to_get}"
+            print("\t".join((info.name, info.model_id, info.sha256 or "-", where)))
+        return
     table = Table(title="models")
     for col in ("name", "available", "cached", "sha256", "description / how to get"):
         table.add_column(col)

@@ -242,13 +242,20 @@ def fetch(
     insecure: InsecureOpt = False,
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
+    peft_dir: Annotated[
+        Path | None,
+        typer.Option("--peft-dir", help="Also write a folder plain peft loads (new folder)."),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Download ID (resumable), verify hash, signature, trusted key and base model, unpack
     into --out."""
     from client.trust import shown_name
     from client.user import fetch_learnware
+    from shared.files import check_writable
 
+    if peft_dir is not None:
+        check_writable(peft_dir, parents=True)  # before the market is asked anything
     conn = connection(server, key, ca, insecure, cert, cert_key)
     fetched = fetch_learnware(
         conn,
@@ -270,6 +277,11 @@ def fetch(
         f"  base model {m.base_model.model_id} ({m.base_model.sha256[:12]}) "
         f"present here as {fetched.base_model.name}"
     )
+    if peft_dir is not None:
+        from client.run import write_peft_folder
+
+        written = write_peft_folder(fetched, peft_dir, _home(home))
+        print(f"  plain peft folder {written}: AutoPeftModelForCausalLM.from_pretrained loads it")
 
 
 def _load(

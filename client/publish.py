@@ -9,10 +9,17 @@ market client) submits. What it needs is what training produced (an adapter fold
 Privacy: the adapter and every spec are releases on the same data; the manifest lists each
 ``DPReport`` and their composition in one RDP accountant (``DpLedger.compose``). The total
 is None (no guarantee) when the adapter is trained without DP.
+
+Identity: the package's ``adapter_config.json`` names its base model by the manifest's
+``base_model.model_id`` (e.g. ``smollm2-135m-instruct-q4_1``), whatever the adapter folder
+said (often a path on the contributor's machine, which resolves nowhere else and leaks the
+path): ``lwm`` resolves that id to its local folder, and ``lwm fetch --peft-dir`` writes a
+folder plain peft loads.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ from shared import signing
 from shared.errors import InvalidInput, SchemaMismatch
 from shared.learnware import Contributor, DpLedger, Manifest, Package, SpecEntry
 from shared.learnware import _check as check  # the manifest's own rules, checked up front
+from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from shared.learnware.manifest import utc_now_iso
 from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget
 from shared.spec.schema import KINDS
@@ -124,10 +132,26 @@ def publish(
     manifest = build_manifest(card, base, adapter_report, specs, key, delta)
     with tempfile.TemporaryDirectory(prefix="lwm-publish-") as tmp:
         spec_file = save_specs(Path(tmp) / "spec.safetensors", list(specs))
-        package = build_package(out, adapter, spec_file, manifest, key)
+        named = _naming_base(adapter, base, Path(tmp))
+        package = build_package(out, named, spec_file, manifest, key)
     if client is None:
         return Published(package, None)
     return Published(package, submit_package(client, package.folder))
+
+
+def _naming_base(adapter: Path, base: ModelRef, tmp: Path) -> Path | tuple[Path, Path]:
+    """The adapter's (weights, config) with the config's ``base_model_name_or_path`` set to
+    ``base.model_id`` (module docstring); a folder lacking either file goes to
+    ``build_package`` as it is, which says what is wrong with it."""
+    config_file, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+    if not (config_file.is_file() and weights.is_file()):
+        return adapter
+    config = check.loads_untrusted(config_file.read_bytes(), ADAPTER_CONFIG)
+    if not isinstance(config, dict):
+        return adapter
+    named = tmp / ADAPTER_CONFIG
+    named.write_text(json.dumps({**config, "base_model_name_or_path": base.model_id}, indent=2))
+    return weights, named
 
 
 def submit_package(client: MarketClient, folder: Path) -> Verdict:

@@ -7,10 +7,16 @@ code touches the weights, and it happens only on a ``VerifiedLearnware``, one th
 package checks and a pinned key); nothing is checked twice. The one check that needs the
 base model, every adapter tensor against its module's shape (the market's
 ``check_adapter``), runs here, between loading the base model and loading the adapters.
+
+Plain peft: a learnware's config names its base model by id (``tiny-llama-v1``,
+``smollm2-135m-instruct-q4_1``), which only ``lwm`` resolves; ``write_peft_folder``
+(``lwm fetch --peft-dir``) writes a folder ``AutoPeftModelForCausalLM`` loads as it is.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from client.market import Connection, MarketClient
 from client.trust import TrustStore
 from client.user import VerifiedLearnware, check_folder, check_id, fetch_learnware
 from shared.errors import InvalidInput
+from shared.files import building, check_writable
 from shared.home import Home
 from shared.learnware import Manifest
 from shared.learnware.adapter_policy import (
@@ -34,6 +41,13 @@ from shared.models import LocalModel
 
 #: peft's name for the one adapter ``PeftModel.from_pretrained`` loads when given none.
 DEFAULT_ADAPTER = "default"
+#: The base model's tokenizer files, copied into a plain-peft folder (those it has).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,29 @@ def _verified(
     return check_folder(
         folder, home=home, base_model=base_model, revoked_keys=revoked_keys, trust=trust
     )
+
+
+def write_peft_folder(verified: VerifiedLearnware, out: Path, home: Home) -> Path:
+    """A new folder ``out`` that plain ``AutoPeftModelForCausalLM.from_pretrained(out)``
+    (and ``AutoTokenizer``) loads: the learnware's adapter weights, its config naming the
+    local folder of the base model the check matched by sha256 (not the published id),
+    and that base model's tokenizer files. The learnware folder stays as it was signed.
+
+    Written beside ``out`` and renamed into place; ``AlreadyExists`` if ``out`` exists.
+    """
+    from shared.models.causal import model_folder
+
+    check_writable(out, parents=True)
+    base = model_folder(verified.base_model.name, home)
+    config = json.loads((verified.path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    with building(out, private=False) as tmp:
+        shutil.copyfile(verified.path / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
+        named = {**config, "base_model_name_or_path": str(base)}
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(named, indent=2), encoding="utf-8")
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copyfile(base / name, tmp / name)
+    return out
 
 
 def generate(learnware: LoadedLearnware, prompt: str, max_new_tokens: int = 32) -> str:

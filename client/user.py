@@ -279,12 +279,13 @@ def resolve_base_model(
     otherwise the built-in model with ``model_id`` is used (``tiny`` is built here on first
     use). Weights are matched by sha256: a same-named model with other weights is refused.
     """
-    from shared.models import local_model, smollm2, tiny
+    from shared.models import local_model
+    from shared.models.causal import builtin_name
 
     if base_model is not None:
         local = local_model(str(base_model), home)
     else:
-        builtin = {tiny.MODEL_ID: tiny.NAME, smollm2.MODEL_ID: smollm2.NAME}.get(model_id)
+        builtin = builtin_name(model_id)
         if builtin is None:
             raise ModelUnavailable(
                 f"the learnware needs base model {model_id} (weights {sha256[:12]}), which is "

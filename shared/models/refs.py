@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 SIDECAR = "lwm-model.json"
-SIDECAR_VERSION = 1
+#: 2: ids name what the weights are (``smollm2-135m-instruct-q4_1``) and ``source`` says
+#: where they came from; a version-1 folder is rebuilt (same weights, same sha256).
+SIDECAR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,12 @@ class LocalModel:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One line of ``lwm models``: whether a model can be used here and how to get it."""
+    """One line of ``lwm models``: whether a model can be used here and how to get it.
+
+    ``path`` is the local folder once cached: what plain transformers/peft load."""
 
     name: str
+    model_id: str
     description: str
     available: bool
     cached: bool
@@ -118,7 +123,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_sidecar(folder: Path, name: str, ref: ModelRef, **extra: Any) -> None:
-    """Record a built-in model's identity (and ``name``, for a reader) beside its weights."""
+    """Record a built-in model's identity (and ``name``, for a reader) beside its weights;
+    ``extra`` says where the weights came from (``source``)."""
     payload = {"version": SIDECAR_VERSION, "name": name, **asdict(ref), **extra}
     write_json_atomic(folder / SIDECAR, payload)
 

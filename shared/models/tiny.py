@@ -92,5 +92,10 @@ def build(folder: Path) -> ModelRef:
     model, _ = load_folder(folder)
     ref = ModelRef(model_id=MODEL_ID, sha256=weights_sha256(model))
     tokenizer_hash = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
-    write_sidecar(folder, NAME, ref, tokenizer_sha256=tokenizer_hash)
+    source = {
+        "weights": f"random LlamaForCausalLM, torch seed {SEED}",
+        "tokenizer": "byte-level BPE trained on Python standard library docstrings",
+        "tokenizer_sha256": tokenizer_hash,
+    }
+    write_sidecar(folder, NAME, ref, source=source)
     return ref

@@ -1,0 +1,94 @@
+"""Where a model runs: ``--device auto|cpu|cuda|mps`` and ``--dtype float32|bfloat16|float16``.
+
+One ``Placement`` is chosen per command, before any model loads, so asking for a GPU this
+machine lacks is a one-line ``ModelUnavailable`` rather than a traceback minutes later.
+``auto`` takes cuda if torch sees one, else mps, else the CPU. The dtype defaults to
+float32 everywhere: bfloat16 / float16 halve memory and speed up GPUs, but only where asked.
+
+Specifications are always computed in float32 (``for_specs``), on any device: a spec is
+compared with specs made on other machines, and a PAVE vector trained in bfloat16 would
+carry rounding far larger than a float32 one made on a CPU, while float32 on a GPU agrees
+with the CPU to float32 rounding (not bit for bit: GPU reductions sum in another order).
+The base model's weight sha256 is always taken over its float32 weights, so a model
+loaded in bfloat16 keeps its identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from shared.errors import InvalidInput, ModelUnavailable
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "float32"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A concrete device (``cpu``, ``cuda``, ``cuda:1``, ``mps``) and a dtype name.
+
+    Validates names only; whether the device exists here is ``resolve``'s question.
+    """
+
+    device: str = "cpu"
+    dtype: str = DEFAULT_DTYPE
+
+    def __post_init__(self) -> None:
+        kind, _, index = self.device.partition(":")
+        if kind not in DEVICES[1:] or (index and (kind != "cuda" or not index.isdigit())):
+            raise InvalidInput(f"--device {self.device!r}: use one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise InvalidInput(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+
+    @property
+    def is_default(self) -> bool:
+        """CPU and float32: what every model loads as before any move."""
+        return self.device == "cpu" and self.dtype == DEFAULT_DTYPE
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    def for_specs(self) -> Placement:
+        """The same device in float32: specs stay comparable across machines (see above)."""
+        return replace(self, dtype=DEFAULT_DTYPE)
+
+    def place(self, model: Any) -> Any:
+        """``model`` moved to this device and cast to this dtype (in place for torch)."""
+        return model if self.is_default else model.to(self.device, dtype=self.torch_dtype())
+
+
+CPU = Placement()
+
+
+def resolve(device: str = "auto", dtype: str | None = None) -> Placement:
+    """The placement ``--device``/``--dtype`` ask for, checked against this machine.
+
+    ``auto`` picks cuda, then mps, then cpu; ``dtype`` None is float32. Raises
+    ``InvalidInput`` for an unknown name and ``ModelUnavailable`` for a device torch
+    cannot use here, before any model is loaded.
+    """
+    chosen = Placement(device if device != "auto" else "cpu", dtype or DEFAULT_DTYPE)
+    if device == "cpu":
+        return chosen
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if device == "auto":
+        return replace(chosen, device="cuda" if cuda else "mps" if mps else "cpu")
+    if chosen.device.startswith("cuda"):
+        index = int(chosen.device.partition(":")[2] or 0)
+        if not cuda or index >= torch.cuda.device_count():
+            raise ModelUnavailable(
+                f"--device {device}: torch sees no such CUDA device here "
+                f"(torch {torch.__version__}, {torch.cuda.device_count()} GPU(s)); "
+                "use --device cpu or auto"
+            )
+    elif not mps:
+        raise ModelUnavailable(
+            f"--device {device}: torch sees no Apple MPS device here; use --device cpu or auto"
+        )
+    return chosen
