@@ -17,6 +17,7 @@ import typer
 
 from shared.cli_options import (
     DATA_HELP,
+    DeviceOpt,
     ForceOpt,
     HomeOpt,
     PromptColumnOpt,
@@ -124,6 +125,7 @@ def spec_make(
     ] = None,
     pave_model: Annotated[str, typer.Option("--pave-model", help="Spec model for PAVE.")] = "tiny",
     force: ForceOpt = False,
+    device: DeviceOpt = "auto",
     split: SplitOpt = None,
     text_column: TextColumnOpt = None,
     prompt_column: PromptColumnOpt = None,
@@ -134,9 +136,11 @@ def spec_make(
     from client.specs import SpecMaker
     from shared.data import DataSource, load_dataset
     from shared.files import check_writable
+    from shared.models.device import resolve
     from shared.spec.schema import KINDS
 
     check_writable(out, force=force)
+    placement = resolve(device)
 
     if kind not in KINDS:
         from shared.errors import SchemaMismatch
@@ -144,7 +148,7 @@ def spec_make(
         raise SchemaMismatch(f"unknown spec kind {kind!r}; known kinds: {', '.join(KINDS)}")
     budget = _budget(epsilon, delta, no_dp)
     dataset = load_dataset(DataSource(data, split, text_column, prompt_column, response_column))
-    maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home))
+    maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home), placement)
     spec = maker.make(dataset.texts(), kind, budget, progress=True)
     spec.save(out)
     eps = "none (no DP)" if spec.privacy.epsilon is None else f"{spec.privacy.epsilon:.3g}"

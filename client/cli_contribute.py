@@ -17,6 +17,8 @@ import typer
 from client.finetune import FinetuneConfig
 from shared.cli_options import (
     DATA_HELP,
+    DeviceOpt,
+    DtypeOpt,
     HomeOpt,
     JsonOpt,
     PromptColumnOpt,
@@ -101,12 +103,15 @@ def contribute_command(
     text_column: TextColumnOpt = None,
     prompt_column: PromptColumnOpt = None,
     response_column: ResponseColumnOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
     home: Annotated[str | None, typer.Option("--home", help="Cache folder.")] = None,
 ) -> None:
     """Fine-tune a LoRA learnware on DATA, make its DP spec, sign it and submit it (or --out)."""
     from client.contribute import ContributeConfig, contribute, make_learnware
     from shared.data import DataSource
     from shared.home import Home
+    from shared.models.device import resolve
 
     if (server is None) == (out is None):
         raise InvalidInput("give exactly one of --server ADDR (submit) or --out DIR (package)")
@@ -129,6 +134,7 @@ def contribute_command(
             delta=delta,
             clip_norm=clip_norm,
         ),
+        placement=resolve(device, dtype),
     )
     if not config.finetune.budget.is_private:
         console(stderr=True).print(
@@ -184,6 +190,7 @@ def package_build(
     text_column: TextColumnOpt = None,
     prompt_column: PromptColumnOpt = None,
     response_column: ResponseColumnOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Wrap an existing LoRA adapter with DP specs of --data, a manifest and your signature
     (submit it with ``lwm market submit``). Its training is unknown here, so the package
@@ -191,9 +198,11 @@ def package_build(
     from client.contribute import ContributeConfig, package_adapter
     from shared.data import DataSource
     from shared.home import Home
+    from shared.models.device import resolve
 
     card = _card(name, domain, task, description, license, contributor or key.stem)
-    config = ContributeConfig(card, base_model, _spec_settings(spec, spec_epsilon), delta)
+    settings = _spec_settings(spec, spec_epsilon)
+    config = ContributeConfig(card, base_model, settings, delta, placement=resolve(device))
     source = DataSource(data, split, text_column, prompt_column, response_column)
     package = package_adapter(
         adapter,

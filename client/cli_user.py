@@ -22,6 +22,8 @@ from shared.cli_options import (
     CaOpt,
     CertKeyOpt,
     CertOpt,
+    DeviceOpt,
+    DtypeOpt,
     HomeOpt,
     InsecureOpt,
     JsonOpt,
@@ -294,6 +296,7 @@ def _load(
     insecure: bool,
     revoked_keys: Path | None,
     trust: Path | None,
+    placement: Any,
 ) -> Any:
     from client.run import load_learnware
 
@@ -305,6 +308,7 @@ def _load(
         conn=conn,
         revoked_keys=_revoked(revoked_keys),
         trust=_trust(home, trust),
+        placement=placement,
     )
 
 
@@ -319,12 +323,18 @@ def generate(
     insecure: InsecureOpt = False,
     revoked_keys: RevokedOpt = None,
     trust: TrustOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the learnware (base model + adapter) on --prompt; prints the continuation."""
     from client.run import generate as run
+    from shared.models.device import resolve
 
-    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys, trust)
+    placement = resolve(device, dtype)
+    learnware = _load(
+        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, placement
+    )
     print(run(learnware, prompt, max_new_tokens))
 
 
@@ -347,15 +357,21 @@ def evaluate(
     text_column: TextColumnOpt = None,
     prompt_column: PromptColumnOpt = None,
     response_column: ResponseColumnOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
     from client.evaluate import evaluate as run
     from shared.data import DataSource, load_dataset
+    from shared.models.device import resolve
 
+    placement = resolve(device, dtype)
     chosen = DataSource(data, split, text_column, prompt_column, response_column)
     dataset = load_dataset(chosen)  # bad data fails before any model loads
-    learnware = _load(source, home, base_model, server, key, ca, insecure, revoked_keys, trust)
+    learnware = _load(
+        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, placement
+    )
     result = run(
         learnware,
         list(dataset.records),

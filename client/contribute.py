@@ -31,6 +31,7 @@ from shared import signing
 from shared.data.columns import DataPath
 from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
 from shared.home import Home
+from shared.models.device import CPU, Placement
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
 from shared.spec.schema import MarketSchema
 
@@ -52,7 +53,8 @@ class ContributeConfig:
     ``learnware`` holds the manifest's fields; ``base_model`` is ``tiny``, ``smollm2-135m``
     or a local Hugging Face folder; ``spec`` the spec kinds and their DP epsilon; the
     adapter's budget is ``finetune.dp_epsilon`` (None: trained without DP). ``delta``
-    applies to every release and overrides ``finetune.delta``.
+    applies to every release and overrides ``finetune.delta``. ``placement`` is where
+    training runs (specs: its device, in float32; ``shared.models.device``).
     """
 
     learnware: LearnwareCard
@@ -60,12 +62,14 @@ class ContributeConfig:
     spec: SpecSettings = field(default_factory=SpecSettings)
     delta: float = DEFAULT_DELTA
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    placement: Placement = CPU
 
     def __post_init__(self) -> None:
         for name, kind in (
             ("learnware", LearnwareCard),
             ("spec", SpecSettings),
             ("finetune", FinetuneConfig),
+            ("placement", Placement),
         ):
             if not isinstance(getattr(self, name), kind):
                 raise InvalidInput(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
@@ -190,7 +194,7 @@ def _make(
     ready = _prepare(data, out, config, home, schema, accepted_base_models)
     from shared.models import load_causal_lm
 
-    base = load_causal_lm(config.base_model, ready.home)
+    base = load_causal_lm(config.base_model, ready.home, config.placement)
     with tempfile.TemporaryDirectory(prefix="lwm-contribute-") as tmp:
         trained = finetune_lora(
             ready.texts,
@@ -248,7 +252,7 @@ def package_adapter(
     lora = check_config(folder / ADAPTER_CONFIG)
     private_key = key if isinstance(key, signing.Ed25519PrivateKey) else _load_key(key)
     ready = _prepare(data, Path(out_dir), config, home, None, None)
-    base = load_causal_lm(config.base_model, ready.home)
+    base = load_causal_lm(config.base_model, ready.home)  # its module shapes only
     shapes = describe_model(config.base_model, ready.base_ref, base.model)
     check_adapter(folder / ADAPTER_WEIGHTS, lora, shapes)
     unknown = DPReport(
@@ -302,7 +306,8 @@ def _prepare(
     kinds = config.spec.kinds
     schema = schema or local_schema(home, *kinds)
     base_ref = accepted_base(config.base_model, home, accepted_base_models)
-    return _Prepared(texts, home, base_ref, spec_maker(schema, home, *kinds))
+    maker = spec_maker(schema, home, *kinds, placement=config.placement)
+    return _Prepared(texts, home, base_ref, maker)
 
 
 # ---------------------------------------------------------------- steps
@@ -342,7 +347,9 @@ def local_schema(home: Home, *kinds: str) -> MarketSchema:
     return default_schema(home, kinds=kinds, default_kind=kinds[0])
 
 
-def spec_maker(schema: MarketSchema, home: Home, *kinds: str) -> SpecMaker:
+def spec_maker(
+    schema: MarketSchema, home: Home, *kinds: str, placement: Placement = CPU
+) -> SpecMaker:
     """A ``SpecMaker`` whose encoder and spec model are loaded and checked against the schema.
 
     Loading first makes a wrong spec model fail before any training; a federated holder
@@ -351,7 +358,7 @@ def spec_maker(schema: MarketSchema, home: Home, *kinds: str) -> SpecMaker:
     from client.specs import SpecMaker
     from shared.spec.schema import PaveSchema, RkmeSchema
 
-    maker = SpecMaker(schema, home)
+    maker = SpecMaker(schema, home, placement)
     for kind in kinds:
         kind_schema = schema.for_kind(kind)
         if isinstance(kind_schema, RkmeSchema):

@@ -335,6 +335,7 @@ def _score_batch(model: Any, items: list[_Item]) -> list[float]:
         ids[row, : len(item.ids)] = torch.tensor(item.ids)
         mask[row, : len(item.ids)] = 1
         scored[row, item.start - 1 : len(item.ids) - 1] = True
+    ids, mask, scored = (t.to(model.device) for t in (ids, mask, scored))  # its placement
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

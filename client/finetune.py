@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.dpsgd import History, dpsgd_steps, private_training
 from shared.errors import DataError, InvalidInput, LwmError
+from shared.models.device import batch_on
 from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, rdp_epsilon
 
 if TYPE_CHECKING:
@@ -167,7 +168,6 @@ def finetune_lora(
     out_dir: str | Path,
     *,
     progress: bool = False,
-    device: str = "cpu",
     noise_seed: int | None = None,
 ) -> FinetuneResult:
     """Train a LoRA adapter of ``base`` on ``texts`` and save it at ``out_dir`` (peft format).
@@ -186,7 +186,7 @@ def finetune_lora(
     trace = TrainTrace(_progress_bar(config.steps, progress, private))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        peft_model = lora_model(base, config, device)
+        peft_model = lora_model(base, config)
         before = lora_b_snapshot(peft_model)
         try:
             if private:
@@ -233,7 +233,7 @@ def perplexity(
     model.eval()
     with torch.no_grad():
         for start in range(0, ids.shape[0], batch_size):
-            batch_ids, batch_mask = _on(
+            batch_ids, batch_mask = batch_on(
                 model, *trim(ids[start : start + batch_size], mask[start : start + batch_size])
             )
             logits = model(input_ids=batch_ids, attention_mask=batch_mask).logits[:, :-1, :]
@@ -268,11 +268,13 @@ def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return ids[:, :length], mask[:, :length]
 
 
-def lora_model(base: LoadedModel, config: FinetuneConfig, device: str = "cpu") -> Any:
-    """A peft LoRA model over a private copy of ``base``, built on ``device``.
+def lora_model(base: LoadedModel, config: FinetuneConfig) -> Any:
+    """A peft LoRA model over a private copy of ``base``, built on ``base``'s device.
 
-    Moving to the device BEFORE wrapping matters under opacus (opacus#820). The adapter
-    config names the base model by its public id, not by a path on this machine.
+    The base is loaded on its device (``load_causal_lm(..., placement)``) BEFORE wrapping,
+    which matters under opacus (opacus#820); peft keeps the LoRA weights in float32 even
+    over a bfloat16 base. The adapter config names the base model by its public id, not by
+    a path on this machine.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -288,7 +290,7 @@ def lora_model(base: LoadedModel, config: FinetuneConfig, device: str = "cpu") -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            peft_model = get_peft_model(model.to(device), lora)
+            peft_model = get_peft_model(model, lora)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise InvalidInput(f"cannot put LoRA on {list(config.target_modules)}: {err}") from err
     peft_model.peft_config["default"].base_model_name_or_path = base.ref.model_id
@@ -338,7 +340,7 @@ def train_plain(
         if len(order) < batch:
             order += torch.randperm(n).tolist()
         picked, order = order[:batch], order[batch:]
-        batch_ids, batch_mask = _on(peft_model, *trim(ids[picked], mask[picked]))
+        batch_ids, batch_mask = batch_on(peft_model, *trim(ids[picked], mask[picked]))
         optimizer.zero_grad(set_to_none=True)
         logits = peft_model(input_ids=batch_ids, attention_mask=batch_mask).logits
         loss = per_sample_loss(logits, batch_ids, batch_mask)
@@ -399,17 +401,12 @@ def private_steps(
         noise_seed=noise_seed,
     ) as dp:
         started = time.perf_counter()
-        for step in dpsgd_steps(dp, params, config.steps, lambda i, m: _on(params[0], *trim(i, m))):
+        prepare = lambda i, m: batch_on(params[0], *trim(i, m))  # noqa: E731
+        for step in dpsgd_steps(dp, params, config.steps, prepare):
             trace.norms.extend(step.norms)
             trace.step(step.loss, step.batch, started)
             started = time.perf_counter()
     return dp.accountant, dp.noise_multiplier, dp.sample_rate
-
-
-def _on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch on the device of ``where`` (a model or a parameter)."""
-    device = where.device
-    return ids.to(device), mask.to(device)
 
 
 # ---------------------------------------------------------------- checks and reports

@@ -38,6 +38,7 @@ from shared.learnware.adapter_policy import (
 )
 from shared.learnware.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from shared.models import LocalModel
+from shared.models.device import CPU, Placement
 
 #: peft's name for the one adapter ``PeftModel.from_pretrained`` loads when given none.
 DEFAULT_ADAPTER = "default"
@@ -79,22 +80,28 @@ def load_learnware(
     conn: Connection | MarketClient | None = None,
     revoked_keys: Collection[str] = (),
     trust: TrustStore | None = None,
+    placement: Placement = CPU,
 ) -> LoadedLearnware:
     """Load a learnware folder, a learnware id (fetched and verified into the cache), or a
     ``VerifiedLearnware`` as is.
 
     A folder goes through ``check_folder`` (hashes, signature with a key pinned in ``trust``,
     adapter policy, base model) before anything is loaded. Only safetensors weights are
-    ever read. ``trust`` None is the trust store in ``home``.
+    ever read. ``trust`` None is the trust store in ``home``. The base model loads on
+    ``placement`` (``shared.models.device.resolve``).
     """
     home = home or Home.resolve()
     trust = trust or TrustStore.at(home)
     verified = _verified(source, home, base_model, conn, revoked_keys, trust)
-    return load_learnwares({DEFAULT_ADAPTER: verified}, home=home)[DEFAULT_ADAPTER]
+    loaded = load_learnwares({DEFAULT_ADAPTER: verified}, home=home, placement=placement)
+    return loaded[DEFAULT_ADAPTER]
 
 
 def load_learnwares(
-    learnwares: Mapping[str, VerifiedLearnware], *, home: Home | None = None
+    learnwares: Mapping[str, VerifiedLearnware],
+    *,
+    home: Home | None = None,
+    placement: Placement = CPU,
 ) -> dict[str, LoadedLearnware]:
     """Load the base model once with every learnware's adapter in it, each under its key.
 
@@ -112,7 +119,7 @@ def load_learnwares(
 
     names = list(learnwares)
     base = learnwares[names[0]].base_model
-    loaded = load_causal_lm(base.name, home or Home.resolve())
+    loaded = load_causal_lm(base.name, home or Home.resolve(), placement)
     shapes = describe_model(base.name, base.ref, loaded.model)
     for verified in learnwares.values():
         _check_tensors(verified, shapes)
@@ -207,6 +214,7 @@ def generate(learnware: LoadedLearnware, prompt: str, max_new_tokens: int = 32) 
     input_ids = ids["input_ids"][:, -keep:]
     if input_ids.shape[1] == 0:
         input_ids = torch.tensor([[tokenizer.bos_token_id or tokenizer.eos_token_id]])
+    input_ids = input_ids.to(model.device)
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,

@@ -12,6 +12,7 @@ from typing import Any
 
 from shared.errors import SchemaMismatch
 from shared.home import Home
+from shared.models.device import CPU, Placement
 from shared.privacy import PrivacyBudget
 from shared.spec.record import Specification
 from shared.spec.schema import MarketSchema, PaveSchema, RkmeSchema
@@ -19,10 +20,14 @@ from shared.spec.schema import MarketSchema, PaveSchema, RkmeSchema
 
 @dataclass
 class SpecMaker:
-    """Holds the loaded encoder / spec model for a schema and makes specs with them."""
+    """Holds the loaded encoder / spec model for a schema and makes specs with them.
+
+    The models run on ``placement``'s device, always in float32 (``Placement.for_specs``:
+    a spec must stay comparable with specs made on other machines)."""
 
     schema: MarketSchema
     home: Home
+    placement: Placement = CPU
     _encoder: Any = field(default=None, init=False, repr=False)
     _model: Any = field(default=None, init=False, repr=False)
 
@@ -49,7 +54,7 @@ class SpecMaker:
         if self._encoder is None:
             from shared.models import load_encoder
 
-            encoder = load_encoder(self.home)
+            encoder = load_encoder(self.home, self.placement.device)
             if encoder.ref.sha256 != schema.encoder_sha256:
                 raise SchemaMismatch(
                     f"the market's RKME schema needs encoder {schema.encoder_id} with weights "
@@ -62,7 +67,8 @@ class SpecMaker:
         if self._model is None:
             from shared.models import load_causal_lm
 
-            self._model = load_causal_lm(schema.model_name, self.home)
+            placement = self.placement.for_specs()
+            self._model = load_causal_lm(schema.model_name, self.home, placement)
         return self._model
 
     def _make_rkme(

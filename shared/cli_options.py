@@ -39,6 +39,14 @@ ResponseColumnOpt = Annotated[
         "--response-column", help="Column of responses (default: response or completion)."
     ),
 ]
+# Every command that runs a model takes these (``shared.models.device.resolve``, before any
+# model loads); commands that only make specs take --device alone (specs are float32).
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (cuda, else mps, else cpu), cpu, cuda or mps.")
+]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="float32 (default), bfloat16 or float16.")
+]
 DATA_HELP = "JSONL, JSON, CSV, parquet, Arrow, .txt or a save_to_disk folder."
 
 

@@ -348,6 +348,31 @@ BAD_INPUT = [
     pytest.param(
         ["keys", "new", "alice", "--out", "D/keys"], 2, "Not a directory", id="--out under a file"
     ),
+    # devices (issue 15 item 4): refused before any model loads
+    pytest.param(
+        ["spec", "make", "D", "--out", "x.safetensors", "--device", "tpu"],
+        2,
+        "--device 'tpu': use one of auto, cpu, cuda, mps",
+        id="an unknown --device",
+    ),
+    pytest.param(
+        ["evaluate", "D", "D.jsonl", "--dtype", "float64"],
+        2,
+        "--dtype 'float64': use one of float32, bfloat16, float16",
+        id="an unknown --dtype",
+    ),
+    pytest.param(
+        ["generate", "D", "--prompt", "hi", "--device", "cuda:99"],
+        6,
+        "--device cuda:99: torch sees no such CUDA device here",
+        id="a GPU this machine lacks",
+    ),
+    pytest.param(
+        [*CONTRIBUTE, "--device", "cuda:99", "--dtype", "bfloat16"],
+        6,
+        "no such CUDA device",
+        id="training on a GPU this machine lacks",
+    ),
     pytest.param(["server", "init", "--dir", "D"], 2, "File exists", id="--dir is a file"),
     pytest.param(
         ["server", "init", "--dir", "D/srv"], 2, "Not a directory", id="--dir under a file"

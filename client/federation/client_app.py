@@ -33,6 +33,7 @@ from client.federation.config import FederationConfig
 from shared.data.columns import DataSource
 from shared.dpsgd import History
 from shared.errors import InvalidInput
+from shared.models.device import CPU, Placement
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -109,12 +110,17 @@ def home_of(config: FederationConfig) -> Home:
     return Home(config.home) if config.home is not None else Home.resolve()
 
 
-def base_model(config: FederationConfig, cache: AppCache) -> LoadedModel:
+def base_model(
+    config: FederationConfig, cache: AppCache, placement: Placement = CPU
+) -> LoadedModel:
+    """The base model, loaded once per app on ``placement`` (a holder's:
+    ``config.placement()``; the coordinator's stays on the CPU, where it only builds the
+    initial adapter and saves the merged one)."""
     from shared.models import load_causal_lm
 
-    key = f"{config.base_model}@{config.home}"
+    key = f"{config.base_model}@{config.home}@{placement}"
     model: LoadedModel = cache.get(
-        "base", key, lambda: load_causal_lm(config.base_model, home_of(config))
+        "base", key, lambda: load_causal_lm(config.base_model, home_of(config), placement)
     )
     return model
 
@@ -272,7 +278,7 @@ def train_reply(
     server_round = int(cfg.get("server-round", 0))
     state, losses, history = train_round(
         config,
-        base_model(config, cache),
+        base_model(config, cache, config.placement()),
         msg.content["arrays"],
         texts,
         seed=1000 * server_round + index,
@@ -307,7 +313,8 @@ def spec_reply(msg: Any, config: FederationConfig, index: int, cache: AppCache) 
 
     texts = holder_texts(config, index, cache)
     schema = MarketSchema.from_json(str(msg.content["config"]["schema"]))
-    maker = spec_maker(schema, home_of(config), *config.spec.kinds)
+    placement = config.placement()
+    maker = spec_maker(schema, home_of(config), *config.spec.kinds, placement=placement)
     budget = config.spec.budget(config.delta)
     specs = [maker.make(texts, kind, budget) for kind in config.spec.kinds]
     reply = ConfigRecord({"specs": [s.to_bytes() for s in specs], "n": specs[0].n, "holder": index})

