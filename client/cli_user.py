@@ -296,10 +296,14 @@ def _load(
     insecure: bool,
     revoked_keys: Path | None,
     trust: Path | None,
-    placement: Any,
+    device: str,
+    dtype: str | None,
 ) -> Any:
+    """The learnware loaded on ``--device``/``--dtype``, which are checked first."""
     from client.run import load_learnware
+    from shared.models.device import resolve
 
+    placement = resolve(device, dtype)
     conn = None if server is None else connection(server, key, ca, insecure, None, None)
     return load_learnware(
         source,
@@ -329,11 +333,9 @@ def generate(
 ) -> None:
     """Run the learnware (base model + adapter) on --prompt; prints the continuation."""
     from client.run import generate as run
-    from shared.models.device import resolve
 
-    placement = resolve(device, dtype)
     learnware = _load(
-        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, placement
+        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, device, dtype
     )
     print(run(learnware, prompt, max_new_tokens))
 
@@ -364,13 +366,11 @@ def evaluate(
     """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
     from client.evaluate import evaluate as run
     from shared.data import DataSource, load_dataset
-    from shared.models.device import resolve
 
-    placement = resolve(device, dtype)
     chosen = DataSource(data, split, text_column, prompt_column, response_column)
     dataset = load_dataset(chosen)  # bad data fails before any model loads
     learnware = _load(
-        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, placement
+        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, device, dtype
     )
     result = run(
         learnware,

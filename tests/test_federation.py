@@ -24,6 +24,7 @@ from shared.data import load_domain
 from shared.errors import InvalidInput, LwmError, PrivacyError
 from shared.learnware import verify_package
 from shared.models import load_causal_lm
+from shared.models.device import resolve
 from shared.privacy import DPReport
 from shared.proto import market_pb2 as pb
 from shared.spec.record import Specification
@@ -198,6 +199,10 @@ def test_config_refuses_what_cannot_work(holders_data, coordinator_key, lwm_home
     loaded = FederationConfig.from_toml(toml)
     assert loaded.rounds == 1 and loaded.market.out == tmp_path / "pkg"
     assert loaded.learnware.contributor == "coordinator" and loaded.training.steps == 5
+    assert loaded.placement() == resolve("auto")  # each holder's own best device, float32
+    toml.write_text('device = "tpu"\n' + toml.read_text())
+    with pytest.raises(InvalidInput, match="'tpu': use one of auto, cpu, cuda, mps"):
+        FederationConfig.from_toml(toml)
     toml.write_text("rounds = [")
     with pytest.raises(InvalidInput, match="not valid TOML"):
         FederationConfig.from_toml(toml)
