@@ -111,7 +111,8 @@ def prepared_tasks(names: Sequence[str], options: DataSource) -> Iterator[Prepar
 
     with tempfile.TemporaryDirectory(prefix="lwm-tasks-") as tmp, _quiet():
         folder = Path(tmp)
-        specs: dict[str, str] = {}  # what the user wrote -> what lm-eval loads
+        specs: dict[str, str] = {}  # what the user wrote -> the file lm-eval loads
+        builtin: list[str] = []  # lm-eval's own task names
         for name in names:
             if Path(name).suffix.lower() in YAML_SUFFIXES:
                 specs[name] = str(_existing(Path(name)))
@@ -119,10 +120,12 @@ def prepared_tasks(names: Sequence[str], options: DataSource) -> Iterator[Prepar
                 records = load_dataset(replace(options, path=Path(name))).records
                 specs[name] = str(write_local_task(folder, _task_name(name, specs), records))
             else:
-                specs[name] = name
-        builtin = any(spec == name for name, spec in specs.items())
-        manager = TaskManager(include_defaults=builtin)
-        loaded = [_load(manager, name, spec) for name, spec in specs.items()]
+                builtin.append(name)
+        manager = TaskManager(include_defaults=bool(builtin))
+        loaded = [
+            _load(manager, name, specs[name]) if name in specs else _load_builtin(manager, name)
+            for name in names
+        ]
         yield PreparedTasks(_merged(loaded), tuple(names))
 
 
@@ -198,23 +201,26 @@ def _metric(name: str, aggregation: str, higher_is_better: bool) -> dict[str, An
     return {"metric": name, "aggregation": aggregation, "higher_is_better": higher_is_better}
 
 
-def _load(manager: Any, name: str, spec: str) -> dict[str, Any]:
-    """One task loaded, or one line saying which and why (offline Hub, unknown name)."""
-    if spec == name and name not in manager.all_tasks:
+def _load_builtin(manager: Any, name: str) -> dict[str, Any]:
+    """An lm-eval task by name: known, and its data set in the local cache (the Hub is off)."""
+    if name not in manager.all_tasks:
         near = difflib.get_close_matches(name, manager.all_tasks, n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise InvalidInput(f"unknown task {name!r}: not an lm-eval task, nor a file here{hint}")
+    hub = (
+        "; built-in tasks read their data set from the Hugging Face Hub and lwm runs"
+        " offline: cache it online first, or give your own data file"
+    )
+    return _load(manager, name, name, hub)
+
+
+def _load(manager: Any, name: str, spec: str, hint: str = "") -> dict[str, Any]:
+    """One task loaded, or one line saying which and why."""
     try:
         loaded: dict[str, Any] = manager.load(spec)
     except Exception as error:  # lm-eval and datasets raise anything; one line names the task
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        hint = (
-            "; built-in tasks read their data set from the Hugging Face Hub and lwm runs"
-            " offline: cache it online first, or give your own data file"
-        )
-        raise DataError(
-            f"task {name!r} cannot load its data: {reason}{hint if spec == name else ''}"
-        ) from error
+        raise DataError(f"task {name!r} cannot load its data: {reason}{hint}") from error
     return loaded
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,6 +45,18 @@ def _texts(tokenizer) -> list[str]:
     return [*load_domain("finance")[:5], long]
 
 
+def _yaml_task(path: Path, name: str, data: Path) -> Path:
+    """A text task as a user writes it for lm-eval: rolling perplexity over a JSONL file."""
+    path.write_text(
+        f"task: {name}\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\n"
+        'doc_to_text: ""\ndoc_to_target: text\nmetric_list:\n'
+        "  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+    )
+    return path
+
+
 def test_lm_eval_perplexity_equals_lwm_evaluate_on_the_same_text(tiny, tmp_path):
     """lm-eval used as its docs say (a YAML task over a JSON file, HFLM on the model object)
     reports the very word and byte perplexity and bits per byte of ``evaluate_model``: same
@@ -54,13 +67,7 @@ def test_lm_eval_perplexity_equals_lwm_evaluate_on_the_same_text(tiny, tmp_path)
 
     texts = _texts(tiny.tokenizer)
     (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    (tmp_path / "notes.yaml").write_text(
-        "task: notes\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'notes.jsonl'}\n"
-        "test_split: test\noutput_type: loglikelihood_rolling\n"
-        'doc_to_text: ""\ndoc_to_target: text\nmetric_list:\n'
-        "  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
-    )
+    _yaml_task(tmp_path / "notes.yaml", "notes", tmp_path / "notes.jsonl")
     tasks = TaskManager(include_defaults=False).load(str(tmp_path / "notes.yaml"))
     lm = HFLM(pretrained=tiny.model, tokenizer=tiny.tokenizer, batch_size=4)
 
@@ -91,11 +98,13 @@ def test_own_files_run_as_tasks_on_adapter_and_base(tiny, tmp_path):
     text.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(tiny.tokenizer)))
     pairs = tmp_path / "sentiment.csv"
     pairs.write_text("prompt,response\nGreat results,good\nLosses again,bad\nRecord year,good\n")
+    own = _yaml_task(tmp_path / "mine.yaml", "mine", text)  # a task the user wrote
     config = LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False)
     model = get_peft_model(tiny.model, config).eval()
     learnware = SimpleNamespace(active_model=lambda: model, tokenizer=tiny.tokenizer)
     try:
-        with prepared_tasks([str(text), str(pairs)], DataSource(Path())) as tasks:
+        names = [str(text), str(pairs), str(own)]
+        with prepared_tasks(names, DataSource(Path())) as tasks:
             result = run_tasks(learnware, tasks, batch_size=4)  # type: ignore[arg-type]
         with model.disable_adapter():
             base = evaluate_model(
@@ -108,7 +117,11 @@ def test_own_files_run_as_tasks_on_adapter_and_base(tiny, tmp_path):
     assert set(scores) == {
         ("lwm_notes", "word_perplexity"), ("lwm_notes", "byte_perplexity"),
         ("lwm_notes", "bits_per_byte"), ("lwm_sentiment", "acc"), ("lwm_sentiment", "acc_norm"),
+        ("mine", "word_perplexity"), ("mine", "byte_perplexity"), ("mine", "bits_per_byte"),
     }  # fmt: skip
+    assert scores["mine", "word_perplexity"] == replace(
+        scores["lwm_notes", "word_perplexity"], task="mine"
+    )
     assert scores["lwm_notes", "word_perplexity"].base == pytest.approx(
         base.word_perplexity, rel=1e-6
     )
