@@ -17,55 +17,48 @@ TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def tiny(lwm_home):
-    import torch
-
-    from shared.models import load_causal_lm
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: spinning threads cost far more than they give
-    loaded = load_causal_lm("tiny", lwm_home)  # a fresh copy: the template is set on it
-    yield SimpleNamespace(
-        model=loaded.model, tokenizer=loaded.tokenizer, active_model=lambda: loaded.model
-    )
-    torch.set_num_threads(before)
+def learnware(tiny):
+    """The tiny model as ``generate`` takes a loaded learnware (no adapter needed here)."""
+    return SimpleNamespace(tokenizer=tiny.tokenizer, active_model=lambda: tiny.model)
 
 
 @pytest.fixture
-def chat_tiny(tiny):
-    tiny.tokenizer.chat_template = TEMPLATE
-    yield tiny
-    tiny.tokenizer.chat_template = None
+def chat_learnware(learnware):
+    learnware.tokenizer.chat_template = TEMPLATE
+    yield learnware
+    learnware.tokenizer.chat_template = None
 
 
-def test_without_a_template_the_prompt_goes_in_as_plain_text(tiny):
-    out = generate(tiny, "The market", 4)
+def test_without_a_template_the_prompt_goes_in_as_plain_text(learnware):
+    out = generate(learnware, "The market", 4)
 
     assert out.prompt == "The market" and not out.chat
 
 
-def test_the_chat_template_wraps_the_prompt_unless_no_chat(chat_tiny):
-    chatted = generate(chat_tiny, "The market", 4)
-    plain = generate(chat_tiny, "The market", 4, chat=False)
+def test_the_chat_template_wraps_the_prompt_unless_no_chat(chat_learnware):
+    chatted = generate(chat_learnware, "The market", 4)
+    plain = generate(chat_learnware, "The market", 4, chat=False)
 
     assert chatted.chat and chatted.prompt == "<|user|>The market</s><|assistant|>"
     assert not plain.chat and plain.prompt == "The market"
 
 
-def test_greedy_is_the_default_and_a_seed_reproduces_a_sample(tiny):
+def test_greedy_is_the_default_and_a_seed_reproduces_a_sample(learnware):
     import torch
 
     hot = Sampling(temperature=1.5, top_p=0.95, top_k=200, seed=7)
     before = torch.random.get_rng_state()
 
-    greedy = [generate(tiny, "Shares fell", 8).text for _ in range(2)]
-    seeded = [generate(tiny, "Shares fell", 8, sampling=hot).text for _ in range(2)]
+    greedy = [generate(learnware, "Shares fell", 8).text for _ in range(2)]
+    seeded = [generate(learnware, "Shares fell", 8, sampling=hot).text for _ in range(2)]
     others = {
-        generate(tiny, "Shares fell", 8, sampling=Sampling(1.5, seed=s)).text for s in range(4)
+        generate(learnware, "Shares fell", 8, sampling=Sampling(1.5, seed=s)).text for s in range(4)
     }
 
     assert (
-        greedy[0] == greedy[1] == generate(tiny, "Shares fell", 8, sampling=Sampling(seed=3)).text
+        greedy[0]
+        == greedy[1]
+        == generate(learnware, "Shares fell", 8, sampling=Sampling(seed=3)).text
     )
     assert seeded[0] == seeded[1] != greedy[0]
     assert len(others) > 1  # the seed, not a fixed stream, picks the sample

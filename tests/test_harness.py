@@ -25,18 +25,6 @@ from shared.models import model_ref
 pytest.importorskip("lm_eval", reason="lm-eval is the optional extra .[eval]")
 
 
-@pytest.fixture(scope="module")
-def tiny(lwm_home):
-    import torch
-
-    from shared.models import load_causal_lm
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: spinning threads cost far more than they give
-    yield load_causal_lm("tiny", lwm_home)
-    torch.set_num_threads(before)
-
-
 def _texts(tokenizer) -> list[str]:
     """Short real texts and one long enough for several context windows (the last partial)."""
     long = " ".join(load_domain("law/licenses")[1:3])
