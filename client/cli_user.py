@@ -318,8 +318,17 @@ def _load(
 
 def generate(
     source: Annotated[str, typer.Argument(metavar="ID|DIR", help="Learnware folder or id.")],
-    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Your message, or text to continue.")],
     max_new_tokens: Annotated[int, count_option("--max-new-tokens")] = 32,
+    no_chat: Annotated[
+        bool, typer.Option("--no-chat", help="Plain text, not the model's chat template.")
+    ] = False,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="0: greedy (default); above: sample.")
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus mass, in (0, 1].")] = 1.0,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Only the k likeliest.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the sampling.")] = None,
     base_model: BaseModelOpt = None,
     server: OptServerOpt = None,
     key: OptKeyOpt = None,
@@ -331,18 +340,29 @@ def generate(
     dtype: DtypeOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Run the learnware (base model + adapter) on --prompt; prints the continuation."""
+    """Run the learnware (base model + adapter) on --prompt, through the model's chat template
+    when it has one; prints the new text. Greedy unless --temperature is above 0."""
+    from client.run import Sampling, has_chat_template
     from client.run import generate as run
 
+    sampling = Sampling(temperature, top_p, top_k, seed)  # bad values fail before any load
     learnware = _load(
         source, home, base_model, server, key, ca, insecure, revoked_keys, trust, device, dtype
     )
-    print(run(learnware, prompt, max_new_tokens))
+    if not no_chat and not has_chat_template(learnware.tokenizer):
+        _warn("this model's tokenizer has no chat template: the prompt goes in as plain text")
+    print(run(learnware, prompt, max_new_tokens, sampling=sampling, chat=not no_chat).text)
 
 
 def evaluate(
     source: Annotated[str, typer.Argument(metavar="ID|DIR", help="Learnware folder or id.")],
-    data: Annotated[Path, typer.Argument(help=f"Text or prompt/response pairs: {DATA_HELP}")],
+    data: Annotated[
+        Path | None, typer.Argument(help=f"Text or prompt/response pairs: {DATA_HELP}")
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="lm-eval tasks T1,T2: names, YAML files or data files."),
+    ] = None,
     with_base: Annotated[
         bool, typer.Option("--with-base", help="Also score the base model alone.")
     ] = False,
@@ -363,15 +383,29 @@ def evaluate(
     dtype: DtypeOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Score the learnware on DATA here: perplexity on text, accuracy on labelled data."""
+    """Score the learnware on DATA here: perplexity on text, accuracy on labelled data; with
+    --tasks, run lm-evaluation-harness tasks (DATA too) on it and on its base model."""
     from client.evaluate import evaluate as run
     from shared.data import DataSource, load_dataset
+    from shared.errors import InvalidInput
 
-    chosen = DataSource(data, split, text_column, prompt_column, response_column)
+    def load() -> Any:
+        return _load(
+            source, home, base_model, server, key, ca, insecure, revoked_keys, trust, device, dtype
+        )
+
+    chosen = DataSource(data or Path(), split, text_column, prompt_column, response_column)
+    if tasks is not None:
+        from client.cli_harness import evaluate_tasks
+        from client.harness import split_tasks
+
+        names = [*split_tasks(tasks), *([str(data.absolute())] if data else [])]
+        evaluate_tasks(load, names, chosen, batch_size=batch_size, as_json=as_json)
+        return
+    if data is None:
+        raise InvalidInput("give DATA to score, or --tasks (lm-eval tasks or data files)")
     dataset = load_dataset(chosen)  # bad data fails before any model loads
-    learnware = _load(
-        source, home, base_model, server, key, ca, insecure, revoked_keys, trust, device, dtype
-    )
+    learnware = load()
     result = run(
         learnware,
         list(dataset.records),

@@ -2,9 +2,9 @@
 
 lm-evaluation-harness is not a dependency, so this is a small evaluator with its metrics:
 
-- **Text records** -> rolling log-likelihood (lm-eval's ``loglikelihood_rolling``): every
-  token of every text is scored once, in disjoint windows of the model's context, the first
-  window conditioned on the BOS (else EOS) token. Reported: token ``perplexity``
+- **Text records** -> rolling log-likelihood (lm-eval's ``loglikelihood_rolling``, its very
+  windows): every token of every text is scored once, in windows of the model's context, the
+  first conditioned on the BOS (else EOS) token. Reported: token ``perplexity``
   (exp of the mean NLL per token; comparable between models sharing a tokenizer, which a base
   and its adapters always do) and lm-eval's tokenizer-free ``word_perplexity``,
   ``byte_perplexity`` and ``bits_per_byte``.
@@ -14,6 +14,10 @@ lm-evaluation-harness is not a dependency, so this is a small evaluator with its
   which is what adapters are trained on); the argmax is the prediction (``acc_norm`` divides
   by the label's length in bytes first). The reference responses' token perplexity is
   reported too (it falls out of the same forward passes).
+
+The text figures equal lm-evaluation-harness's on the same text by construction (same
+windows, contexts, word and byte counts; ``tests/test_harness.py`` checks it), so
+``lwm evaluate DATA`` and ``lwm evaluate --tasks DATA`` (``client.harness``) agree.
 
 ``evaluate`` is the one entry point for a learnware (``lwm evaluate``, the Python API and
 ``lwm simulate`` all call it); ``evaluate_model`` scores any causal LM. ``max_words`` is the
@@ -26,10 +30,11 @@ Nothing here sends anything anywhere. Heavy imports happen inside functions.
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.data import DataPath, Dataset, Record
 from shared.errors import DataError, InvalidInput
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 #: and only the responses' perplexity is reported (scoring would cost n x labels passes).
 MAX_LABELS = 64
 LABEL_SEPARATOR = "\n"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,12 +98,11 @@ def evaluate(
     a user compares against. ``max_labels`` and ``max_words``: see ``evaluate_model``.
     """
     records = _records(data)
-    model, tokenizer = learnware.active_model(), learnware.tokenizer
 
-    def score() -> Evaluation:
+    def score(model: Any) -> Evaluation:
         return evaluate_model(
             model,
-            tokenizer,
+            learnware.tokenizer,
             records,
             batch_size=batch_size,
             max_labels=max_labels,
@@ -105,11 +110,20 @@ def evaluate(
             progress=progress,
         )
 
-    result = score()
+    return LearnwareEvaluation(*with_and_without_adapter(learnware, score, with_base))
+
+
+def with_and_without_adapter(
+    learnware: LoadedLearnware, score: Callable[[Any], T], with_base: bool = True
+) -> tuple[T, T | None]:
+    """``score(model)`` with the learnware's adapter on, then (``with_base``) with it switched
+    off: the bare base model, the baseline a user compares against, without a second load."""
+    model = learnware.active_model()
+    result = score(model)
     if not with_base:
-        return LearnwareEvaluation(result)
+        return result, None
     with model.disable_adapter():
-        return LearnwareEvaluation(result, score())
+        return result, score(model)
 
 
 def _records(data: DataPath | Dataset | Sequence[Record]) -> list[Record]:
@@ -155,7 +169,7 @@ def evaluate_model(
     if max_words is not None:
         records = [_clip(r, max_words) for r in records]
     started = time.perf_counter()
-    length = max_length or _context_length(model, tokenizer)
+    length = max_length or context_length(model, tokenizer)
     if all(r.is_labelled for r in records):
         result = _labelled(model, tokenizer, records, length, batch_size, progress, max_labels)
     else:
@@ -173,7 +187,8 @@ def _clip(record: Record, words: int) -> Record:
     return Record(text=" ".join(record.full_text.split()[:words]))
 
 
-def _context_length(model: Any, tokenizer: Any) -> int:
+def context_length(model: Any, tokenizer: Any) -> int:
+    """The longest sequence scored at once: the model's positions, or the tokenizer's limit."""
     limits = [getattr(model.config, "max_position_embeddings", None)]
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and tok_max < 1_000_000:
@@ -211,15 +226,27 @@ def _text(
 
 
 def _windows(ids: Sequence[int], prefix: int, length: int) -> Iterator[_Item]:
-    """Disjoint windows scoring each token once; each sees the token before it (or BOS)."""
-    span = length - 1
-    for begin in range(0, len(ids), span):
-        context = prefix if begin == 0 else ids[begin - 1]
-        yield _Item((context, *ids[begin : begin + span]), 1)
+    """lm-eval's rolling windows (``get_rolling_token_windows`` with context 1, made disjoint):
+    each token scored once, ``length`` per window; the first window after ``prefix``, each
+    later one after the ``length`` tokens before its end (so the last, partial window sees
+    more context than its own tokens)."""
+    if not ids:
+        return
+    done = min(length, len(ids))
+    yield _Item((prefix, *ids[:done]), 1)
+    while done < len(ids):
+        end = min(done + length, len(ids))
+        yield _Item(tuple(ids[end - length - 1 : end]), 1 + length - (end - done))
+        done = end
+
+
+def count_words(text: str) -> int:
+    """Words as lm-eval counts them for ``word_perplexity`` (``Task.count_words``)."""
+    return len(re.split(r"\s+", text))
 
 
 def _totals(kind: str, n: int, nll: float, tokens: int, texts: Sequence[str]) -> Evaluation:
-    words = sum(len(t.split()) for t in texts)
+    words = sum(count_words(t) for t in texts)
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
     return Evaluation(
         kind=kind,
@@ -290,14 +317,15 @@ def _encoder(tokenizer: Any) -> Any:
 
 
 def _choice(context: tuple[int, ...], target: tuple[int, ...], length: int) -> _Item:
-    """Context then target, cut from the left to fit; the target is always scored whole."""
+    """Context then target, cut from the left to fit (the model reads all but the last token,
+    as lm-eval does); the target is always scored whole."""
     if not target:
         raise DataError("a response gives no tokens to score")
-    if len(target) >= length:
+    if len(target) > length:
         raise DataError(
             f"a response of {len(target)} tokens does not fit the {length}-token context"
         )
-    ids = (*context, *target)[-length:]
+    ids = (*context, *target)[-(length + 1) :]
     return _Item(ids, len(ids) - len(target))
 
 
@@ -308,6 +336,7 @@ def _score(model: Any, items: list[_Item], batch: int, progress: bool, what: str
     """Sum of log-probabilities of each item's scored tokens, in input order.
 
     Items are batched longest first (fewer pad tokens, and an out-of-memory shows at once).
+    An item may be one token longer than the context: its last token is only predicted.
     """
     import torch
 
@@ -336,7 +365,7 @@ def _score_batch(model: Any, items: list[_Item]) -> list[float]:
         mask[row, : len(item.ids)] = 1
         scored[row, item.start - 1 : len(item.ids) - 1] = True
     ids, mask, scored = (t.to(model.device) for t in (ids, mask, scored))  # its placement
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (picked * scored).sum(dim=1).tolist()

@@ -1,5 +1,5 @@
 """Run a fetched learnware: load base model + adapter(s), then generate (``client.evaluate``
-scores).
+and ``client.harness`` score).
 
 Split from ``client.user`` (search and verified fetch): loading is the first moment any
 code touches the weights, and it happens only on a ``VerifiedLearnware``, one that
@@ -16,6 +16,7 @@ Plain peft: a learnware's config names its base model by id (``tiny-llama-v1``,
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from collections.abc import Collection, Mapping
@@ -200,27 +201,108 @@ def write_peft_folder(verified: VerifiedLearnware, out: Path, home: Home) -> Pat
     return out
 
 
-def generate(learnware: LoadedLearnware, prompt: str, max_new_tokens: int = 32) -> str:
-    """Greedy continuation of ``prompt`` (only the new text), deterministic."""
+@dataclass(frozen=True)
+class Sampling:
+    """How ``generate`` picks each new token. Temperature 0 (the default) is greedy decoding,
+    deterministic, and ignores the rest; above 0 it samples at that temperature from the
+    smallest set of tokens holding ``top_p`` of the probability, cut to the ``top_k`` likeliest
+    (None: no cut), seeded by ``seed`` (None: torch's global generator, so runs differ).
+
+    Validates itself, so a bad value fails before any model is loaded.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise InvalidInput(f"--temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInput(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InvalidInput(f"--top-k must be >= 1 (leave it out for no cut), got {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidInput(f"--seed must be in [0, 2**63), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def options(self) -> dict[str, Any]:
+        """``model.generate``'s keywords for this choice (top_k 0 is transformers' "no cut")."""
+        if self.greedy:
+            return {"do_sample": False}
+        top_k = 0 if self.top_k is None else self.top_k
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "top_k": top_k}
+        return {"do_sample": True, **chosen}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``generate`` produced: ``text`` (only the new text), ``prompt`` (the text the model
+    read, decoded from its input ids: the chat template's wrapping included) and ``chat``
+    (whether the chat template was applied)."""
+
+    text: str
+    prompt: str
+    chat: bool
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template (Instruct models do; ``tiny`` does not)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True) -> tuple[list[int], bool]:
+    """The ids the model reads for ``prompt``, and whether the chat template made them.
+
+    With ``chat`` and a template, the prompt is one user turn followed by the template's
+    assistant header (``add_generation_prompt``); the template writes its special tokens as
+    text, so none are added again. Otherwise the prompt goes in as plain text.
+    """
+    templated = chat and has_chat_template(tokenizer)
+    if templated:
+        turn = [{"role": "user", "content": prompt}]
+        prompt = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+    return list(ids), templated
+
+
+def generate(
+    learnware: LoadedLearnware,
+    prompt: str,
+    max_new_tokens: int = 32,
+    *,
+    sampling: Sampling | None = None,
+    chat: bool = True,
+) -> Generation:
+    """Continue ``prompt`` (through the chat template when ``chat`` and the tokenizer has one)
+    with up to ``max_new_tokens`` tokens; greedy and deterministic unless ``sampling`` says so.
+    A prompt longer than the context loses its start."""
     import torch
 
     if max_new_tokens < 1:
         raise InvalidInput(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sampling = sampling or Sampling()
     tokenizer = learnware.tokenizer
     model = learnware.active_model()
     context = int(getattr(model.config, "max_position_embeddings", 2048))
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False, verbose=False)
+    ids, templated = prompt_ids(tokenizer, prompt, chat)
     keep = max(context - max_new_tokens, 1)
-    input_ids = ids["input_ids"][:, -keep:]
-    if input_ids.shape[1] == 0:
-        input_ids = torch.tensor([[tokenizer.bos_token_id or tokenizer.eos_token_id]])
-    input_ids = input_ids.to(model.device)
-    with torch.inference_mode():
+    ids = ids[-keep:] or [tokenizer.bos_token_id or tokenizer.eos_token_id]
+    input_ids = torch.tensor([ids], device=model.device)
+    seeded = sampling.seed is not None
+    with torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=seeded):
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=min(max_new_tokens, context - input_ids.shape[1]),
-            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **sampling.options(),
         )
-    return str(tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))
+    text = tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+    return Generation(str(text), str(tokenizer.decode(ids)), templated)

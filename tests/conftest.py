@@ -22,3 +22,18 @@ from shared.home import Home  # noqa: E402
 def lwm_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     """One cache home per test session, so the tiny model is built once and then reused."""
     return Home(tmp_path_factory.mktemp("lwm-home"))
+
+
+@pytest.fixture(scope="module")
+def tiny(lwm_home: Home):  # type: ignore[no-untyped-def]
+    """The tiny model (``LoadedModel``), loaded afresh for each test module (a module may wrap
+    or change it), computing on one thread: two shared cores, where spinning threads cost far
+    more than they give."""
+    import torch
+
+    from shared.models import load_causal_lm
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_causal_lm("tiny", lwm_home)
+    torch.set_num_threads(before)

@@ -277,6 +277,51 @@ BAD_INPUT = [
     pytest.param(
         ["evaluate", "D", "D.jsonl", "--batch-size", "0"], 2, "--batch-size", id="--batch-size 0"
     ),
+    # sampling options, checked before any model loads (tests/test_generate.py samples)
+    pytest.param(
+        ["generate", "D", "--prompt", "hi", "--temperature", "-1"],
+        2,
+        "--temperature must be >= 0",
+        id="a negative --temperature",
+    ),
+    pytest.param(
+        ["generate", "D", "--prompt", "hi", "--top-p", "0"],
+        2,
+        "--top-p must be in (0, 1]",
+        id="--top-p 0",
+    ),
+    pytest.param(
+        ["generate", "D", "--prompt", "hi", "--top-k", "0"],
+        2,
+        "--top-k must be >= 1",
+        id="generate --top-k 0",
+    ),
+    pytest.param(
+        ["generate", "D", "--prompt", "hi", "--seed", "-1"], 2, "--seed", id="a negative --seed"
+    ),
+    # lm-evaluation-harness tasks, loaded before the learnware (tests/test_harness.py runs them)
+    pytest.param(["evaluate", "D"], 2, "give DATA", id="neither DATA nor --tasks"),
+    pytest.param(
+        ["evaluate", "D", "--tasks", " , "], 2, "--tasks needs at least one", id="an empty --tasks"
+    ),
+    pytest.param(
+        ["evaluate", "D", "--tasks", "NOFILE.yaml"],
+        3,
+        "NOFILE.yaml: no such task file",
+        id="a missing task YAML",
+    ),
+    pytest.param(
+        ["evaluate", "D", "--tasks", "hellaswag_typo"],
+        2,
+        "unknown task 'hellaswag_typo'",
+        id="an unknown lm-eval task",
+    ),
+    pytest.param(
+        ["evaluate", "D", "--tasks", "hellaswag"],
+        3,
+        "task 'hellaswag' cannot load its data",
+        id="a built-in task offline",
+    ),
     pytest.param([*CONTRIBUTE, "--steps", "0"], 2, "--steps must be at least 1", id="--steps 0"),
     pytest.param(
         [*CONTRIBUTE, "--batch-size", "-1"],

@@ -11,18 +11,6 @@ from shared.data import Record, load_domain, load_task
 from shared.errors import DataError
 
 
-@pytest.fixture(scope="module")
-def tiny(lwm_home):
-    import torch
-
-    from shared.models import load_causal_lm
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: spinning threads cost far more than they give
-    yield load_causal_lm("tiny", lwm_home)
-    torch.set_num_threads(before)
-
-
 def _reference_nll(model, ids: list[int]) -> float:
     """NLL of ids[1:] given the ids before, one sequence, no padding, no batching."""
     import torch

@@ -161,7 +161,7 @@ def test_the_fetched_learnware_beats_the_base_model(world, lwm_home):
         scores = evaluate_learnware(learnware, [_text(t) for t in texts], with_base=True)
         assert scores.base is not None
         assert scores.learnware.perplexity < 0.95 * scores.base.perplexity, (slug, scores)
-    assert generate(learnware, "The licence grants", max_new_tokens=5)
+    assert generate(learnware, "The licence grants", max_new_tokens=5).text
 
 
 def test_loading_an_id_checks_the_package_once(world, lwm_home, monkeypatch):
