@@ -1,10 +1,11 @@
 """The coordinator's Flower ServerApp: FedAvg over LoRA tensors, merged spec, sign, submit.
 
-``make_server_app(config, deliver)`` closes over the config; ``deliver`` receives the
-``FederationResult`` because the simulation runs the ServerApp in this process (an error
-propagates as raised). ``make_server_app()`` (no config) is the deployment engine's app
-(``client.federation.deploy``): it reads ``FED.toml`` from the run config ``config`` and
-logs the result (``flwr log RUN_ID``), the package being at ``market.out`` or submitted.
+``make_server_app()`` is the app of ``client.federation.deploy``, run by ``flwr run`` on
+the simulation engine (``client.federation.run``) or the deployment engine alike: it reads
+``FED.toml`` from the run config ``config`` and logs the result (``flwr log RUN_ID``), the
+package being at ``market.out`` or submitted. When the run config names a ``result`` file
+(``lwm federate`` does: the app runs in a process of Flower's), the ``FederationResult``,
+or the error that stopped the run, is also written there (``client.federation.result``).
 Steps:
 
 1. the market's schema and accepted base models (or the local schema without a market);
@@ -24,32 +25,21 @@ import contextlib
 import math
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.federation.client_app import AppCache, deployed_config, home_of
 from client.federation.config import COORDINATOR, FederationConfig
+from client.federation.result import FederationResult, write_outcome
 from shared.dpsgd import History
 from shared.errors import LwmError
 from shared.privacy import DPReport
 from shared.spec.record import Specification
 
 if TYPE_CHECKING:
-    from client.publish import Published
     from shared.models import LoadedModel
-
-
-@dataclass(frozen=True)
-class FederationResult:
-    """What a federation made: the signed package (left at ``market.out``, or a temporary
-    folder already removed when it was submitted), the market's verdict when submitted,
-    how many holders' specs were merged and how many holders' updates were averaged."""
-
-    published: Published
-    holders: int
-    trained: int
 
 
 def merge_specs(specs: Sequence[Specification]) -> Specification:
@@ -195,15 +185,10 @@ def collect_specs(
     return specs
 
 
-def make_server_app(
-    config: FederationConfig | None = None,
-    deliver: Callable[[FederationResult], None] | None = None,
-) -> Any:
-    """The coordinator's ServerApp; ``config`` None reads it per run (deployment engine).
-
-    ``deliver`` receives the result in this process (the simulation engine); an error is
-    raised out of the app (Flower's simulation re-raises it to its caller).
-    """
+def make_server_app() -> Any:
+    """The coordinator's ServerApp: reads FED.toml per run (``deployed_config``), and
+    writes its outcome to the run config's ``result`` file when one is named. An error is
+    raised out of the app after it is recorded, so Flower marks the run failed."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -212,11 +197,17 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        fed = config if config is not None else deployed_config(context, COORDINATOR, cache)
-        result = federate(grid, fed, cache)
+        named = str(context.run_config.get("result") or "")
+        outcome = Path(named) if named else None
+        try:
+            result = federate(grid, deployed_config(context, COORDINATOR, cache), cache)
+        except Exception as err:
+            if outcome is not None:
+                write_outcome(outcome, error=err)
+            raise
         _log_result(result)
-        if deliver is not None:
-            deliver(result)
+        if outcome is not None:
+            write_outcome(outcome, result)
 
     return app
 
