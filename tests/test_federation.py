@@ -26,7 +26,7 @@ from client.publish import LearnwareCard, SpecSettings
 from server.records import Role
 from shared import signing
 from shared.data import load_domain
-from shared.errors import InvalidInput, LwmError, PrivacyError
+from shared.errors import InvalidInput, LwmError, PermissionDenied, PrivacyError
 from shared.learnware import verify_package
 from shared.models import load_causal_lm
 from shared.privacy import DPReport
@@ -407,6 +407,28 @@ def test_simulated_federation_submits_a_usable_learnware(
         assert manifest.dp.total.epsilon is not None
         assert manifest.dp.total.epsilon > adapter.epsilon
         print(f"simulated federation: {seconds:.1f} s")
+
+
+def test_a_coordinator_key_that_may_not_submit_is_refused_before_flower_starts(
+    holders_data, lwm_home, tmp_path, run_folders
+):
+    from client.federation.run import run_federation
+
+    with market_server(tmp_path, lwm_home, run_smoke=False) as market:
+        market.new_key("reader", Role.USER)
+        config = fed_config(
+            holders_data,
+            market.keys_dir / "reader.key",
+            lwm_home.root,
+            out=None,
+            market_address=market.address,
+            ca=market.layout.ca_cert,
+        )
+
+        with pytest.raises(PermissionDenied, match=r"\(reader\) has the user role, and submit"):
+            run_federation(config)
+
+    assert list(run_folders.glob("lwm-federate-*")) == []  # Flower never started
 
 
 def three_holders_one_broken(

@@ -35,6 +35,7 @@ from typing import Any
 
 from client.federation.config import FederationConfig, Holder
 from client.federation.result import FederationResult, read_outcome
+from client.federation.server_app import check_coordinator_key
 from shared.errors import LwmError
 
 APP_DIR = Path(__file__).resolve().parent / "app"  # the Flower app (FAB) folder
@@ -48,10 +49,13 @@ def run_federation(config: FederationConfig, *, verbose: bool = False) -> Federa
 
     The result holds the published package (at ``market.out``, or submitted with the
     market's verdict), how many holders' specs were merged and how many holders' updates
-    were averaged. Raises what the ServerApp raised (the same ``LwmError`` class), e.g.
-    when fewer than ``min_holders`` holders trained a round or returned a spec; any other
-    failure is an ``LwmError`` naming it. No process of the run outlives this call.
+    were averaged. A coordinator key the market does not let submit is refused before
+    Flower starts (``check_coordinator_key``). Raises what the ServerApp raised (the same
+    ``LwmError`` class), e.g. when fewer than ``min_holders`` holders trained a round or
+    returned a spec; any other failure is an ``LwmError`` naming it. No process of the run
+    outlives this call.
     """
+    check_coordinator_key(config)  # seconds, before Flower starts and any holder trains
     with tempfile.TemporaryDirectory(prefix="lwm-federate-") as tmp:
         folder = Path(tmp)
         fed_toml = write_config(config, folder)

@@ -8,7 +8,8 @@ package being at ``market.out`` or submitted. When the run config names a ``resu
 or the error that stopped the run, is also written there (``client.federation.result``).
 Steps:
 
-1. the market's schema and accepted base models (or the local schema without a market);
+1. the coordinator key's role (``WhoAmI``: it may submit), the market's schema and
+   accepted base models (or the local schema without a market);
 2. FedAvg (weighted by ``num-examples``) over ``get_peft_model_state_dict`` tensors for
    ``rounds`` rounds, starting from one seeded LoRA init; a holder that fails a round is
    left out while at least ``min_holders`` train (``QuorumFedAvg``);
@@ -39,6 +40,7 @@ from shared.privacy import DPReport
 from shared.spec.record import Specification
 
 if TYPE_CHECKING:
+    from client.market import MarketClient
     from shared.models import LoadedModel
 
 
@@ -273,19 +275,38 @@ def federate(grid: Any, config: FederationConfig, cache: AppCache) -> Federation
     return FederationResult(published, holders=len(specs), trained=len(histories))
 
 
+SUBMITTING = ("contributor", "submitting the federated learnware")  # require_role's args
+
+
+def check_coordinator_key(config: FederationConfig) -> None:
+    """The ServerApp's first check, also made before Flower starts (a second instead of
+    Flower's start-up): the market knows the coordinator key and lets it submit
+    (``WhoAmI``), else ``PermissionDenied``/``Unauthenticated``. Nothing to ask without
+    a market address."""
+    if config.market.address is not None:
+        with _client(config) as client:
+            client.require_role(*SUBMITTING)
+
+
+def _client(config: FederationConfig) -> MarketClient:
+    from client.market import Connection, MarketClient
+
+    m = config.market
+    assert m.address is not None  # the callers' condition
+    return MarketClient(Connection(m.address, key_path=m.key, ca=m.ca, insecure=m.insecure))
+
+
 @contextlib.contextmanager
 def _market(config: FederationConfig) -> Iterator[tuple[Any, Any, Any]]:
     """The market client (None without ``market.address``), its schema and accepted base
-    models; without a market the local schema of the spec kinds, any base model."""
+    models, after the coordinator key's role; without a market the local schema of the
+    spec kinds, any base model."""
     from client.contribute import local_schema
 
-    m = config.market
-    if m.address is None:
+    if config.market.address is None:
         yield None, local_schema(home_of(config), *config.spec.kinds), None
         return
-    from client.market import Connection, MarketClient
-
-    connection = Connection(m.address, key_path=m.key, ca=m.ca, insecure=m.insecure)
-    with MarketClient(connection) as client:
+    with _client(config) as client:
+        client.require_role(*SUBMITTING)
         remote = client.schema()
         yield client, remote.schema, remote.base_models
