@@ -1,7 +1,8 @@
 """``lwm federate --config FED.toml``: several holders build one learnware with Flower.
 
 Attached by ``client.cli`` through ``register(app)``. Runs the federation on this machine
-with Flower's simulation engine (``client.federation.run``); errors are ``LwmError`` lines.
+with ``flwr run`` on Flower's simulation engine (``client.federation.run``); errors are
+``LwmError`` lines.
 """
 
 from __future__ import annotations

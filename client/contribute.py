@@ -147,18 +147,21 @@ def contribute(
 ) -> Verdict:
     """Make a learnware under the market's schema and submit it; returns the market's verdict.
 
-    ``connection.key_path`` is the contributor key: it signs the package and the calls. The
-    schema is fetched first, so an unreachable market (``Unavailable``) or a base model it
-    does not accept (``SchemaMismatch``) fails before training. A refused submission raises
+    ``connection.key_path`` is the contributor key: it signs the package and the calls. Its
+    role is asked first (``WhoAmI``) and the schema next, so a key that may not submit
+    (``PermissionDenied``, ``Unauthenticated`` when unknown or revoked), an unreachable
+    market (``Unavailable``) or a base model it does not accept (``SchemaMismatch``) fails
+    before any model loads. A refused submission raises
     the server's error. The package lives in a temporary folder and is always removed.
     """
     from client.market import MarketClient
 
     if connection.key_path is None:
         raise InvalidInput("contributing needs the contributor's key (--key)")
-    texts = load_texts(data)
     private_key = _load_key(connection.key_path)
     with MarketClient(connection) as client:
+        client.require_role("contributor", "submitting a learnware")
+        texts = load_texts(data)
         remote = client.schema()
         with tempfile.TemporaryDirectory(prefix="lwm-submit-") as tmp:
             made = _make(

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 
 from shared import signing, transport
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, InvalidInput, PermissionDenied, Revoked
 from shared.learnware import Manifest, write_tar
 from shared.market_identity import INSECURE_MARKET_ID, MarketIdentity
 from shared.models.refs import ModelRef
@@ -128,6 +128,32 @@ class MarketClient:
                 raw,
             )
         return self._schema
+
+    # ------------------------------------------------------------------ identity
+    def whoami(self) -> pb.KeyInfo:
+        """The market's record of this client's key (``WhoAmI``): id, name, role, revoked."""
+        return self._call(self.stub.WhoAmI, pb.WhoAmIRequest())
+
+    def require_role(self, role: str, action: str) -> pb.KeyInfo:
+        """Refuse, before expensive work, a key that may not do ``action``: one cheap call.
+
+        Raises ``InvalidInput`` without a key, the market's ``Unauthenticated`` for an
+        unknown or revoked key (a revoked key cannot sign any call), ``Revoked`` if the
+        record says so, and ``PermissionDenied`` naming the key's role when it is neither
+        ``role`` ("contributor", "user") nor admin.
+        """
+        if self.key_id is None:
+            raise InvalidInput(f"{action} needs a key (--key)")
+        info = self.whoami()
+        held = pb.Role.Name(info.role).removeprefix("ROLE_").lower()
+        if info.revoked:
+            raise Revoked(f"key {info.key_id} ({info.name}) was revoked: {info.revoke_reason}")
+        if held not in (role, "admin"):
+            raise PermissionDenied(
+                f"key {info.key_id} ({info.name}) has the {held} role, and {action} needs "
+                f"the {role} role: ask the market's admin to register a {role} key"
+            )
+        return info
 
     # ------------------------------------------------------------------ contributor
     def submit(self, package_dir: Path) -> pb.SubmitResponse:

@@ -72,6 +72,7 @@ MARKET_ROLES: Mapping[str, frozenset[Role]] = {
     "RevokeKey": frozenset(),
     "ListKeys": frozenset(),
     "GetStats": frozenset(),
+    "WhoAmI": frozenset({_U, _C}),
 }
 """GetSchema is absent on purpose: it needs no key."""
 

@@ -47,7 +47,7 @@ from server.auth import (
 from server.market import Market
 from server.records import LearnwareRecord
 from server.settings import CallLimits
-from shared.errors import InvalidInput, LwmError
+from shared.errors import InvalidInput, LwmError, Unauthenticated
 from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
 
@@ -83,6 +83,7 @@ class MarketService:
             "RevokeKey": self._revoke_key,
             "ListKeys": self._list_keys,
             "GetStats": self._get_stats,
+            "WhoAmI": self._who_am_i,
         }
 
     # ------------------------------------------------------------------ registration
@@ -272,6 +273,14 @@ class MarketService:
 
     def _get_stats(self, _: Caller, request: pb.GetStatsRequest) -> pb.Stats:
         return convert.stats_to_pb(self.market.stats())
+
+    def _who_am_i(self, caller: Caller, request: pb.WhoAmIRequest) -> pb.KeyInfo:
+        """The caller's own key; it just authenticated, so only a revocation since then
+        (which drops it from ``key_of``) leaves nothing to show."""
+        record = self.market.key_of(caller.key_id)
+        if record is None or record.revoked:
+            raise Unauthenticated(f"unknown or revoked key id {caller.key_id!r}")
+        return convert.key_to_pb(record)
 
 
 def _codec(name: str) -> tuple[Callable[[bytes], Message], Callable[[Message], bytes]]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,16 @@ CONTRIBUTE = [
     "--license",
     "MIT",
 ]
+
+
+
+def submit_as(key: str) -> list[str]:
+    """``CONTRIBUTE`` submitting to a market (``MARKET``, ``CA``) with ``key`` instead of
+    writing ``--out``, under DP-SGD (so no warning line precedes the error)."""
+    args = [key if a == "K" else a for a in CONTRIBUTE]
+    out = args.index("--out")
+    market = ["--server", "MARKET", "--ca", "CA", "--dp-sgd", "--train-epsilon", "8"]
+    return [*args[:out], *args[out + 2 :], *market]
 
 
 BAD_INPUT = [
@@ -422,15 +433,55 @@ BAD_INPUT = [
     pytest.param(
         ["server", "init", "--dir", "D/srv"], 2, "Not a directory", id="--dir under a file"
     ),
+    # a key the market does not let submit, asked (WhoAmI) before any model loads; MARKET,
+    # CA and the keys are a real market's on loopback (the ``refusing_market`` fixture)
+    pytest.param(
+        submit_as("USER.key"),
+        10,
+        "has the user role, and submitting a learnware needs the contributor role",
+        id="a key without the contributor role",
+    ),
+    pytest.param(
+        submit_as("REVOKED.key"),
+        9,
+        "unknown or revoked key id",
+        id="a revoked contributor key",
+    ),
 ]
+MARKET_WORDS = ("MARKET", "CA", "USER.key", "REVOKED.key")
+
+
+@pytest.fixture(scope="module")
+def refusing_market(tmp_path_factory, lwm_home) -> Iterator[dict[str, str]]:
+    """A real market on loopback with a user-role key and a revoked contributor key: what
+    ``BAD_INPUT``'s ``MARKET_WORDS`` stand for."""
+    from market_fixtures import market_server
+
+    from server.records import Role
+    from shared import signing
+
+    tmp = tmp_path_factory.mktemp("refusing-market")
+    with market_server(tmp, lwm_home, run_smoke=False) as market:
+        market.new_key("user", Role.USER)
+        revoked = market.new_key("revoked", Role.CONTRIBUTOR)
+        market.client("admin").revoke_key(signing.key_id(revoked.public_key()), "left")
+        yield {
+            "MARKET": market.address,
+            "CA": str(market.layout.ca_cert),
+            "USER.key": str(market.keys_dir / "user.key"),
+            "REVOKED.key": str(market.keys_dir / "revoked.key"),
+        }
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), BAD_INPUT)
-def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, needle):
+def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, request, args, code, needle):
     (tmp_path / "EMPTY").write_text("")
     write_jsonl(tmp_path / "D", ["a perfectly fine text to make a spec from"])
     write_jsonl(tmp_path / "D.jsonl", ["a perfectly fine text to make a spec from"])
     args = [str(tmp_path / a) if a in ("EMPTY", "D", "D.jsonl", "NOFILE") else a for a in args]
+    if set(MARKET_WORDS) & set(args):
+        market = request.getfixturevalue("refusing_market")
+        args = [market.get(a, a) for a in args]
     proc = subprocess.run(
         [sys.executable, "-m", "client.cli", *args],
         capture_output=True,
@@ -443,6 +494,23 @@ def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, args, code, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lwm: error:") and needle in lines[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_user_key_is_refused_before_any_model_loads(refusing_market, tmp_path):
+    """``lwm contribute`` asks the market for its key's role first: a user key ends in
+    seconds with nothing trained, and no model was even loaded into the (fresh) home."""
+    from shared.home import Home
+
+    fresh = Home(tmp_path / "fresh-home")  # loading any model would build or copy it here
+    data = write_jsonl(tmp_path / "d.jsonl", load_domain("finance")[:20])
+    args = [refusing_market.get(a, a) for a in submit_as("USER.key")]
+    args[1] = str(data)
+
+    proc = lwm(fresh, *args, check=False)
+
+    assert proc.returncode == 10, proc.stderr
+    assert proc.stderr.strip().startswith("lwm: error: key ") and "user role" in proc.stderr
+    assert [p for p in fresh.root.rglob("*") if p.is_file()] == []
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -1,12 +1,17 @@
 """Flower federation: the holder's ClientApp called directly, one real simulated run
 (2 holders, Ray, tiny model) whose federated learnware a real TLS market accepts as USABLE,
-and a holder whose data breaks at run time: left out down to min_holders, else no package."""
+and a holder whose data breaks at run time: left out down to min_holders, else no package.
+Every simulated run goes through ``flwr run`` on a local SuperLink: no deprecation warning
+in its output, and no process of it left running afterwards."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,7 @@ from client.publish import LearnwareCard, SpecSettings
 from server.records import Role
 from shared import signing
 from shared.data import load_domain
-from shared.errors import InvalidInput, LwmError, PrivacyError
+from shared.errors import InvalidInput, LwmError, PermissionDenied, PrivacyError
 from shared.learnware import verify_package
 from shared.models import load_causal_lm
 from shared.models.device import resolve
@@ -72,6 +77,40 @@ def fed_config(paths: list[Path], key: Path, home: Path, **changes) -> Federatio
         home=home,
         **{"rounds": 2, **changes},
     )
+
+
+def flower_processes_under(root: Path) -> list[str]:
+    """The live processes whose FLWR_HOME lies under ``root`` (a run's SuperLink, SuperExec,
+    simulation, Ray): none may outlive ``run_federation``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            home = p.environ().get("FLWR_HOME", "")
+            if home.startswith(str(root)) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def run_folders(tmp_path, monkeypatch) -> Path:
+    """``run_federation``'s temporary run folders (FLWR_HOME inside) go under this test's
+    folder; after the test no process of them may be alive."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    left = flower_processes_under(root)
+    assert not left, f"processes of the run left running: {left}"
+
+
+def assert_no_deprecation(captured: str) -> None:
+    """Flower's simulation path in use is its current one: nothing says deprecated."""
+    lowered = captured.lower()
+    assert "deprecat" not in lowered and "futurewarning" not in lowered, captured[-3000:]
 
 
 def start_lora(config: FederationConfig, home) -> dict:
@@ -208,6 +247,52 @@ def test_config_refuses_what_cannot_work(holders_data, coordinator_key, lwm_home
         FederationConfig.from_toml(toml)
 
 
+def test_config_round_trips_through_fed_toml(holders_data, coordinator_key, tmp_path):
+    """``run_federation`` hands the config to Flower's processes as FED.toml: every setting
+    must survive ``to_dict`` then ``from_toml``, the ones FED.toml leaves to defaults too."""
+    import tomli_w
+
+    from shared.data.columns import DataSource
+
+    config = fed_config(holders_data, coordinator_key, tmp_path, min_holders=2, rounds=3)
+    config = replace(
+        config,
+        holders=(config.holders[0], Holder("b", DataSource(holders_data[1], text_column="t"))),
+        device="cpu",
+        dtype="bfloat16",
+        training=replace(
+            config.training, lr=0.1, clip_norm=0.05, optimizer="sgd", seed=7, dp_epsilon=6.0
+        ),
+    )
+    toml = tmp_path / "elsewhere" / "FED.toml"
+    toml.parent.mkdir()
+    toml.write_text(tomli_w.dumps(config.to_dict()))
+
+    assert FederationConfig.from_toml(toml) == config
+    in_memory = replace(config, holders=(config.holders[0], Holder("c", ("a text",))))
+    with pytest.raises(InvalidInput, match="texts in memory have no FED.toml form"):
+        in_memory.to_dict()
+
+
+def test_local_superlink_stops_what_flower_detached(tmp_path):
+    """The SuperLink, and a process started in a session of its own with the run's
+    FLWR_HOME (as Flower starts its SuperExec), are both gone when the run ends."""
+    from client.federation.run import flower_env, local_superlink
+
+    env = flower_env(tmp_path / "flwr-home")
+    with local_superlink(tmp_path, env) as port:
+        detached = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env=env,
+            start_new_session=True,
+        )
+        assert flower_processes_under(tmp_path), "the SuperLink is not running"
+        assert f'address = "127.0.0.1:{port}"' in (tmp_path / "flwr-home/config.toml").read_text()
+
+    detached.wait(timeout=5)  # ended (psutil may already have reaped it)
+    assert flower_processes_under(tmp_path) == []
+
+
 def test_config_min_holders_and_what_each_machine_needs(
     holders_data, coordinator_key, lwm_home, tmp_path
 ):
@@ -291,7 +376,9 @@ def test_deployed_apps_read_fed_toml_from_node_config_else_run_config(
         deployed_config(gone, "coordinator")
 
 
-def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home, tmp_path):
+def test_simulated_federation_submits_a_usable_learnware(
+    holders_data, lwm_home, tmp_path, run_folders
+):
     from client.federation.run import run_federation
 
     with market_server(tmp_path, lwm_home, run_smoke=False) as market:
@@ -329,6 +416,28 @@ def test_simulated_federation_submits_a_usable_learnware(holders_data, lwm_home,
         print(f"simulated federation: {seconds:.1f} s")
 
 
+def test_a_coordinator_key_that_may_not_submit_is_refused_before_flower_starts(
+    holders_data, lwm_home, tmp_path, run_folders
+):
+    from client.federation.run import run_federation
+
+    with market_server(tmp_path, lwm_home, run_smoke=False) as market:
+        market.new_key("reader", Role.USER)
+        config = fed_config(
+            holders_data,
+            market.keys_dir / "reader.key",
+            lwm_home.root,
+            out=None,
+            market_address=market.address,
+            ca=market.layout.ca_cert,
+        )
+
+        with pytest.raises(PermissionDenied, match=r"\(reader\) has the user role, and submit"):
+            run_federation(config)
+
+    assert list(run_folders.glob("lwm-federate-*")) == []  # Flower never started
+
+
 def three_holders_one_broken(
     folder: Path, key: Path, home: Path, min_holders: int
 ) -> tuple[FederationConfig, list[int]]:
@@ -358,13 +467,17 @@ def three_holders_one_broken(
 
 
 def test_a_holder_failing_mid_run_is_left_out_above_min_holders(
-    coordinator_key, lwm_home, tmp_path
+    coordinator_key, lwm_home, tmp_path, run_folders, capfd
 ):
     from client.federation.run import run_federation
 
     config, sizes = three_holders_one_broken(tmp_path, coordinator_key, lwm_home.root, 2)
 
     result = run_federation(config)
+
+    captured = capfd.readouterr()
+    assert_no_deprecation(captured.out + captured.err)
+    assert "lwm: wrote the signed package" in captured.out + captured.err  # Flower's log
 
     assert result.holders == 2 and result.trained == 2 and result.published.verdict is None
     verified = verify_package(
@@ -381,7 +494,7 @@ def test_a_holder_failing_mid_run_is_left_out_above_min_holders(
 
 
 def test_a_holder_failing_mid_run_below_min_holders_leaves_no_package(
-    coordinator_key, lwm_home, tmp_path
+    coordinator_key, lwm_home, tmp_path, run_folders
 ):
     from client.federation.run import run_federation
 

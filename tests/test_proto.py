@@ -45,6 +45,7 @@ def test_service_has_every_rpc_with_its_streaming_shape() -> None:
         "RevokeKey": (False, False),
         "ListKeys": (False, False),
         "GetStats": (False, False),
+        "WhoAmI": (False, False),
     }
 
 

@@ -158,6 +158,7 @@ def world(tmp_path_factory, lwm_home) -> Iterator[World]:
         first = alice.submit(_package(tmp, lwm_home, adapter, alice_key, seed=1))
         other = alice.submit(_package(tmp, lwm_home, adapter, alice_key, seed=2))
         uma.get(first.id)
+        uma.whoami()
         uma.history(first.id)
         list(uma.iter_learnwares())
         uma.search(random_rkme_spec(rkme_schema(lwm_home), seed=1))
@@ -189,8 +190,8 @@ def other_body(world: World, name: str, request: Any) -> Any:
         changed.page_size = 7
     elif name == "Search":
         changed.top_k = 50
-    elif name == "GetStats":  # no fields: an unknown one still changes the signed bytes
-        changed = pb.GetStatsRequest.FromString(b"\x08\x01")
+    elif name in ("GetStats", "WhoAmI"):  # no fields: an unknown one changes the signed bytes
+        changed = type(request).FromString(b"\x08\x01")
     return changed
 
 

@@ -30,7 +30,7 @@ from market_fixtures import market_server
 from processes import is_alive, smoke_pids, wait_for
 from sqlalchemy import event
 
-from client.market import query_spec
+from client.market import Connection, MarketClient, query_spec
 from server.auth import Caller
 from server.blobs import BlobStore
 from server.checker import Checker, Judgment, describe_base_models
@@ -323,6 +323,26 @@ def test_roles(world):
     with pytest.raises(PermissionDenied):
         market.client("uma").stats()
     assert market.client("admin").stats().learnwares_total >= 1
+
+
+def test_whoami_names_the_callers_own_key_and_role(world):
+    market = world["market"]
+
+    answers = {name: market.client(name).whoami() for name in ("admin", "alice", "uma")}
+
+    assert answers["uma"].name == "uma" and answers["uma"].role == pb.ROLE_USER
+    assert answers["alice"].role == pb.ROLE_CONTRIBUTOR and not answers["alice"].revoked
+    assert answers["admin"].role == pb.ROLE_ADMIN
+    assert answers["uma"].key_id == market.client("uma").key_id
+    assert market.client("alice").require_role("contributor", "submitting").name == "alice"
+    assert market.client("admin").require_role("contributor", "submitting").role == pb.ROLE_ADMIN
+    with pytest.raises(PermissionDenied, match=r"\(uma\) has the user role, and submitting"):
+        market.client("uma").require_role("contributor", "submitting")
+    stranger = world["tmp"] / "stranger.key"
+    signing.save_private_key(stranger, signing.generate_keypair()[0])
+    client = MarketClient(Connection(market.address, key_path=stranger, ca=market.layout.ca_cert))
+    with pytest.raises(Unauthenticated, match="unknown or revoked key id"):
+        client.whoami()
 
 
 def test_revoked_key_is_refused(world):

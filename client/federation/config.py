@@ -7,6 +7,7 @@ Example::
     local_steps = 5
     batch_size = 8
     max_tokens = 64
+    # lr, optimizer = "auto", seed = 0: as ``lwm contribute``'s (defaults shown)
     min_holders = 2                # a round (and the merged spec) needs at least this many
                                    # holders; one that fails is left out. Default: all of them
     device = "auto"                # where each holder trains: auto (its cuda, else mps, else
@@ -28,6 +29,7 @@ Example::
     [dp]
     delta = 1e-5
     train_epsilon = 8.0            # DP-SGD per holder over all rounds; omit for no DP
+    # clip_norm = 0.5              (DP-SGD's per-sample clip)
 
     [spec]
     kinds = ["rkme"]               # or ["rkme", "pave"]: one DP spec of each, composed
@@ -55,7 +57,7 @@ deployment's coordinator only ``market.key``; on holder K's SuperNode only holde
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +71,9 @@ from shared.privacy import DEFAULT_DELTA
 
 HOLDER_DATA_KEYS = ("split", "text_column", "prompt_column", "response_column")
 TOP_KEYS = {
-    "base_model", "rounds", "local_steps", "batch_size", "max_tokens", "lr", "home",
-    "min_holders", "learnware", "lora", "dp", "spec", "market", "holders", "device", "dtype",
+    "base_model", "rounds", "local_steps", "batch_size", "max_tokens", "lr", "optimizer",
+    "seed", "home", "min_holders", "learnware", "lora", "dp", "spec", "market", "holders",
+    "device", "dtype",
 }  # fmt: skip
 ALL_HERE = "all"  # one machine holds everything: the simulation engine
 COORDINATOR = "coordinator"  # the ServerApp's machine in a deployment: needs the key only
@@ -207,6 +210,42 @@ class FederationConfig:
         """Every holder's training steps over the whole run: its DP-SGD budget's horizon."""
         return self.rounds * self.training.steps
 
+    def to_dict(self) -> dict[str, Any]:
+        """The FED.toml table ``from_dict`` reads back into this config, paths absolute.
+
+        Every holder's data must be a file (a path or a ``DataSource``): texts held in
+        memory have no FED.toml form (``client.federation.run`` writes them to files first).
+        """
+        t, m = self.training, self.market
+        raw: dict[str, Any] = {
+            "base_model": self.base_model,
+            "rounds": self.rounds,
+            "local_steps": t.steps,
+            "batch_size": t.batch_size,
+            "max_tokens": t.max_tokens,
+            "optimizer": t.optimizer,
+            "seed": t.seed,
+            **_present({"lr": t.lr, "min_holders": self.min_holders}),
+            **_present({"home": _text(self.home)}),
+            "device": self.device,
+            **_present({"dtype": self.dtype}),
+            "learnware": asdict(self.learnware),
+            "lora": {"rank": t.rank, "alpha": t.alpha, "target_modules": list(t.target_modules)},
+            "dp": {
+                "delta": self.delta,
+                "clip_norm": t.clip_norm,
+                **_present({"train_epsilon": t.dp_epsilon}),
+            },
+            "spec": {"kinds": list(self.spec.kinds), "epsilon": self.spec.epsilon},
+            "market": {
+                "key": _text(m.key),
+                "insecure": m.insecure,
+                **_present({"address": m.address, "ca": _text(m.ca), "out": _text(m.out)}),
+            },
+            "holders": [_holder_table(h) for h in self.holders],
+        }
+        return raw
+
     @classmethod
     def from_toml(cls, path: str | Path, machine: Machine = ALL_HERE) -> FederationConfig:
         """Read and validate ``FED.toml``; any problem is one ``InvalidInput`` line."""
@@ -302,6 +341,22 @@ def _holders(raw: Any, path: Any) -> tuple[Holder, ...]:
     return tuple(holders)
 
 
+def _text(path: Path | None) -> str | None:
+    """A path as FED.toml holds it: absolute, since the file may be read from elsewhere."""
+    return None if path is None else str(path.absolute())
+
+
+def _holder_table(holder: Holder) -> dict[str, Any]:
+    """``[[holders]]``' table of one holder whose data is a file (``to_dict``)."""
+    data = holder.data
+    if isinstance(data, Path):
+        return {"name": holder.name, "data": _text(data)}
+    if not isinstance(data, DataSource):
+        raise InvalidInput(f"holder {holder.name!r}: texts in memory have no FED.toml form")
+    choices = {k: getattr(data, k) for k in HOLDER_DATA_KEYS}
+    return {"name": holder.name, "data": _text(data.path), **_present(choices)}
+
+
 def _training(
     raw: dict[str, Any], lora: dict[str, Any], dp: dict[str, Any], delta: float
 ) -> FinetuneConfig:
@@ -316,7 +371,14 @@ def _training(
         max_tokens=raw.get("max_tokens", 64),
         dp_epsilon=dp.get("train_epsilon"),
         delta=delta,
+        **_present({"clip_norm": dp.get("clip_norm")}),
+        **_present({k: raw.get(k) for k in ("optimizer", "seed")}),
     )
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings a file names; the ones it leaves out keep the dataclass's default."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _kinds(spec: dict[str, Any]) -> tuple[str, ...]:

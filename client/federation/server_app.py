@@ -1,13 +1,15 @@
 """The coordinator's Flower ServerApp: FedAvg over LoRA tensors, merged spec, sign, submit.
 
-``make_server_app(config, deliver)`` closes over the config; ``deliver`` receives the
-``FederationResult`` because the simulation runs the ServerApp in this process (an error
-propagates as raised). ``make_server_app()`` (no config) is the deployment engine's app
-(``client.federation.deploy``): it reads ``FED.toml`` from the run config ``config`` and
-logs the result (``flwr log RUN_ID``), the package being at ``market.out`` or submitted.
+``make_server_app()`` is the app of ``client.federation.deploy``, run by ``flwr run`` on
+the simulation engine (``client.federation.run``) or the deployment engine alike: it reads
+``FED.toml`` from the run config ``config`` and logs the result (``flwr log RUN_ID``), the
+package being at ``market.out`` or submitted. When the run config names a ``result`` file
+(``lwm federate`` does: the app runs in a process of Flower's), the ``FederationResult``,
+or the error that stopped the run, is also written there (``client.federation.result``).
 Steps:
 
-1. the market's schema and accepted base models (or the local schema without a market);
+1. the coordinator key's role (``WhoAmI``: it may submit), the market's schema and
+   accepted base models (or the local schema without a market);
 2. FedAvg (weighted by ``num-examples``) over ``get_peft_model_state_dict`` tensors for
    ``rounds`` rounds, starting from one seeded LoRA init; a holder that fails a round is
    left out while at least ``min_holders`` train (``QuorumFedAvg``);
@@ -24,32 +26,22 @@ import contextlib
 import math
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.federation.client_app import AppCache, deployed_config, home_of
 from client.federation.config import COORDINATOR, FederationConfig
+from client.federation.result import FederationResult, write_outcome
 from shared.dpsgd import History
 from shared.errors import LwmError
 from shared.privacy import DPReport
 from shared.spec.record import Specification
 
 if TYPE_CHECKING:
-    from client.publish import Published
+    from client.market import MarketClient
     from shared.models import LoadedModel
-
-
-@dataclass(frozen=True)
-class FederationResult:
-    """What a federation made: the signed package (left at ``market.out``, or a temporary
-    folder already removed when it was submitted), the market's verdict when submitted,
-    how many holders' specs were merged and how many holders' updates were averaged."""
-
-    published: Published
-    holders: int
-    trained: int
 
 
 def merge_specs(specs: Sequence[Specification]) -> Specification:
@@ -195,15 +187,10 @@ def collect_specs(
     return specs
 
 
-def make_server_app(
-    config: FederationConfig | None = None,
-    deliver: Callable[[FederationResult], None] | None = None,
-) -> Any:
-    """The coordinator's ServerApp; ``config`` None reads it per run (deployment engine).
-
-    ``deliver`` receives the result in this process (the simulation engine); an error is
-    raised out of the app (Flower's simulation re-raises it to its caller).
-    """
+def make_server_app() -> Any:
+    """The coordinator's ServerApp: reads FED.toml per run (``deployed_config``), and
+    writes its outcome to the run config's ``result`` file when one is named. An error is
+    raised out of the app after it is recorded, so Flower marks the run failed."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -212,11 +199,17 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        fed = config if config is not None else deployed_config(context, COORDINATOR, cache)
-        result = federate(grid, fed, cache)
+        named = str(context.run_config.get("result") or "")
+        outcome = Path(named) if named else None
+        try:
+            result = federate(grid, deployed_config(context, COORDINATOR, cache), cache)
+        except Exception as err:
+            if outcome is not None:
+                write_outcome(outcome, error=err)
+            raise
         _log_result(result)
-        if deliver is not None:
-            deliver(result)
+        if outcome is not None:
+            write_outcome(outcome, result)
 
     return app
 
@@ -282,19 +275,38 @@ def federate(grid: Any, config: FederationConfig, cache: AppCache) -> Federation
     return FederationResult(published, holders=len(specs), trained=len(histories))
 
 
+SUBMITTING = ("contributor", "submitting the federated learnware")  # require_role's args
+
+
+def check_coordinator_key(config: FederationConfig) -> None:
+    """The ServerApp's first check, also made before Flower starts (a second instead of
+    Flower's start-up): the market knows the coordinator key and lets it submit
+    (``WhoAmI``), else ``PermissionDenied``/``Unauthenticated``. Nothing to ask without
+    a market address."""
+    if config.market.address is not None:
+        with _client(config) as client:
+            client.require_role(*SUBMITTING)
+
+
+def _client(config: FederationConfig) -> MarketClient:
+    from client.market import Connection, MarketClient
+
+    m = config.market
+    assert m.address is not None  # the callers' condition
+    return MarketClient(Connection(m.address, key_path=m.key, ca=m.ca, insecure=m.insecure))
+
+
 @contextlib.contextmanager
 def _market(config: FederationConfig) -> Iterator[tuple[Any, Any, Any]]:
     """The market client (None without ``market.address``), its schema and accepted base
-    models; without a market the local schema of the spec kinds, any base model."""
+    models, after the coordinator key's role; without a market the local schema of the
+    spec kinds, any base model."""
     from client.contribute import local_schema
 
-    m = config.market
-    if m.address is None:
+    if config.market.address is None:
         yield None, local_schema(home_of(config), *config.spec.kinds), None
         return
-    from client.market import Connection, MarketClient
-
-    connection = Connection(m.address, key_path=m.key, ca=m.ca, insecure=m.insecure)
-    with MarketClient(connection) as client:
+    with _client(config) as client:
+        client.require_role(*SUBMITTING)
         remote = client.schema()
         yield client, remote.schema, remote.base_models

@@ -426,6 +426,10 @@ class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Stats(_message.Message):
     __slots__ = ("learnwares_by_status", "learnwares_by_kind", "learnwares_by_domain", "learnwares_total", "blob_bytes", "blob_count", "keys_total", "uptime_s", "started_at", "server_version")
     class LearnwaresByStatusEntry(_message.Message):

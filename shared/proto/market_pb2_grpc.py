@@ -97,6 +97,11 @@ class MarketStub(object):
                 request_serializer=learnware_dot_market_dot_v1_dot_market__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.Stats.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/learnware.market.v1.Market/WhoAmI',
+                request_serializer=learnware_dot_market_dot_v1_dot_market__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.KeyInfo.FromString,
+                _registered_method=True)
 
 
 class MarketServicer(object):
@@ -220,6 +225,16 @@ class MarketServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """The caller's own registered key (id, name, role, revoked): a cheap check a client makes
+        before expensive work, e.g. a contributor's role before minutes of training.
+        Role: any registered key (USER, CONTRIBUTOR or ADMIN). Errors: UNAUTHENTICATED (no,
+        unknown or revoked key: a revoked key cannot sign any call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MarketServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +297,11 @@ def add_MarketServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.GetStatsRequest.FromString,
                     response_serializer=learnware_dot_market_dot_v1_dot_market__pb2.Stats.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=learnware_dot_market_dot_v1_dot_market__pb2.WhoAmIRequest.FromString,
+                    response_serializer=learnware_dot_market_dot_v1_dot_market__pb2.KeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -611,6 +631,33 @@ class Market(object):
             '/learnware.market.v1.Market/GetStats',
             learnware_dot_market_dot_v1_dot_market__pb2.GetStatsRequest.SerializeToString,
             learnware_dot_market_dot_v1_dot_market__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/learnware.market.v1.Market/WhoAmI',
+            learnware_dot_market_dot_v1_dot_market__pb2.WhoAmIRequest.SerializeToString,
+            learnware_dot_market_dot_v1_dot_market__pb2.KeyInfo.FromString,
             options,
             channel_credentials,
             insecure,
