@@ -119,9 +119,10 @@ class FeedFollower:
         self.applied = 0
 
     def start(self, load: Callable[[], None]) -> None:
-        """Note the feed's head, ``load`` everything (the index from the learnwares table),
-        then follow from that head: a change committed while ``load`` ran is applied again,
-        which is harmless, and none is missed."""
+        """Listen, note the feed's head, ``load`` everything (the index from the learnwares
+        table), then follow from that head: a change committed while ``load`` ran is applied
+        again, which is harmless, and none is missed (nor its NOTIFY)."""
+        self._wake.listen()
         self.applied = self._feed.newest()
         load()
         self._thread = threading.Thread(target=self._run, name="lwm-feed", daemon=True)
@@ -167,13 +168,22 @@ class _Listener:
         self._url, self._stopped = url, stopped
         self._connection: Any = None
 
+    def listen(self) -> bool:
+        """Start listening now (NOTIFYs from here on wake the next ``wait``); False when
+        there is nothing to listen to or the connection failed (then: polling)."""
+        try:
+            return self._connect() is not None
+        except Exception as error:
+            log.warning("listening for changes failed (%s); polling", error)
+            self.close()
+            return False
+
     def wait(self, timeout: float) -> None:
-        if self._url is None:
+        if not self.listen():
             self._stopped.wait(timeout)
             return
         try:
-            connection = self._connect()
-            for _ in connection.notifies(timeout=timeout, stop_after=1):
+            for _ in self._connection.notifies(timeout=timeout, stop_after=1):
                 pass
         except Exception as error:
             log.warning("listening for changes failed (%s); polling", error)

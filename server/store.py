@@ -409,7 +409,7 @@ class Store:
                 signed = select(LearnwareRow.id).where(
                     LearnwareRow.contributor_key_id == key_id,
                     LearnwareRow.status == Status.USABLE,
-                )
+                ).order_by(LearnwareRow.id)
                 record_changes(session, ChangeKind.REVOKED, session.scalars(signed).all())
             return row.to_record()
 
