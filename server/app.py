@@ -13,6 +13,7 @@ thread pools. Callers of ``build_server`` stay synchronous.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from server.auth import MARKET_SERVICE
-from server.blobs import BlobStore
+from server.blobs import BlobClaim, BlobStore
 from server.checker import Checker, describe_base_models
 from server.judging import JudgingGate
 from server.market import Market
@@ -35,7 +36,7 @@ from server.service import MarketService
 from server.settings import ServerSettings
 from server.store import Store
 from shared import transport
-from shared.files import FileLock
+from shared.errors import AlreadyExists
 from shared.home import Home
 from shared.market_identity import server_market_id
 
@@ -73,7 +74,7 @@ class RunningServer:
     settings: ServerSettings
     _loop: _LoopThread
     web: WebServer | None = None  # the web page, when started with settings.web_address
-    blob_lock: FileLock | None = None  # held while serving (BlobStore.claim)
+    blob_lock: BlobClaim | None = None  # held while serving (BlobStore.claim)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: the web page closed and NOT_SERVING first, smoke runs killed (they
@@ -144,14 +145,16 @@ def build_server(settings: ServerSettings) -> RunningServer:
     store = Store.open(settings.db_url)
     blobs = BlobStore(settings.blobs_dir)
     try:
-        blob_lock = blobs.claim()  # before start() cleans the store: one server per store
+        # before start() cleans the store: one server per store, or replicas sharing one
+        blob_lock = blobs.claim(replicas=store.shared)
     except BaseException:
         store.close()
         raise
-    market = Market(store, blobs, checker, settings.limits)
+    market = Market(store, blobs, checker, settings.limits, settings.replica)
     if settings.admin_pub is not None:
         _ensure_admin(market, settings.admin_pub.read_bytes())
-    pending = market.start()
+    market.start(alone=blob_lock.alone)
+    blob_lock.serve()
     tls_files = _tls_files(settings)
     refs = [b.ref for b in base_models.values()]
     market_id = server_market_id(tls_files)
@@ -165,14 +168,12 @@ def build_server(settings: ServerSettings) -> RunningServer:
         if server is not None:
             loop.run(server.stop(0))
         loop.close()
+        market.close()
         service.close()
         store.close()
         blob_lock.release()
         raise
-    # PENDING learnwares are judged after serving starts, not before (minutes each).
-    rejudge = threading.Thread(target=market.rejudge, args=(pending,), name="lwm-rejudge")
-    rejudge.daemon = True
-    rejudge.start()
+    market.start_judging()  # after serving starts, not before (minutes each)
     log.info(
         "serving on %s (port %d, %s)",
         settings.address,
@@ -249,7 +250,8 @@ def _ensure_admin(market: Market, public_key: bytes) -> None:
     key_id = signing.key_id(signing.load_public_key(public_key))
     existing = market.key_of(key_id)
     if existing is None or existing.revoked:
-        market.register_key(public_key, Role.ADMIN, "admin")
+        with contextlib.suppress(AlreadyExists):  # a replica starting at once registered it
+            market.register_key(public_key, Role.ADMIN, "admin")
 
 
 def serve_forever(settings: ServerSettings) -> int:

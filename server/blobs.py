@@ -182,6 +182,28 @@ class _KeyedLocks:
         return len(self._locks)
 
 
+CLAIM_WAIT_S = 120.0
+"""How long a replica waits for another one's start-up cleanup before it gives up."""
+
+
+@dataclass
+class BlobClaim:
+    """A serving process's hold on the blob store (``BlobStore.claim``). ``alone``: no other
+    server used it when claimed, so every leftover in it is a crash's."""
+
+    lock: FileLock
+    alone: bool
+    replicas: bool
+
+    def serve(self) -> None:
+        """Start-up cleanup done: let other replicas claim the store too."""
+        if self.replicas and self.alone:
+            self.lock.acquire(shared=True)  # exclusive -> shared never waits
+
+    def release(self) -> None:
+        self.lock.release()
+
+
 class BlobStore:
     """Blobs named by sha256 under ``root``. Safe for many threads and processes: every
     write goes to its own temp file and lands with one atomic rename."""
@@ -193,15 +215,26 @@ class BlobStore:
         self.work_dir = self.root / "work"  # unpacked packages under check (scratch folders)
         self._uploads = _KeyedLocks()
 
-    def claim(self) -> FileLock:
-        """Lock the store for one serving process (``root/.lock``, released by the returned
-        lock's ``release`` or the process's death). A second server on the same blobs is
-        refused here, before its start-up cleanup could delete the first one's uploads in
-        progress, whatever port it asked for."""
+    def claim(self, *, replicas: bool = False) -> BlobClaim:
+        """Lock the store for serving (``root/.lock``, released by the claim's ``release``
+        or the process's death).
+
+        Without ``replicas``, one server alone: a second server on the same blobs is refused
+        here, before its start-up cleanup could delete the first one's uploads in progress,
+        whatever port it asked for. With ``replicas`` (markets sharing one database), every
+        replica holds the lock shared while it serves; the first to start holds it
+        exclusively until its start-up cleanup is done (``BlobClaim.serve``), so only a
+        replica that is ``alone`` cleans the whole store. A single server's exclusive lock
+        refuses replicas (after ``CLAIM_WAIT_S``) and the other way round."""
         lock = FileLock(self.root / ".lock")
-        if not lock.acquire(wait=False):
-            raise FailedPrecondition(f"blob store {self.root} is in use by another running server")
-        return lock
+        if lock.acquire(wait=False):
+            return BlobClaim(lock, alone=True, replicas=replicas)
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while replicas and time.monotonic() < deadline:
+            if lock.acquire(wait=False, shared=True):
+                return BlobClaim(lock, alone=False, replicas=True)
+            time.sleep(0.1)  # held exclusively: a replica cleaning up, or a single server
+        raise FailedPrecondition(f"blob store {self.root} is in use by another running server")
 
     @contextmanager
     def provisional(self, sha256: str, owned: Callable[[str], bool]) -> Iterator[None]:

@@ -95,6 +95,13 @@ def start(
         str | None,
         typer.Option("--web", help="HOST:PORT for the web page (loopback only without TLS)."),
     ] = None,
+    judgment_lease: Annotated[
+        float,
+        typer.Option(
+            "--judgment-lease",
+            help="Seconds a replica's judgment waits, after it died, for another to take it.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the market until SIGTERM (graceful: NOT_SERVING, drain, exit 0)."""
     import sys
@@ -102,7 +109,7 @@ def start(
     from server.app import limit_blas_threads, serve_forever, setup_logging
     from server.pki import open_server_dir
     from server.sandbox import SmokeLimits
-    from server.settings import CallLimits, ServerSettings
+    from server.settings import CallLimits, ReplicaSettings, ServerSettings
     from shared.home import Home
 
     calls = CallLimits(  # the cheap checks of numbers first
@@ -112,6 +119,7 @@ def start(
         max_calls_per_key=max_calls_per_key,
     )
     smoke_limits = SmokeLimits(memory_bytes=smoke_memory_mb * 1024 * 1024)
+    replica = ReplicaSettings(judgment_lease_s=judgment_lease)
     setup_logging(log_level)
     limit_blas_threads()
     layout = open_server_dir(dir)
@@ -137,5 +145,6 @@ def start(
         smoke_limits=smoke_limits,
         admin_pub=layout.admin_pub,
         web_address=web,
+        replica=replica,
     )
     sys.exit(serve_forever(settings))

@@ -222,4 +222,7 @@ def stats_to_pb(stats: MarketStats) -> pb.Stats:
         uptime_s=stats.uptime_s,
         started_at=timestamp(stats.started_at),
         server_version=SERVER_VERSION,
+        index_applied_change=stats.index_lag.applied,
+        index_newest_change=stats.index_lag.newest,
+        index_lag_s=stats.index_lag.seconds,
     )

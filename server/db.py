@@ -44,7 +44,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from server.records import KeyRecord, LearnwareRecord, Role, SpecRecord, Status
+from server.records import ChangeKind, KeyRecord, LearnwareRecord, Role, SpecRecord, Status
 from shared.errors import InvalidInput
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -103,7 +103,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def _enum(cls: type[Status] | type[Role], name: str) -> Enum:
+def _enum(cls: type[Status] | type[Role] | type[ChangeKind], name: str) -> Enum:
     return Enum(cls, name=name, native_enum=False, create_constraint=True, length=16)
 
 
@@ -247,6 +247,38 @@ class EventRow(Base):
     key_id: Mapped[str | None] = mapped_column(String)
     action: Mapped[str] = mapped_column(String)
     detail: Mapped[str] = mapped_column(Text)
+
+
+class ChangeRow(Base):
+    """One entry of the change feed the replicas' indexes follow (``server.changes``).
+
+    Written in the transaction of the change itself, and numbered in commit order (the
+    writers queue on a lock for the number), so a reader that has seen id N has seen every
+    change up to N. No foreign key, as for events: the feed outlives what it names."""
+
+    __tablename__ = "changes"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    learnware_id: Mapped[str] = mapped_column(String)
+    kind: Mapped[ChangeKind] = mapped_column(_enum(ChangeKind, "kind"))
+
+
+class JudgmentRow(Base):
+    """A PENDING learnware's place in the judgment queue (``server.judgment_queue``): free
+    when ``owner`` is None or its lease ran out, else a replica is judging it now."""
+
+    __tablename__ = "judgments"
+
+    learnware_id: Mapped[str] = mapped_column(
+        ForeignKey("learnwares.id", ondelete="CASCADE"), primary_key=True
+    )
+    enqueued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    owner: Mapped[str | None] = mapped_column(String, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 def create_db_engine(url: str, *, pool_size: int | None = None) -> Engine:

@@ -4,6 +4,11 @@
 the ``Store`` (database: the truth), the ``BlobStore`` (package bytes), and in memory the
 USABLE learnwares and one ``SpecIndex`` per spec kind, rebuilt from the store at start and
 updated on every change, so a crash can never leave the index ahead of the database.
+
+Replicas (any number of markets on one PostgreSQL and one blob folder): each follows the
+database's change feed (``server.changes``), so what another replica accepts, withdraws or
+revokes reaches this index too, and judges PENDING learnwares from the judgment queue
+(``server.judgment_queue``), so a judgment a dead replica left is finished by another.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from datetime import UTC, datetime
 
 from server.auth import Caller
 from server.blobs import BlobStore
+from server.changes import ChangeFeed, FeedFollower, listen_url
 from server.checker import Checker, Judgment
 from server.index import SpecIndex
+from server.judgment_queue import JudgingWorker, JudgmentQueue, Lease, replica_name
 from server.key_cache import KeyCache
 from server.records import (
     KeyRecord,
@@ -29,7 +36,7 @@ from server.records import (
     Status,
     Visibility,
 )
-from server.settings import Limits
+from server.settings import Limits, ReplicaSettings
 from server.store import Store
 from server.submission import (
     Header,
@@ -52,7 +59,6 @@ from shared.errors import (
     Revoked,
     SpecError,
     Unauthenticated,
-    Unavailable,
 )
 from shared.learnware import unpack_tar
 from shared.spec.ranking import to_index_point
@@ -62,6 +68,11 @@ log = logging.getLogger("lwm.market")
 
 ACTIVE = frozenset({Status.PENDING, Status.USABLE})
 """The statuses a contributor's quota counts (``Limits.max_active_per_key``)."""
+
+SHARED_CLEANUP_AGE_S = 24 * 3600.0
+"""A replica starting while others serve removes only temp files, scratch folders and
+unreferenced blobs older than this: younger ones may be another replica's upload or
+judgment in progress."""
 
 
 @dataclass(frozen=True)
@@ -102,11 +113,28 @@ def bounded_text(where: str, value: str, max_chars: int) -> str:
 
 
 class Market:
-    """One market: ``checker`` judges uploads (and knows the schema and base models),
-    ``limits`` bound every request."""
+    """One market (one replica): ``checker`` judges uploads (and knows the schema and base
+    models), ``limits`` bound every request, ``replica`` says how it follows the others."""
 
-    def __init__(self, store: Store, blobs: BlobStore, checker: Checker, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        checker: Checker,
+        limits: Limits,
+        replica: ReplicaSettings | None = None,
+    ) -> None:
         self.store, self.blobs, self.checker, self.limits = store, blobs, checker, limits
+        replica = replica or ReplicaSettings()
+        lease = Lease(replica.name or replica_name(), replica.judgment_lease_s)
+        self.queue = JudgmentQueue(store, lease)
+        self.feed = FeedFollower(
+            ChangeFeed(store),
+            self.refresh,
+            poll_s=replica.feed_poll_s,
+            listen_url=listen_url(store),
+        )
+        self._judging = JudgingWorker(self.queue, self.judge_queued, replica.judgment_poll_s)
         self.schema = checker.schema
         self.started_at = datetime.now(UTC)
         self._lock = threading.RLock()
@@ -121,43 +149,41 @@ class Market:
         }
 
     # ------------------------------------------------------------------ start-up
-    def start(self) -> list[LearnwareRecord]:
-        """Make memory agree with disk after any crash: temp files, orphans, index.
+    def start(self, *, alone: bool = True) -> None:
+        """Make memory agree with disk after any crash (temp files, orphans, the index),
+        then follow the change feed.
 
-        Returns the learnwares a crash or stop left PENDING, without judging them: a smoke
-        run takes seconds to minutes each, and the market must serve first. The caller
-        hands them to ``rejudge`` once serving (``server.app`` does, in a thread)."""
-        removed = self.blobs.cleanup_temp()
-        orphans = self.blobs.gc(self.store.referenced_blobs())
-        pending = list(self._all(LearnwareFilter(status=Status.PENDING, all_versions=True)))
-        self._load_usable()
+        ``alone``: no other replica uses the blob store (``BlobClaim.alone``), so every
+        leftover is a crash's and every claimed judgment a dead replica's: all are cleaned
+        and freed. Otherwise only old leftovers go (``SHARED_CLEANUP_AGE_S``) and claims
+        wait for their leases. Judging starts later (``start_judging``): a smoke run takes
+        seconds to minutes each, and the market must serve first."""
+        age = 0.0 if alone else SHARED_CLEANUP_AGE_S
+        removed = self.blobs.cleanup_temp(min_age_s=age)
+        orphans = self.blobs.gc(self.store.referenced_blobs(), min_age_s=age)
+        freed = self.queue.free_all() if alone else 0
+        self.feed.start(load=self._load_usable)
         log.info(
             "market ready: %d usable learnwares, %d temp files and %d orphan blobs removed, "
-            "%d pending to judge again",
+            "%d judgments a stop or crash left freed",
             len(self._usable),
             removed,
             orphans,
-            len(pending),
+            freed,
         )
-        return pending
 
-    def rejudge(self, pending: Iterable[LearnwareRecord]) -> None:
-        """Judge again what ``start`` found PENDING, one after another through the checker's
-        gate (so never more smoke runs than an upload would get). Stops when the market
-        stops (they stay PENDING for the next start); a failure of one is logged, not
-        raised: this runs in a background thread."""
-        for record in pending:
-            try:
-                self._recheck(record)
-            except Unavailable:
-                return  # stopping: the rest stays PENDING until the next start
-            except Exception:
-                log.exception("judging learnware %s again failed; it stays PENDING", record.id)
+    def start_judging(self) -> None:
+        """Take judgments from the queue (what a stop or a dead replica left PENDING), one
+        after another through the checker's gate (never more smoke runs than an upload
+        gets), in a background thread, until ``close``."""
+        self._judging.start()
 
     def close(self) -> None:
-        """Stop judging: kill the running smoke runs at once (their learnwares stay PENDING,
-        to be judged again after the next start); later uploads get UNAVAILABLE."""
+        """Stop judging: kill the running smoke runs at once (their judgments go back to the
+        queue, for another replica or the next start); later uploads get UNAVAILABLE."""
+        self._judging.stop()
         self.checker.close()
+        self.feed.stop()
 
     def _load_usable(self) -> None:
         with self._lock:
@@ -167,9 +193,28 @@ class Market:
                 for learnware_id in index.keys:
                     index.remove(learnware_id)
             for record in self._all(LearnwareFilter(status=Status.USABLE, all_versions=True)):
-                contributor = self.store.get_key(record.contributor_key_id)
-                if contributor is not None and not contributor.revoked:
-                    self._publish(record, [spec.spec() for spec in record.specs])
+                self._show(record, self.store.get_key(record.contributor_key_id))
+
+    def refresh(self, learnware_id: str) -> None:
+        """Make the index agree with the database about one learnware (a change of the
+        feed, made by this replica or another): what it reads now decides, not the change."""
+        try:
+            record = self.store.get(learnware_id)
+        except NotFound:
+            self._unpublish(learnware_id)
+            return
+        key = self.store.get_key(record.contributor_key_id)
+        if key is not None and key.revoked:
+            self._keys.drop(key.key_id)  # revoked by another replica: stop trusting it here too
+        self._show(record, key)
+
+    def _show(self, record: LearnwareRecord, key: KeyRecord | None) -> None:
+        """Publish ``record`` when it is USABLE and its key is active; unpublish it otherwise."""
+        with self._lock:
+            if record.status is Status.USABLE and key is not None and not key.revoked:
+                self._publish(record, [spec.spec() for spec in record.specs])
+            else:
+                self._unpublish(record.id)
 
     def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
         """Every record matching ``flt``, page by page (the store caps page sizes)."""
@@ -256,8 +301,11 @@ class Market:
                 blob = receive(self.blobs, header, chunks, self.limits)
                 package = unpack(blob, header, workdir, self.limits.package)
                 static = self.checker.check_static(package, upload.contributor.public_key)
-                stored = self.store.add_learnware(pending_record(upload, blob, static))
-            return self._conclude(stored, self.checker.judge(package, static))
+                stored = self.store.add_learnware(
+                    pending_record(upload, blob, static), self.queue.lease
+                )
+            with self.queue.holding(stored.id):  # judged here; by another replica if we die
+                return self._conclude(stored, self.checker.judge(package, static))
 
     def _admit(self, caller: Caller, header: Header) -> Upload:
         """The checks before any byte is received: header, registered key, quota, duplicate.
@@ -284,10 +332,10 @@ class Market:
         record = self.store.find_by_package(sha256, with_specs=False)
         return record is not None and record.status is not Status.REJECTED
 
-    def _recheck(self, record: LearnwareRecord) -> LearnwareRecord:
-        """Judge a PENDING learnware again from its stored package, as an upload is (unless
-        it left PENDING meanwhile: withdrawn while it waited)."""
-        record = self.store.get(record.id, with_specs=False)
+    def judge_queued(self, learnware_id: str) -> LearnwareRecord:
+        """Judge a PENDING learnware from its stored package, as an upload is (unless it
+        left PENDING meanwhile: withdrawn while it waited)."""
+        record = self.store.get(learnware_id, with_specs=False)
         if record.status is not Status.PENDING:
             return record
         key = self.store.get_key(record.contributor_key_id)
@@ -310,9 +358,16 @@ class Market:
                 key = self.store.get_key(record.contributor_key_id)
                 if key is None or key.revoked:
                     judgment = _refusal("the contributor's key was revoked during the checks")
-            updated = self.store.set_status(
-                record.id, judgment.status, judgment.reason, with_specs=False
-            )
+            try:
+                updated = self.store.set_status(
+                    record.id, judgment.status, judgment.reason, with_specs=False
+                )
+            except FailedPrecondition:
+                current = self.store.get(record.id, with_specs=False)
+                if current.status is Status.PENDING:
+                    raise
+                log.info("learnware %s was concluded meanwhile: %s", record.id, current.status)
+                return current  # withdrawn, or judged by a replica that took over our lease
             if judgment.status is Status.USABLE:
                 self._publish(updated, judgment.specs)
         if judgment.status is Status.REJECTED:
@@ -464,6 +519,7 @@ class Market:
             indexed={kind: len(index) for kind, index in self.indexes.items()},
             started_at=self.started_at,
             uptime_s=(datetime.now(UTC) - self.started_at).total_seconds(),
+            index_lag=self.feed.lag(),
         )
 
 

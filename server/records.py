@@ -30,6 +30,16 @@ class Role(enum.StrEnum):
     ADMIN = "ADMIN"
 
 
+class ChangeKind(enum.StrEnum):
+    """What happened to a learnware, as the change feed (``server.changes``) tells replicas:
+    it entered the search index (ACCEPTED: became USABLE) or left it (WITHDRAWN, or REVOKED:
+    its contributor's key was revoked)."""
+
+    ACCEPTED = "ACCEPTED"
+    WITHDRAWN = "WITHDRAWN"
+    REVOKED = "REVOKED"
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """A registered Ed25519 key. ``public_key`` is the raw 32 bytes."""
@@ -153,6 +163,17 @@ class StoreStats:
 
 
 @dataclass(frozen=True)
+class IndexLag:
+    """How far this replica's search index is behind the database: the last change of the
+    feed it applied, the newest one committed, and how old (seconds, by the clock of the
+    replica that wrote it) the oldest change it has not applied yet is (0 when caught up)."""
+
+    applied: int = 0
+    newest: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class MarketStats:
     """``lwm server stats``: the database's counts plus this server's blobs, index and uptime."""
 
@@ -162,3 +183,4 @@ class MarketStats:
     indexed: Mapping[str, int]  # specs in the search index, by kind
     started_at: datetime
     uptime_s: float
+    index_lag: IndexLag = field(default_factory=IndexLag)

@@ -103,6 +103,29 @@ class CallLimits:
 
 
 @dataclass(frozen=True)
+class ReplicaSettings:
+    """How one market process follows the others on a shared database (DESIGN §7).
+
+    ``feed_poll_s``: how often the index reads the change feed (``server.changes``) when no
+    PostgreSQL NOTIFY wakes it first: a bound on how late another replica's change is seen.
+    ``judgment_lease_s``: how long a claimed judgment stays this replica's without a
+    heartbeat (``server.judgment_queue``): how long a dead replica's judgment waits for
+    another. ``judgment_poll_s``: how often an idle replica looks for queued judgments.
+    ``name``: this replica in the queue (default: host, pid and a random tag).
+    """
+
+    feed_poll_s: float = 0.5
+    judgment_lease_s: float = 30.0
+    judgment_poll_s: float = 1.0
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("feed_poll_s", "judgment_lease_s", "judgment_poll_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Everything ``serve`` needs. ``base_models`` are model names (``tiny``, ``smollm2-135m``
     or folders) whose adapters the market accepts; ``pave_model`` is the PAVE spec model."""
@@ -128,6 +151,7 @@ class ServerSettings:
     grace_s: float = 10.0
     admin_pub: Path | None = None  # registered as ADMIN at start when given
     web_address: str | None = None  # HOST:PORT of the web page (server.web); None: no page
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
 
     def __post_init__(self) -> None:
         if not self.base_models:

@@ -11,6 +11,10 @@ failed insert leaves either all of them or none. The caller stores the package b
 (``server.blobs``) and adds the learnware after; a crash between the two leaves an
 unreferenced blob, which ``BlobStore.gc(store.referenced_blobs())`` removes at the next
 start. A committed row therefore always has its blob.
+
+Replicas: the same transactions also write the change feed (``server.changes``: a learnware
+entering or leaving the search index) and the judgment queue (``server.judgment_queue``:
+a row per PENDING learnware), so neither ever disagrees with the learnwares table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 from sqlalchemy.orm.util import AliasedClass
 
+from server.changes import record_changes
 from server.db import (
     BEGIN_OPTION,
     EventRow,
@@ -40,7 +45,9 @@ from server.db import (
     migrate,
     utcnow,
 )
+from server.judgment_queue import Lease, dequeue, enqueue
 from server.records import (
+    ChangeKind,
     KeyRecord,
     LearnwareFilter,
     LearnwareRecord,
@@ -101,6 +108,12 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def shared(self) -> bool:
+        """Whether other market processes may share this database (PostgreSQL): replicas.
+        A SQLite file serves one process."""
+        return self.engine.dialect.name == "postgresql"
+
     def __enter__(self) -> Store:
         return self
 
@@ -108,12 +121,12 @@ class Store:
         self.close()
 
     @contextmanager
-    def _reading(self) -> Iterator[Session]:
+    def reading(self) -> Iterator[Session]:
         with self._sessions() as session:
             yield session
 
     @contextmanager
-    def _writing(self) -> Iterator[Session]:
+    def writing(self) -> Iterator[Session]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
         so it waits on the busy timeout instead of failing when another writer got there
         between our read and our write."""
@@ -123,11 +136,12 @@ class Store:
 
     # ---- learnwares -----------------------------------------------------------------
 
-    def add_learnware(self, record: LearnwareRecord) -> LearnwareRecord:
+    def add_learnware(self, record: LearnwareRecord, lease: Lease | None = None) -> LearnwareRecord:
         """Insert a learnware and its specs, all or nothing. Returns it as ``get`` would
         (timestamps in UTC, specs ordered by kind), with the version the store gave it:
         1 + the highest stored version of its (contributor, name), whatever their status
-        (``record.version`` and ``record.downloads`` are ignored).
+        (``record.version`` and ``record.downloads`` are ignored). A PENDING one is queued
+        for judgment, claimed by ``lease`` when given; a USABLE one goes in the change feed.
 
         Raises AlreadyExists (naming the stored learnware) when its package or id is
         already stored, InvalidInput when the record breaks a constraint (e.g. two specs
@@ -136,16 +150,16 @@ class Store:
         _require_aware(record.created_at, record.updated_at)
         for attempt in range(1, _INSERT_TRIES + 1):
             try:
-                return self._insert(record)
+                return self._insert(record, lease)
             except DbIntegrityError as error:
-                with self._reading() as session:
+                with self.reading() as session:
                     _refuse_duplicate(session, record)  # lost a race to a concurrent insert
                 if "version" not in str(error.orig) or attempt == _INSERT_TRIES:
                     raise InvalidInput(_constraint_message(record, error)) from None
         raise AssertionError("unreachable")
 
-    def _insert(self, record: LearnwareRecord) -> LearnwareRecord:
-        with self._writing() as session:
+    def _insert(self, record: LearnwareRecord, lease: Lease | None) -> LearnwareRecord:
+        with self.writing() as session:
             _refuse_duplicate(session, record)
             row = LearnwareRow.from_record(record)
             row.version, row.downloads = _next_version(session, record), 0
@@ -162,12 +176,16 @@ class Store:
                 f"status={record.status} package={record.package_sha256} "
                 f"version={row.version}",
             )
+            if row.status is Status.PENDING:
+                enqueue(session, record.id, lease)
+            elif row.status is Status.USABLE:
+                record_changes(session, ChangeKind.ACCEPTED, [record.id])
             return row.to_record()
 
     def get(self, learnware_id: str, *, with_specs: bool = True) -> LearnwareRecord:
         """The learnware; NotFound if absent. ``with_specs`` False never reads the spec
         bytes (Get and Fetch answer from the row alone: a spec file can be megabytes)."""
-        with self._reading() as session:
+        with self.reading() as session:
             return _get_row(session, learnware_id, with_specs).to_record(with_specs)
 
     def find_by_package(
@@ -176,7 +194,7 @@ class Store:
         query = select(LearnwareRow).where(LearnwareRow.package_sha256 == package_sha256)
         if with_specs:
             query = query.options(selectinload(LearnwareRow.specs))
-        with self._reading() as session:
+        with self.reading() as session:
             row = session.scalar(query)
             return None if row is None else row.to_record(with_specs)
 
@@ -186,7 +204,7 @@ class Store:
             LearnwareRow.contributor_key_id == contributor_key_id,
             LearnwareRow.status.in_(sorted(statuses)),
         )
-        with self._reading() as session:
+        with self.reading() as session:
             return int(session.scalar(query) or 0)
 
     def list(
@@ -223,7 +241,7 @@ class Store:
         query = query.order_by(LearnwareRow.created_at, LearnwareRow.id).limit(size + 1)
         if with_specs:
             query = query.options(selectinload(LearnwareRow.specs))
-        with self._reading() as session:
+        with self.reading() as session:
             rows = session.scalars(query).all()
             items = tuple(row.to_record(with_specs) for row in rows[:size])
         token = _encode_token(items[-1], fingerprint) if len(rows) > size else ""
@@ -244,14 +262,14 @@ class Store:
             .order_by(LearnwareRow.version.desc())
             .limit(MAX_PAGE_SIZE)
         )
-        with self._reading() as session:
+        with self.reading() as session:
             return tuple(row.to_record(with_specs=False) for row in session.scalars(query))
 
     def count_download(self, learnware_id: str) -> int:
         """Add one to the learnware's download count (one atomic UPDATE, so concurrent
         fetches all count) and return the new count; NotFound if absent. ``updated_at``
         is unchanged: a download does not change the learnware."""
-        with self._writing() as session:
+        with self.writing() as session:
             bumped = session.execute(
                 update(LearnwareRow)
                 .where(LearnwareRow.id == learnware_id)
@@ -274,10 +292,12 @@ class Store:
         with_specs: bool = True,
     ) -> LearnwareRecord:
         """Move a learnware along its life cycle (``TRANSITIONS``); FailedPrecondition
-        otherwise (e.g. withdrawing twice). ``key_id`` names who asked, for the audit trail."""
+        otherwise (e.g. withdrawing twice). ``key_id`` names who asked, for the audit trail.
+        Leaving PENDING ends its judgment in the queue; entering or leaving USABLE is a
+        change of the feed."""
         new = Status(status)
-        with self._writing() as session:
-            row = _get_row(session, learnware_id, with_specs)
+        with self.writing() as session:
+            row = _get_row(session, learnware_id, with_specs, lock=True)
             if new not in TRANSITIONS[row.status]:
                 allowed = ", ".join(sorted(TRANSITIONS[row.status])) or "nothing (final)"
                 raise FailedPrecondition(
@@ -291,11 +311,18 @@ class Store:
                 key_id,
                 f"{row.status} -> {new}" + (f": {reason}" if reason else ""),
             )
+            old = row.status
             row.status, row.reason, row.updated_at = new, reason, utcnow()
+            if old is Status.PENDING:
+                dequeue(session, learnware_id)
+            if new is Status.USABLE:
+                record_changes(session, ChangeKind.ACCEPTED, [learnware_id])
+            elif old is Status.USABLE:
+                record_changes(session, ChangeKind.WITHDRAWN, [learnware_id])
             return row.to_record(with_specs)
 
     def specs_of(self, learnware_id: str) -> tuple[SpecRecord, ...]:
-        with self._reading() as session:
+        with self.reading() as session:
             return _get_row(session, learnware_id).to_record().specs
 
     def iter_specs(
@@ -315,7 +342,7 @@ class Store:
             )
             if status is not None:
                 query = query.where(LearnwareRow.status == Status(status))
-            with self._reading() as session:
+            with self.reading() as session:
                 batch = [(r.learnware_id, r.to_record()) for r in session.scalars(query)]
             yield from batch
             if len(batch) < _SPEC_BATCH:
@@ -326,7 +353,7 @@ class Store:
         """sha256 of every stored package whose blob is kept, for gc: any status but
         REJECTED (a rejected learnware's row stays, with its reason, but not its bytes)."""
         query = select(LearnwareRow.package_sha256).where(LearnwareRow.status != Status.REJECTED)
-        with self._reading() as session:
+        with self.reading() as session:
             return set(session.scalars(query))
 
     # ---- keys -----------------------------------------------------------------------
@@ -339,7 +366,7 @@ class Store:
         must be the stored one (InvalidInput otherwise).
         """
         try:
-            with self._writing() as session:
+            with self.writing() as session:
                 row = session.get(KeyRow, record.key_id)
                 if row is None:
                     row = KeyRow.from_record(record)
@@ -365,8 +392,9 @@ class Store:
         """Mark a key revoked (idempotent). NotFound if it was never registered.
 
         The key keeps when and why (``ListKeys`` shows them); the audit trail also keeps who
-        revoked it (``by``, a key id)."""
-        with self._writing() as session:
+        revoked it (``by``, a key id); its USABLE learnwares leave the search index of every
+        replica (the change feed)."""
+        with self.writing() as session:
             row = session.get(KeyRow, key_id)
             if row is None:
                 raise NotFound(f"no key {key_id!r} is registered")
@@ -378,11 +406,16 @@ class Store:
                 _event(
                     session, "key.revoke", None, key_id, detail + (f": {reason}" if reason else "")
                 )
+                signed = select(LearnwareRow.id).where(
+                    LearnwareRow.contributor_key_id == key_id,
+                    LearnwareRow.status == Status.USABLE,
+                ).order_by(LearnwareRow.id)
+                record_changes(session, ChangeKind.REVOKED, session.scalars(signed).all())
             return row.to_record()
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """The key, revoked or not (the caller checks ``revoked``); None if unknown."""
-        with self._reading() as session:
+        with self.reading() as session:
             row = session.get(KeyRow, key_id)
             return None if row is None else row.to_record()
 
@@ -390,7 +423,7 @@ class Store:
         query = select(KeyRow).order_by(KeyRow.created_at, KeyRow.key_id)
         if not include_revoked:
             query = query.where(KeyRow.revoked.is_(False))
-        with self._reading() as session:
+        with self.reading() as session:
             return tuple(row.to_record() for row in session.scalars(query))
 
     # ---- operations -----------------------------------------------------------------
@@ -405,7 +438,7 @@ class Store:
     ) -> None:
         """Append to the audit trail (e.g. a refused submission, a fetch). The store itself
         records its own changes in the same transaction as the change."""
-        with self._writing() as session:
+        with self.writing() as session:
             _event(session, action, learnware_id, key_id, detail)
 
     def events(self, *, learnware_id: str | None = None, limit: int = 100) -> tuple[Event, ...]:
@@ -413,7 +446,7 @@ class Store:
         query = select(EventRow).order_by(EventRow.id.desc()).limit(max(limit, 0))
         if learnware_id is not None:
             query = query.where(EventRow.learnware_id == learnware_id)
-        with self._reading() as session:
+        with self.reading() as session:
             return tuple(
                 Event(r.id, r.at, r.action, r.learnware_id, r.key_id, r.detail)
                 for r in session.scalars(query)
@@ -421,7 +454,7 @@ class Store:
 
     def stats(self) -> StoreStats:
         """Counts for ``lwm server stats`` (see ``StoreStats``)."""
-        with self._reading() as session:
+        with self.reading() as session:
             by_status = _counts(session, LearnwareRow.status)
             keys = session.execute(
                 select(KeyRow.role, KeyRow.revoked, func.count()).group_by(
@@ -485,9 +518,13 @@ def _next_version(session: Session, record: LearnwareRecord) -> int:
     return int(newest or 0) + 1
 
 
-def _get_row(session: Session, learnware_id: str, with_specs: bool = True) -> LearnwareRow:
+def _get_row(
+    session: Session, learnware_id: str, with_specs: bool = True, *, lock: bool = False
+) -> LearnwareRow:
+    """The row; ``lock`` holds it to the commit (PostgreSQL ``FOR UPDATE``), so two replicas
+    moving one learnware at once take turns and the second sees the first's status."""
     options = [selectinload(LearnwareRow.specs)] if with_specs else []
-    row = session.get(LearnwareRow, learnware_id, options=options)
+    row = session.get(LearnwareRow, learnware_id, options=options, with_for_update=lock)
     if row is None:
         raise NotFound(f"no learnware {learnware_id!r}")
     return row

@@ -35,15 +35,21 @@ class FileLock:
         self.path = path
         self._handle: BinaryIO | None = None
 
-    def acquire(self, *, wait: bool = True) -> bool:
-        """Take the lock; with ``wait=False``, ``False`` at once if another holds it."""
+    def acquire(self, *, wait: bool = True, shared: bool = False) -> bool:
+        """Take the lock; with ``wait=False``, ``False`` at once if another holds it.
+
+        ``shared``: a lock many processes hold at once, which excludes only the exclusive
+        one. Taken again while held, the lock changes mode (not atomically: ``flock`` drops
+        the old one first)."""
         import fcntl
 
-        handle = self.path.open("ab")
+        handle = self._handle or self.path.open("ab")
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(handle.fileno(), mode | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            handle.close()
+            if handle is not self._handle:
+                handle.close()
             return False
         self._handle = handle
         return True

@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 
+import server.blobs as blobs_module
 from server.blobs import BlobRef, BlobStore
-from shared.errors import IntegrityError, InvalidInput, NotFound, ResourceExhausted
+from shared.errors import (
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,3 +291,24 @@ def test_many_distinct_failed_uploads_leave_no_lock_behind(blobs: BlobStore) -> 
             raise IntegrityError("the bytes do not match the announced sha256")
 
     assert len(blobs._uploads) == 0
+
+
+def test_replicas_share_the_store_and_only_the_first_cleans_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(blobs_module, "CLAIM_WAIT_S", 0.5)
+    store = BlobStore(tmp_path)
+    first = store.claim(replicas=True)  # alone: holds it exclusively while it cleans up
+    with pytest.raises(FailedPrecondition, match="in use"):
+        store.claim(replicas=True)  # a second waits for that, here past CLAIM_WAIT_S
+
+    first.serve()
+    second = store.claim(replicas=True)
+
+    assert first.alone and not second.alone
+    with pytest.raises(FailedPrecondition, match="in use by another running server"):
+        store.claim()  # a single server is refused while replicas serve
+    first.release()
+    second.release()
+    single = store.claim()
+    with pytest.raises(FailedPrecondition, match="in use"):
+        store.claim(replicas=True)  # and replicas while a single server serves
+    single.release()

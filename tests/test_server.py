@@ -467,12 +467,15 @@ def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch
     assert pending.status is Status.PENDING
 
     restarted = direct_market(world, tmp_path)
-    found = restarted.start()
+    restarted.start()  # alone: the crashed one's claim on the judgment is freed at once
     still = restarted.store.get(pending.id).status  # start serves first, judges later
-    restarted.rejudge(found)
+    restarted.start_judging()
+    try:
+        judged = wait_for(lambda: restarted.store.get(pending.id).status is Status.USABLE, 60)
+    finally:
+        restarted.close()
 
-    assert [r.id for r in found] == [pending.id] and still is Status.PENDING
-    assert restarted.store.get(pending.id).status is Status.USABLE
+    assert still is Status.PENDING and judged
     query = random_rkme_spec(world["schema"], seed=777)
     hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
     assert [h.record.id for h in hits] == [pending.id]
@@ -554,7 +557,7 @@ def test_a_smoke_run_over_its_memory_limit_fails_clearly_and_the_market_carries_
     (record,) = market.store.list().items
     assert record.status is Status.PENDING and market.checker.gate.placed == 0
     market.checker.smoke_limits = SmokeLimits()  # the operator raises the limit
-    market.rejudge([record])
+    market.judge_queued(record.id)
     assert market.store.get(record.id).status is Status.USABLE
 
 
@@ -709,6 +712,7 @@ def test_start_removes_scratch_folders_a_crash_left(world, tmp_path):
     (crashed / "adapter_model.safetensors").write_bytes(b"x" * 10_000)
 
     market.start()
+    market.close()  # the change feed's reader
 
     assert list(market.blobs.work_dir.iterdir()) == []
 

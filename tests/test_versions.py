@@ -95,7 +95,10 @@ def test_upgrade_from_0002_numbers_the_versions_already_stored(db_url: str) -> N
     assert all(r.downloads == 0 for r in store.list(ALL).items)
     assert store.add_learnware(learnware(9, name="notes")).version == 4
     with engine.connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0004"
+        # 0004: the learnwares PENDING before it (all four here) wait in the judgment queue
+        queued = connection.scalars(text("SELECT learnware_id FROM judgments")).all()
+        assert sorted(queued) == ["lw-0009", "lw-a", "lw-b", "lw-c", "lw-d"]
     engine.dispose()
 
 

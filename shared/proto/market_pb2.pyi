@@ -431,7 +431,7 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("learnwares_by_status", "learnwares_by_kind", "learnwares_by_domain", "learnwares_total", "blob_bytes", "blob_count", "keys_total", "uptime_s", "started_at", "server_version")
+    __slots__ = ("learnwares_by_status", "learnwares_by_kind", "learnwares_by_domain", "learnwares_total", "blob_bytes", "blob_count", "keys_total", "uptime_s", "started_at", "server_version", "index_applied_change", "index_newest_change", "index_lag_s")
     class LearnwaresByStatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -463,6 +463,9 @@ class Stats(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_APPLIED_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_NEWEST_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_LAG_S_FIELD_NUMBER: _ClassVar[int]
     learnwares_by_status: _containers.ScalarMap[str, int]
     learnwares_by_kind: _containers.ScalarMap[str, int]
     learnwares_by_domain: _containers.ScalarMap[str, int]
@@ -473,4 +476,7 @@ class Stats(_message.Message):
     uptime_s: float
     started_at: _timestamp_pb2.Timestamp
     server_version: str
-    def __init__(self, learnwares_by_status: _Optional[_Mapping[str, int]] = ..., learnwares_by_kind: _Optional[_Mapping[str, int]] = ..., learnwares_by_domain: _Optional[_Mapping[str, int]] = ..., learnwares_total: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., blob_count: _Optional[int] = ..., keys_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    index_applied_change: int
+    index_newest_change: int
+    index_lag_s: float
+    def __init__(self, learnwares_by_status: _Optional[_Mapping[str, int]] = ..., learnwares_by_kind: _Optional[_Mapping[str, int]] = ..., learnwares_by_domain: _Optional[_Mapping[str, int]] = ..., learnwares_total: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., blob_count: _Optional[int] = ..., keys_total: _Optional[int] = ..., uptime_s: _Optional[float] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., server_version: _Optional[str] = ..., index_applied_change: _Optional[int] = ..., index_newest_change: _Optional[int] = ..., index_lag_s: _Optional[float] = ...) -> None: ...
