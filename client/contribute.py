@@ -29,7 +29,7 @@ from client.finetune import NO_DP_MECHANISM, FinetuneConfig, finetune_lora
 from client.publish import LearnwareCard, Published, SpecSettings, Verdict, publish
 from shared import signing
 from shared.data.columns import DataPath
-from shared.errors import AlreadyExists, InvalidInput, SchemaMismatch
+from shared.errors import AlreadyExists, DataError, InvalidInput, SchemaMismatch
 from shared.home import Home
 from shared.models.device import CPU, Placement
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
@@ -94,8 +94,6 @@ def load_texts(data: Texts) -> list[str]:
         return load_dataset(data).texts()
     texts = list(data)
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        from shared.errors import DataError
-
         raise DataError("the texts must be a non-empty list of non-blank strings")
     return texts
 
@@ -305,12 +303,25 @@ def _prepare(
     if out.exists() or out.is_symlink():
         raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
     texts = load_texts(data)
+    _check_rkme_size(len(texts), config)
     home = home or Home.resolve()
     kinds = config.spec.kinds
     schema = schema or local_schema(home, *kinds)
     base_ref = accepted_base(config.base_model, home, accepted_base_models)
     maker = spec_maker(schema, home, *kinds, placement=config.placement)
     return _Prepared(texts, home, base_ref, maker)
+
+
+def _check_rkme_size(n: int, config: ContributeConfig) -> None:
+    """Too few texts for an RKME release at this epsilon: the market would refuse its count."""
+    from shared.spec.claims import rkme_texts_needed
+
+    needed = rkme_texts_needed(config.spec_budget)
+    if "rkme" in config.spec.kinds and n < needed:
+        raise DataError(
+            f"an RKME spec at epsilon={config.spec_budget.epsilon} needs at least {needed} "
+            f"texts (its DP count would be too noisy), got {n}: add texts or raise --epsilon"
+        )
 
 
 # ---------------------------------------------------------------- steps

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.noise import torch_generator
 from shared.privacy import PrivacyBudget, dpsgd_noise_multiplier
 
 if TYPE_CHECKING:
@@ -77,10 +78,10 @@ def private_training(
     The noise multiplier spends ``budget`` over ``calibration_steps`` steps at opacus'
     sample rate (0 when ``budget`` is not private: clipping stays, so both runs are on one
     scale). The accountant starts from ``history`` (a federated holder's earlier rounds:
-    carried, never reset). ``noise_seed`` fixes the noise (tests only; secure_mode is off,
-    the noise comes from torch's generator). The hooks are removed on exit.
+    carried, never reset). The noise comes from a generator seeded from ``os.urandom``
+    (``shared.noise``), never from torch's global one, which training seeds for its batches;
+    ``noise_seed`` fixes it (tests only). The hooks are removed on exit.
     """
-    import torch
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -89,9 +90,9 @@ def private_training(
     sample_rate = poisson_sample_rate(n, batch_size)
     sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=calibration_steps)
     device = next(p for p in module.parameters() if p.requires_grad).device
-    generator = None if noise_seed is None else torch.Generator(device).manual_seed(noise_seed)
+    generator = torch_generator(device, noise_seed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # secure_mode off: noise from torch's generator
+        warnings.simplefilter("ignore")  # secure_mode off: noise from our seeded generator
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant.history = list(history)
         dp_model, dp_optimizer, dp_loader = engine.make_private(

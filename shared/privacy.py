@@ -1,13 +1,16 @@
 """Differential-privacy parameters, noise calibration and accounting.
 
 All calibration goes through opacus' RDP accountant, so the epsilon a spec reports is the
-accountant's, never a number we computed by hand. Two mechanisms are used in the project:
+accountant's, never a number we computed by hand. Every release on a holder's data is
+accounted under one neighbouring relation, ``RELATION``: datasets that differ by adding or
+removing one record (opacus' own). Two mechanisms are used in the project:
 
-- one Gaussian release of a bounded-sensitivity statistic (the RKME mean embedding):
-  noise std = noise_multiplier * L2 sensitivity, with sample rate 1 and one step;
+- one Gaussian release of bounded-sensitivity statistics (the RKME sum of unit features
+  and its count, ``shared.spec.rkme``): sample rate 1 and one step;
 - DP-SGD (PAVE specs, DP fine-tuning): Poisson-subsampled Gaussian steps, counted by opacus.
 
-Several releases on the same data compose in one RDP accountant (``compose_epsilon``).
+Several releases on the same data compose in one RDP accountant (``compose_epsilon``). The
+noise itself is drawn in ``shared.noise``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 from shared.errors import PrivacyError
 
 DEFAULT_DELTA = 1e-5
+#: The neighbouring relation of every release: one DP definition for the whole learnware.
+RELATION = "add/remove one record"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class DPReport:
         """What an auditor needs to recompute the epsilon: one RDP history entry and the
         noise (the manifest lists it with every part and spec)."""
         return {
+            "relation": RELATION,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "steps": self.steps,

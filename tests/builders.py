@@ -142,7 +142,7 @@ def rkme_schema(home: Home, **overrides: Any) -> RkmeSchema:
 
 
 def random_rkme_spec(
-    schema: RkmeSchema, *, n: int = 64, epsilon: float | None = 4.0, seed: int = 0
+    schema: RkmeSchema, *, n: int = 200, epsilon: float | None = 4.0, seed: int = 0
 ) -> Specification:
     """A real DP RKME spec of ``n`` random unit vectors standing in for text embeddings."""
     rng = np.random.default_rng(seed)
@@ -186,7 +186,7 @@ def manifest_for(
     """
     entries = tuple(_spec_entry(spec) for spec in specs)
     parts = tuple(
-        DpPart(f"spec:{e.kind}", e.epsilon, e.delta, specs[i].privacy.mechanism)
+        DpPart(f"spec:{e.kind}", e.epsilon, e.delta, specs[i].privacy.mechanism_name)
         for i, e in enumerate(entries)
     )
     manifest = Manifest(

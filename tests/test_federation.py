@@ -408,7 +408,8 @@ def test_simulated_federation_submits_a_usable_learnware(
         assert {p.what for p in info.dp.parts} == {"adapter", "spec:rkme", "spec:pave"}
         manifest = verdict.manifest
         assert [s.kind for s in manifest.specs] == ["rkme", "pave"]
-        assert [s.n for s in manifest.specs] == [80, 80]
+        rkme_n, pave_n = (s.n for s in manifest.specs)
+        assert pave_n == 80 and abs(rkme_n - 80) < 60  # RKME publishes a DP count
         adapter = manifest.dp.part("adapter")
         assert adapter is not None and adapter.epsilon == pytest.approx(8.0, rel=0.05)
         assert manifest.dp.total.epsilon is not None
@@ -486,7 +487,7 @@ def test_a_holder_failing_mid_run_is_left_out_above_min_holders(
     assert verified.path == config.market.out
     assert verified.manifest == result.published.package.manifest
     manifest = verified.manifest
-    assert manifest.specs[0].n == sizes[0] + sizes[1]
+    assert abs(manifest.specs[0].n - (sizes[0] + sizes[1])) < 60  # a DP count of 2 holders' 48
     adapter = manifest.dp.part("adapter")
     assert adapter is not None and adapter.details["holders"] == 2
     spec = manifest.dp.part("spec:rkme")

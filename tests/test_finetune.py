@@ -96,6 +96,25 @@ def test_dp_sgd_changes_lora_weights_and_reports_the_accountants_epsilon(tiny, f
     assert report.details["clip_norm"] == config.clip_norm
 
 
+def test_dp_noise_is_fresh_although_training_is_seeded(tiny, finance, tmp_path):
+    """Training seeds torch (``config.seed``) so batches repeat; the DP noise must not: two
+    releases with the same config differ, and the same ``noise_seed`` (tests only) shows the
+    noise is the only difference. Before, opacus drew from torch's global generator, seeded
+    with 0 for every release, so anyone could regenerate and subtract the noise."""
+    train, _ = finance
+    config = FinetuneConfig(steps=2, batch_size=16, dp_epsilon=4.0, delta=1e-5)
+
+    def trained(name: str, noise_seed: int | None) -> dict[str, torch.Tensor]:
+        return _lora_b(
+            finetune_lora(train, tiny, config, tmp_path / name, noise_seed=noise_seed).adapter_dir
+        )
+
+    first, second = trained("a", None), trained("b", None)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    seeded, again = trained("c", 7), trained("d", 7)
+    assert all(torch.equal(seeded[k], again[k]) for k in seeded)
+
+
 def test_training_that_does_not_move_the_weights_is_an_error(tiny, finance, tmp_path, monkeypatch):
     """The silent no-train of opacus over peft must not ship a zero adapter."""
     for optimizer in (torch.optim.SGD, torch.optim.AdamW):

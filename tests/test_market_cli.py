@@ -49,7 +49,7 @@ def adapter(tmp_path_factory, lwm_home) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "finance.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in load_domain("finance")[:48]))
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in load_domain("finance")[:96]))
     return path
 
 

@@ -5,9 +5,9 @@ import pytest
 from scipy import stats
 
 from shared.errors import DataError, SpecError
-from shared.privacy import PrivacyBudget, gaussian_noise_multiplier
+from shared.privacy import RELATION, PrivacyBudget, gaussian_noise_multiplier
 from shared.spec.ranking import rank
-from shared.spec.rkme import features, make_rkme_spec
+from shared.spec.rkme import RkmeNoise, features, make_rkme_spec, noise_std
 from shared.spec.schema import RkmeSchema
 
 SCHEMA = RkmeSchema(encoder_id="test-encoder", encoder_sha256="0" * 64, input_dim=16, dim=512)
@@ -39,19 +39,48 @@ def test_frequencies_come_from_the_public_seed():
 
 
 def test_dp_noise_has_the_calibrated_scale():
-    """The released mean minus the exact mean is N(0, (sigma*2/n)^2) per coordinate."""
+    """The released sum minus the exact sum is N(0, sum_std²) per coordinate, the released
+    count minus n is N(0, count_std²), and the two noises together spend exactly the
+    accountant's z: 1/sum_std² + 1/count_std² = 1/z² (add/remove one text moves the sum by
+    at most 1 in L2 and the count by exactly 1)."""
     rng = np.random.default_rng(2)
     x = unit_rows(rng, 200)
-    exact = features(x, SCHEMA).mean(axis=0)
+    exact = features(x, SCHEMA).sum(axis=0, dtype=np.float64)
     budget = PrivacyBudget(4.0, 1e-5)
-    expected_std = gaussian_noise_multiplier(budget) * 2.0 / 200
-    residuals = np.concatenate(
-        [make_rkme_spec(x, SCHEMA, budget, rng).vector - exact for _ in range(40)]
-    )
+    noise = RkmeNoise.of(budget)
+    z = gaussian_noise_multiplier(budget)
+    assert noise.z == z
+    assert noise.sum_std**-2 + noise.count_std**-2 == pytest.approx(z**-2, rel=1e-12)
+    specs = [make_rkme_spec(x, SCHEMA, budget, rng) for _ in range(40)]
+    residuals = np.concatenate([s.vector.astype(np.float64) * s.n - exact for s in specs])
     measured = residuals.std()
-    assert measured == pytest.approx(expected_std, rel=0.03)  # 20k draws: ~0.5% standard error
-    assert abs(residuals.mean()) < 3 * expected_std / np.sqrt(residuals.size)
-    assert stats.kstest(residuals / expected_std, "norm").pvalue > 1e-3
+    assert measured == pytest.approx(noise.sum_std, rel=0.03)  # 20k draws: ~0.5% error
+    assert abs(residuals.mean()) < 3 * noise.sum_std / np.sqrt(residuals.size)
+    assert stats.kstest(residuals / noise.sum_std, "norm").pvalue > 1e-3
+    counts = np.array([s.n for s in specs]) - 200
+    assert np.abs(counts).max() < 6 * noise.count_std and counts.std() > 0
+
+
+def test_the_mean_noise_is_half_the_replace_one_noise():
+    """The add/remove release's noise on the mean is sum_std/n, about z/n: half the 2z/n of
+    the old replace-one release (sensitivity 2/n on the mean), at the same budget."""
+    budget = PrivacyBudget(1.0, 1e-5)
+    z = gaussian_noise_multiplier(budget)
+    _, std = noise_std(1000, budget)
+    assert std / (2 * z / 1000) == pytest.approx(0.5 * np.sqrt(1 + 1 / 36), rel=1e-9)
+
+
+def test_releases_use_fresh_noise_even_under_a_fixed_global_seed():
+    """Without ``rng`` the noise comes from OpenDP (OS entropy): seeding numpy's global
+    generator, as a careless caller might, does not repeat it."""
+    x = unit_rows(np.random.default_rng(8), 50)
+    releases = []
+    for _ in range(2):
+        np.random.seed(0)
+        releases.append(make_rkme_spec(x, SCHEMA, PrivacyBudget(4.0)))
+    assert not np.array_equal(releases[0].vector, releases[1].vector)
+    details = releases[0].privacy.details
+    assert details["relation"] == RELATION and "opendp" in details["sampler"]
 
 
 def test_spec_records_the_accountants_epsilon_and_noise():
@@ -60,8 +89,10 @@ def test_spec_records_the_accountants_epsilon_and_noise():
     assert spec.privacy.epsilon == 2.0
     assert spec.privacy.delta == 1e-6
     assert spec.privacy.noise_multiplier == gaussian_noise_multiplier(PrivacyBudget(2.0, 1e-6))
-    assert spec.privacy.noise_std == pytest.approx(spec.privacy.noise_multiplier * 2 / 50)
-    assert spec.n == 50 and spec.dim == 512 and spec.schema_id == SCHEMA.schema_id
+    sum_std = RkmeNoise.of(PrivacyBudget(2.0, 1e-6)).sum_std
+    assert spec.privacy.noise_std == pytest.approx(sum_std / spec.n)
+    assert spec.dim == 512 and spec.schema_id == SCHEMA.schema_id
+    assert abs(spec.n - 50) < 6 * RkmeNoise.of(PrivacyBudget(2.0, 1e-6)).count_std
 
 
 def test_no_dp_spec_is_the_exact_mean():
@@ -74,16 +105,17 @@ def test_no_dp_spec_is_the_exact_mean():
 def test_bias_correction_removes_the_noise_floor():
     """Two noisy specs of the same data: corrected distance ~ 0, raw distance ~ 2 noise norms."""
     rng = np.random.default_rng(5)
-    x = unit_rows(rng, 30)
+    x = unit_rows(rng, 300)
     budget = PrivacyBudget(1.0)
-    corrected, raw = [], []
+    corrected, raw, noise = [], [], []
     for _ in range(200):
         a, b = make_rkme_spec(x, SCHEMA, budget, rng), make_rkme_spec(x, SCHEMA, budget, rng)
         corrected.append(rank(a, [b])[0].distance)
         raw.append(float(((a.vector - b.vector) ** 2).sum()))
-    noise = 2 * a.expected_noise_sq_norm
-    assert np.mean(raw) == pytest.approx(noise, rel=0.05)
-    assert abs(np.mean(corrected)) < 0.05 * noise
+        noise.append(a.expected_noise_sq_norm + b.expected_noise_sq_norm)
+    # What is left beyond the noise is the two counts' noise: the means are scaled by n/n~.
+    assert np.mean(raw) == pytest.approx(np.mean(noise), rel=0.1)
+    assert abs(np.mean(corrected)) < 0.1 * np.mean(noise)
 
 
 def test_small_noisy_holder_is_not_pushed_down():

@@ -19,11 +19,16 @@ from shared.data import load_domain
 from shared.errors import SpecError
 from shared.models import load_causal_lm
 from shared.privacy import PrivacyBudget
-from shared.spec.claims import SpecLimits, check_claims, rkme_norm_bounds
+from shared.spec.claims import (
+    SpecLimits,
+    check_claims,
+    rkme_min_count,
+    rkme_texts_needed,
+)
 from shared.spec.pave import pave_schema_for, run_pave
 from shared.spec.ranking import rank
 from shared.spec.record import Specification
-from shared.spec.rkme import make_rkme_spec
+from shared.spec.rkme import MECHANISM, make_rkme_spec, noise_std
 from shared.spec.schema import PaveSchema, RkmeSchema
 
 SCHEMA = RkmeSchema(encoder_id="test-encoder", encoder_sha256="0" * 64)
@@ -65,19 +70,25 @@ def refused(spec: Specification, pattern: str, schema: Any = SCHEMA, **limits: A
 
 
 @pytest.mark.parametrize(
-    ("n", "epsilon"), [(10, 0.5), (10, 4.0), (64, 4.0), (1000, 8.0), (10, None), (500, None)]
+    ("n", "epsilon"),
+    [(10, 0.5), (10, 4.0), (64, 4.0), (200, 1.0), (1000, 8.0), (10, None), (500, None)],
 )
 @pytest.mark.parametrize("seed", range(4))
 def test_honest_rkme_specs_pass(n: int, epsilon: float | None, seed: int) -> None:
-    check_claims(rkme(n, epsilon, seed), SCHEMA)
+    spec = rkme(n, epsilon, seed)
+    needed = rkme_min_count(PrivacyBudget(epsilon))
+    if spec.n >= needed:
+        check_claims(spec, SCHEMA, SpecLimits(min_n=1))
+    else:  # a small holder at a small epsilon: its count is too noisy to bound its norm
+        refused(spec, rf"released count {spec.n} is below {needed}", min_n=1)
 
 
 def test_a_merged_federated_spec_passes() -> None:
-    holders = [rkme(n, 4.0, seed) for seed, n in enumerate((10, 25, 300))]
+    holders = [rkme(n, 4.0, seed) for seed, n in enumerate((100, 250, 3000))]
 
     merged = merge_specs(holders)
 
-    assert merged.privacy.details["holder_n"] == [10, 25, 300]
+    assert merged.privacy.details["holder_n"] == [h.n for h in holders]  # released counts
     check_claims(merged, SCHEMA)
 
 
@@ -85,22 +96,22 @@ def test_a_merged_federated_spec_passes() -> None:
 
 
 def test_a_forged_noise_std_would_rank_first_and_is_refused() -> None:
-    query = rkme(64, 4.0, seed=1, centre=3.0)
-    near = rkme(64, 4.0, seed=2, centre=3.0)  # the query's own domain
-    hijack = forged(rkme(64, 4.0, seed=3, centre=-3.0), noise_std=0.2)
+    query = rkme(200, 4.0, seed=1, centre=3.0)
+    near = rkme(200, 4.0, seed=2, centre=3.0)  # the query's own domain
+    hijack = forged(rkme(200, 4.0, seed=3, centre=-3.0), noise_std=0.2)
 
     ranked = rank(query, [near, hijack])
 
     assert ranked[0].position == 1 and ranked[0].distance < -10  # the attack, as measured
-    refused(hijack, r"noise_std=0\.2 disagrees with the accountant's 0\.036\d* for epsilon=4")
+    refused(hijack, r"noise_std=0\.2 disagrees with the accountant's 0\.005\d* for epsilon=4")
     check_claims(near, SCHEMA)
 
 
 def test_a_forged_noise_multiplier_is_refused() -> None:
-    spec = rkme(64, 4.0)
+    spec = rkme(200, 4.0)
     sigma = spec.privacy.noise_multiplier
     refused(
-        forged(spec, noise_multiplier=sigma * 10, noise_std=sigma * 10 * 2 / 64),
+        forged(spec, noise_multiplier=sigma * 10, noise_std=spec.privacy.noise_std * 10),
         r"noise_multiplier=\S+ disagrees with the accountant's",
     )
 
@@ -110,42 +121,58 @@ def test_a_spec_without_dp_claims_no_noise() -> None:
 
 
 def test_a_mechanism_of_another_kind_is_refused() -> None:
-    spec = forged(rkme(64, 4.0), mechanism="dp-sgd (opacus rdp)")
-    refused(spec, r"mechanism 'dp-sgd \(opacus rdp\)' is not this kind's 'gaussian'")
+    spec = forged(rkme(200, 4.0), mechanism="dp-sgd (opacus rdp)")
+    refused(spec, r"mechanism 'dp-sgd \(opacus rdp\)' is not this kind's 'gaussian sum and count'")
 
 
 def test_a_spec_of_too_few_texts_is_refused_and_the_limit_is_the_markets() -> None:
-    tiny = rkme(5, 4.0)
+    tiny = rkme(5, None)  # without DP the count is exact
 
     refused(tiny, r"the spec summarises 5 texts; this market needs at least 10")
     check_claims(tiny, SCHEMA, SpecLimits(min_n=5))
 
 
 def test_a_federated_spec_with_a_tiny_holder_is_refused() -> None:
-    merged = merge_specs([rkme(5, 4.0, seed=0), rkme(100, 4.0, seed=1)])
+    merged = merge_specs([rkme(5, None, seed=0), rkme(100, None, seed=1)])
     refused(merged, r"a holder of the spec summarises 5 texts")
 
 
 def test_holder_counts_must_add_up() -> None:
-    merged = merge_specs([rkme(20, 4.0, seed=0), rkme(30, 4.0, seed=1)])
+    merged = merge_specs([rkme(20, None, seed=0), rkme(30, None, seed=1)])
     details = {**merged.privacy.details, "holder_n": [20, 20]}
     refused(forged(merged, details=details), r"holder_n sums to 40, the spec says n=50")
     refused(forged(merged, details={**details, "holder_n": "20,30"}), r"holder_n must be")
 
 
 def test_a_vector_too_long_for_its_noise_is_refused() -> None:
-    spec = rkme(64, 4.0)
+    spec = rkme(200, 4.0)
     refused(forged(spec, vector=spec.vector * 50), r"rkme vector norm \S+ is impossible")
 
 
-def test_a_vector_without_its_claimed_noise_is_refused() -> None:
-    """Honest metadata (n=10, epsilon 2: noise std 0.4) over a noiseless mean: the
-    correction would be a free -80 on every distance."""
-    noisy, clear = rkme(10, 2.0), rkme(10, None)
-    low, _ = rkme_norm_bounds(noisy.privacy.noise_std, noisy.dim)
-    assert low > 1.0
+def test_a_noiseless_vector_claiming_a_tiny_epsilon_is_refused() -> None:
+    """The forgery: a noiseless mean (n=300) that claims epsilon 0.5 and a count of 40, so
+    its declared noise std is large and the correction a free bonus of ~20 on every
+    distance. The count rule refuses it: at epsilon 0.5 a count needs 365 texts to bound
+    the norm."""
+    clear = rkme(300, None)
+    z, std = noise_std(40, PrivacyBudget(0.5))
+    claimed = forged(
+        clear, n=40, epsilon=0.5, delta=1e-5, mechanism=MECHANISM, noise_multiplier=z,
+        noise_std=std,
+    )
+    assert claimed.expected_noise_sq_norm > 10  # what the forger would gain unchecked
 
-    refused(forged(noisy, vector=clear.vector), r"rkme vector norm 0\.\d+ is impossible")
+    refused(claimed, r"released count 40 is below 365")
+
+
+@pytest.mark.parametrize("epsilon", [0.5, 1.0, 4.0, 8.0, 64.0])
+def test_the_count_rule_caps_the_noise_correction_whatever_the_epsilon(epsilon: float) -> None:
+    """At the fewest texts the market accepts, the correction dim·std² is below 0.24: a
+    forged epsilon or count cannot buy more than that, against distances of up to 2."""
+    budget = PrivacyBudget(epsilon)
+    _, std = noise_std(rkme_min_count(budget), budget)
+    assert SCHEMA.dim * std**2 < 0.24
+    assert rkme_texts_needed(budget) > rkme_min_count(budget)
 
 
 def test_a_non_private_vector_is_a_mean_of_unit_features() -> None:

@@ -6,7 +6,8 @@ claims more noise than its release had gets a negative distance and ranks first 
 query: -20 and -2,754 were measured with a forged ``noise_std``. So nothing in a spec's
 privacy report is taken on its word:
 
-- the noise is recomputed from (epsilon, delta, n, mechanism) with the one calibration the
+- the noise is recomputed from (epsilon, delta, n, mechanism), n being the released noisy
+  count, with the one calibration the
   client releases with (``shared.spec.rkme.noise_std``, ``shared.privacy``), and a report
   that disagrees beyond ``NOISE_RTOL`` is refused; a spec without DP claims no noise;
 - PAVE's DP-SGD report (noise multiplier, sample rate, steps) must be the schema's recipe at
@@ -58,7 +59,7 @@ class SpecLimits:
     """What a market asks of every spec it accepts.
 
     ``min_n``: the fewest texts a spec (or each holder of a federated spec) may summarise.
-    Its DP noise correction is ``dim·(2σ/n)²``: at n=10 and epsilon 4 that is already 28,
+    Its DP noise correction is ``dim·(σ/n)²``: at n=10 and epsilon 4 that is already 7,
     against squared distances between domains of at most 2.
     """
 
@@ -85,8 +86,8 @@ def check_claims(
         who = "the spec" if len(sizes) == 1 else "a holder of the spec"
         raise SpecError(f"{who} summarises {smallest} texts; this market needs at least {minimum}")
     if spec.kind == "rkme":
-        std = _check_rkme_report(spec.privacy, sizes)
-        _check_rkme_norm(spec, std)
+        std, mean_norm = _check_rkme_report(spec.privacy, sizes)
+        _check_rkme_norm(spec, std, mean_norm)
     elif isinstance(schema, PaveSchema):
         _check_pave_report(spec.privacy, schema, sizes)
     else:
@@ -120,38 +121,89 @@ def rkme_noise_std(sizes: tuple[int, ...], budget: PrivacyBudget) -> float:
     return math.sqrt(var)
 
 
-def rkme_norm_bounds(std: float, dim: int) -> tuple[float, float]:
+def rkme_norm_bounds(std: float, dim: int, mean_norm: float = 1.0) -> tuple[float, float]:
     """(lowest, highest) L2 norm an honest RKME vector of ``dim`` entries can have.
 
-    v = mu + z with ||mu|| <= 1 (a mean of unit-norm features) and z ~ N(0, std²·I), so
-    ||z|| - 1 <= ||v|| <= ||z|| + 1, and the chi-square tails bound ||z||²/std² within
+    v = mu + z with ||mu|| <= ``mean_norm`` and z ~ N(0, std²·I), so ||z|| - mean_norm <=
+    ||v|| <= ||z|| + mean_norm, and the chi-square tails bound ||z||²/std² within
     dim ± 2·sqrt(dim·x) (+ 2x above) but with probability exp(-x) each, x = ``TAIL_LOG``.
     """
     spread = 2.0 * math.sqrt(dim * TAIL_LOG)
-    low = std * math.sqrt(max(0.0, dim - spread)) - 1.0
-    high = std * math.sqrt(dim + spread + 2.0 * TAIL_LOG) + 1.0
+    low = std * math.sqrt(max(0.0, dim - spread)) - mean_norm
+    high = std * math.sqrt(dim + spread + 2.0 * TAIL_LOG) + mean_norm
     return max(0.0, low - NORM_SLACK), high + NORM_SLACK
 
 
-def _check_rkme_report(report: DPReport, sizes: tuple[int, ...]) -> float:
-    """The RKME noise std the report must declare (raises when it does not)."""
+#: How many count-noise stds an honest release's count can be off, with probability below
+#: exp(-TAIL_LOG) (a Gaussian tail).
+COUNT_TAIL = math.sqrt(2.0 * TAIL_LOG)
+
+
+def rkme_min_count(budget: PrivacyBudget) -> int:
+    """The smallest released count a DP RKME release (each holder's, when merged) may have.
+
+    Below it the count noise could be as large as the count, so the true n, and with it the
+    norm of the mean, would be unbounded and the norm checks could not hold a forger to the
+    claimed noise. At the limit the noise correction ``dim·(sum_std/n)²`` is at most
+    ``dim/(COUNT_TAIL·COUNT_NOISE_RATIO)²`` (0.24 at dim 512) whatever epsilon is claimed,
+    so a forged count or epsilon buys a distance bonus of at most that. Honest holders need
+    about 30 texts at epsilon 8, 55 at 4 and 190 at 1; a spec with fewer would be noise.
+    """
+    if not budget.is_private:
+        return 1
+    return math.ceil(COUNT_TAIL * rkme.RkmeNoise.of(budget).count_std)
+
+
+def rkme_texts_needed(budget: PrivacyBudget) -> int:
+    """The fewest texts a holder should release an RKME spec of: ``rkme_min_count`` plus three
+    count-noise stds, so the market refuses the released count with probability < 0.2%.
+    Checked by the contributor before any training."""
+    if not budget.is_private:
+        return 1
+    return rkme_min_count(budget) + math.ceil(3.0 * rkme.RkmeNoise.of(budget).count_std)
+
+
+def rkme_mean_norm_bound(sizes: tuple[int, ...], budget: PrivacyBudget) -> float:
+    """The largest ||S/n~|| an honest release can have: the mean of unit features has norm
+    <= 1, but it is divided by the noisy count n~ = sum(sizes), not the true one. The true
+    count is below n~ + COUNT_TAIL·count_std·sqrt(holders) but with probability
+    exp(-TAIL_LOG); with every holder at ``rkme_min_count`` or more, the bound is <= 2."""
+    count_std = rkme.RkmeNoise.of(budget).count_std
+    slack = COUNT_TAIL * count_std * math.sqrt(len(sizes))
+    return 1.0 + slack / sum(sizes)
+
+
+def _check_rkme_counts(sizes: tuple[int, ...], budget: PrivacyBudget) -> None:
+    smallest, needed = min(sizes), rkme_min_count(budget)
+    if smallest < needed:
+        who = "the spec's" if len(sizes) == 1 else "a holder's"
+        raise SpecError(
+            f"{who} released count {smallest} is below {needed}, the fewest texts an RKME "
+            f"release at epsilon={budget.epsilon}, delta={budget.delta} may summarise (its "
+            "count noise could be as large as the count); use more texts or a larger epsilon"
+        )
+
+
+def _check_rkme_report(report: DPReport, sizes: tuple[int, ...]) -> tuple[float, float]:
+    """(noise std, mean-norm bound) the report must declare (raises when it does not)."""
     _same(report.sample_rate, 1.0, "sample_rate", "an RKME release is one Gaussian release")
     _same(report.steps, 1, "steps", "an RKME release is one Gaussian release")
     if report.epsilon is None:
         _check_no_noise(report)
-        return 0.0
+        return 0.0, 1.0
     budget = PrivacyBudget(report.epsilon, report.delta)
     _check_mechanism(report, rkme.MECHANISM)
+    _check_rkme_counts(sizes, budget)
     sigma, _ = rkme.noise_std(sizes[0], budget)
     std = rkme_noise_std(sizes, budget)
     _close(report.noise_multiplier, sigma, "noise_multiplier", report)
     _close(report.noise_std, std, "noise_std", report)
-    return std
+    return std, rkme_mean_norm_bound(sizes, budget)
 
 
-def _check_rkme_norm(spec: Specification, std: float) -> None:
+def _check_rkme_norm(spec: Specification, std: float, mean_norm: float) -> None:
     norm = float(np.linalg.norm(spec.vector.astype(np.float64)))
-    low, high = rkme_norm_bounds(std, spec.dim)
+    low, high = rkme_norm_bounds(std, spec.dim, mean_norm)
     if not (low <= norm <= high):
         raise SpecError(
             f"rkme vector norm {norm:.4g} is impossible for its claimed noise std {std:.4g} "
