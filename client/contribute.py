@@ -325,7 +325,8 @@ def _check_privacy_fits(n: int, config: ContributeConfig) -> None:
     if "rkme" in config.spec.kinds and n < needed:
         raise DataError(
             f"an RKME spec at epsilon={config.spec_budget.epsilon} needs at least {needed} "
-            f"texts (its DP count would be too noisy), got {n}: add texts or raise --epsilon"
+            f"texts (its DP noise would outweigh its distances), got {n}: add texts or raise "
+            "--epsilon"
         )
     training = config.finetune
     if training.dp_epsilon is not None:
