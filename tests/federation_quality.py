@@ -29,12 +29,17 @@ from client.contribute import ContributeConfig, make_learnware
 from client.evaluate import LearnwareEvaluation, evaluate
 from client.federation.config import FederationConfig, Holder, MarketSettings
 from client.finetune import FinetuneConfig
-from client.publish import LearnwareCard
+from client.publish import LearnwareCard, SpecSettings
 from client.run import load_learnware
 from client.trust import TrustStore
 from shared import signing
 from shared.data import Record, load_domain, split
 from shared.home import Home
+
+#: The specs of every learnware here. Holders have a few dozen texts, too few for an RKME
+#: count at the market's epsilon 4 (``rkme_texts_needed``): these learnwares are scored, not
+#: searched, so their specs are made at a large epsilon.
+QUALITY_SPEC = SpecSettings(("rkme",), epsilon=64.0)
 
 Progress = Callable[[str], None]
 
@@ -137,6 +142,7 @@ def federation_config(
             contributor="coordinator",
         ),
         market=MarketSettings(key=key, out=out),
+        spec=QUALITY_SPEC,
         training=FinetuneConfig(
             steps=settings.local_steps,
             batch_size=settings.batch_size,
@@ -154,7 +160,7 @@ def federation_config(
 def solo_config(fed: FederationConfig, index: int) -> ContributeConfig:
     """Holder ``index`` alone: the federation's training settings, ``rounds*local_steps`` steps.
 
-    The spec settings are left at their defaults on both sides: specs do not touch the adapter.
+    Both sides make the same spec (``QUALITY_SPEC``): specs do not touch the adapter.
     """
     card = replace(
         fed.learnware,
@@ -163,7 +169,10 @@ def solo_config(fed: FederationConfig, index: int) -> ContributeConfig:
         contributor="contributor",
     )
     return ContributeConfig(
-        card, base_model=fed.base_model, finetune=replace(fed.training, steps=fed.total_steps)
+        card,
+        base_model=fed.base_model,
+        spec=QUALITY_SPEC,
+        finetune=replace(fed.training, steps=fed.total_steps),
     )
 
 

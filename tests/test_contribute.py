@@ -214,6 +214,9 @@ def _no_training(monkeypatch) -> None:
         (["--dp-sgd", "--train-epsilon", "-1"], 4, "epsilon must be a finite number > 0"),
         (["--spec", "nope"], 5, "unknown spec kind"),
         (["--name", "Bad Name!"], 2, "name must be"),
+        (["--delta", "0.02"], 4, "delta=0.02 must be below 1/n = 1/96"),
+        (["--dp-sgd", "--train-epsilon", "0.001"], 4, "cannot reach epsilon=0.001"),
+        (["--spec-epsilon", "1"], 3, "an RKME spec at epsilon=1.0 needs at least 169 texts"),
     ],
 )
 def test_bad_arguments_fail_before_training(

@@ -152,8 +152,8 @@ def test_a_vector_too_long_for_its_noise_is_refused() -> None:
 def test_a_noiseless_vector_claiming_a_tiny_epsilon_is_refused() -> None:
     """The forgery: a noiseless mean (n=300) that claims epsilon 0.5 and a count of 40, so
     its declared noise std is large and the correction a free bonus of ~20 on every
-    distance. The count rule refuses it: at epsilon 0.5 a count needs 365 texts to bound
-    the norm."""
+    distance. The norm check cannot tell (the mean's norm is known only within the count's
+    noise); the count rule refuses it: at epsilon 0.5 a count needs 178 texts."""
     clear = rkme(300, None)
     z, std = noise_std(40, PrivacyBudget(0.5))
     claimed = forged(
@@ -162,16 +162,17 @@ def test_a_noiseless_vector_claiming_a_tiny_epsilon_is_refused() -> None:
     )
     assert claimed.expected_noise_sq_norm > 10  # what the forger would gain unchecked
 
-    refused(claimed, r"released count 40 is below 365")
+    refused(claimed, r"released count 40 is below 178")
 
 
 @pytest.mark.parametrize("epsilon", [0.5, 1.0, 4.0, 8.0, 64.0])
 def test_the_count_rule_caps_the_noise_correction_whatever_the_epsilon(epsilon: float) -> None:
-    """At the fewest texts the market accepts, the correction dim·std² is below 0.24: a
-    forged epsilon or count cannot buy more than that, against distances of up to 2."""
+    """At the fewest texts the market accepts, the correction dim·std² is at most 1: a
+    forged epsilon or count cannot buy more than that."""
     budget = PrivacyBudget(epsilon)
-    _, std = noise_std(rkme_min_count(budget), budget)
-    assert SCHEMA.dim * std**2 < 0.24
+    fewest = rkme_min_count(budget)
+    assert SCHEMA.dim * noise_std(fewest, budget)[1] ** 2 <= 1.0
+    assert SCHEMA.dim * noise_std(fewest - 1, budget)[1] ** 2 > 1.0
     assert rkme_texts_needed(budget) > rkme_min_count(budget)
 
 

@@ -14,10 +14,14 @@ privacy report is taken on its word:
   this n and give the claimed epsilon in the RDP accountant. PAVE ranks by cosine and never
   reads the noise, so this guards the privacy claim, not the ranking;
 - every holder summarised has at least ``SpecLimits.min_n`` texts: the correction grows as
-  1/n², so tiny holders could inflate it at will;
+  1/n², so tiny holders could inflate it at will; a DP RKME count must also be large enough
+  that the correction is at most ``MAX_NOISE_CORRECTION`` (``rkme_min_count``): the count
+  is the DP count, so whatever count or epsilon a spec claims, its bonus is bounded;
 - an RKME vector's norm must be possible for the claimed noise (``rkme_norm_bounds``): above
   the upper bound is no mean of unit features plus that noise; below the lower bound the
-  claimed noise is not in the vector, and the correction would be a free bonus.
+  claimed noise is not in the vector. The mean's norm is known only within the count's
+  noise (``rkme_mean_norm_bound``), so for small counts the lower bound says little and the
+  count rule carries the weight.
 
 The market runs ``check_claims`` in its static checks (``server.checker``); a client may run
 it on its own spec before submitting and on any spec it is shown.
@@ -86,7 +90,7 @@ def check_claims(
         who = "the spec" if len(sizes) == 1 else "a holder of the spec"
         raise SpecError(f"{who} summarises {smallest} texts; this market needs at least {minimum}")
     if spec.kind == "rkme":
-        std, mean_norm = _check_rkme_report(spec.privacy, sizes)
+        std, mean_norm = _check_rkme_report(spec.privacy, sizes, spec.dim)
         _check_rkme_norm(spec, std, mean_norm)
     elif isinstance(schema, PaveSchema):
         _check_pave_report(spec.privacy, schema, sizes)
@@ -137,21 +141,26 @@ def rkme_norm_bounds(std: float, dim: int, mean_norm: float = 1.0) -> tuple[floa
 #: How many count-noise stds an honest release's count can be off, with probability below
 #: exp(-TAIL_LOG) (a Gaussian tail).
 COUNT_TAIL = math.sqrt(2.0 * TAIL_LOG)
+#: The largest noise correction ``dim·noise_std²`` the market accepts in an RKME spec.
+MAX_NOISE_CORRECTION = 1.0
 
 
-def rkme_min_count(budget: PrivacyBudget) -> int:
+def rkme_min_count(budget: PrivacyBudget, dim: int = 512) -> int:
     """The smallest released count a DP RKME release (each holder's, when merged) may have.
 
-    Below it the count noise could be as large as the count, so the true n, and with it the
-    norm of the mean, would be unbounded and the norm checks could not hold a forger to the
-    claimed noise. At the limit the noise correction ``dim·(sum_std/n)²`` is at most
-    ``dim/(COUNT_TAIL·COUNT_NOISE_RATIO)²`` (0.24 at dim 512) whatever epsilon is claimed,
-    so a forged count or epsilon buys a distance bonus of at most that. Honest holders need
-    about 30 texts at epsilon 8, 55 at 4 and 190 at 1; a spec with fewer would be noise.
+    Distances subtract each spec's noise correction ``dim·(sum_std/n)²``, and ``n`` is the
+    released count, so a spec claiming a small count (or epsilon) would claim a large
+    correction: a bonus on every distance. The norm checks cannot hold a small count to its
+    claim (the true n, and with it the mean's norm, is only known within
+    ``COUNT_TAIL·count_std``), so the count itself is bounded instead: at it the correction
+    is ``MAX_NOISE_CORRECTION``, the most a forger can buy, as much as the norm check let
+    through before the count was private. Honest holders need 15 texts at epsilon 8, 27 at
+    4 and 94 at 1; a noisier spec would rank mostly by its noise.
     """
     if not budget.is_private:
         return 1
-    return math.ceil(COUNT_TAIL * rkme.RkmeNoise.of(budget).count_std)
+    sum_std = rkme.RkmeNoise.of(budget).sum_std
+    return math.ceil(sum_std * math.sqrt(dim / MAX_NOISE_CORRECTION))
 
 
 def rkme_texts_needed(budget: PrivacyBudget) -> int:
@@ -167,24 +176,27 @@ def rkme_mean_norm_bound(sizes: tuple[int, ...], budget: PrivacyBudget) -> float
     """The largest ||S/n~|| an honest release can have: the mean of unit features has norm
     <= 1, but it is divided by the noisy count n~ = sum(sizes), not the true one. The true
     count is below n~ + COUNT_TAIL·count_std·sqrt(holders) but with probability
-    exp(-TAIL_LOG); with every holder at ``rkme_min_count`` or more, the bound is <= 2."""
+    exp(-TAIL_LOG)."""
     count_std = rkme.RkmeNoise.of(budget).count_std
     slack = COUNT_TAIL * count_std * math.sqrt(len(sizes))
     return 1.0 + slack / sum(sizes)
 
 
-def _check_rkme_counts(sizes: tuple[int, ...], budget: PrivacyBudget) -> None:
-    smallest, needed = min(sizes), rkme_min_count(budget)
+def _check_rkme_counts(sizes: tuple[int, ...], budget: PrivacyBudget, dim: int) -> None:
+    smallest, needed = min(sizes), rkme_min_count(budget, dim)
     if smallest < needed:
         who = "the spec's" if len(sizes) == 1 else "a holder's"
         raise SpecError(
             f"{who} released count {smallest} is below {needed}, the fewest texts an RKME "
             f"release at epsilon={budget.epsilon}, delta={budget.delta} may summarise (its "
-            "count noise could be as large as the count); use more texts or a larger epsilon"
+            "noise would outweigh the distances it is ranked by); use more texts or a larger "
+            "epsilon"
         )
 
 
-def _check_rkme_report(report: DPReport, sizes: tuple[int, ...]) -> tuple[float, float]:
+def _check_rkme_report(
+    report: DPReport, sizes: tuple[int, ...], dim: int
+) -> tuple[float, float]:
     """(noise std, mean-norm bound) the report must declare (raises when it does not)."""
     _same(report.sample_rate, 1.0, "sample_rate", "an RKME release is one Gaussian release")
     _same(report.steps, 1, "steps", "an RKME release is one Gaussian release")
@@ -193,7 +205,7 @@ def _check_rkme_report(report: DPReport, sizes: tuple[int, ...]) -> tuple[float,
         return 0.0, 1.0
     budget = PrivacyBudget(report.epsilon, report.delta)
     _check_mechanism(report, rkme.MECHANISM)
-    _check_rkme_counts(sizes, budget)
+    _check_rkme_counts(sizes, budget, dim)
     sigma, _ = rkme.noise_std(sizes[0], budget)
     std = rkme_noise_std(sizes, budget)
     _close(report.noise_multiplier, sigma, "noise_multiplier", report)
