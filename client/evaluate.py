@@ -8,12 +8,13 @@ lm-evaluation-harness is not a dependency, so this is a small evaluator with its
   (exp of the mean NLL per token; comparable between models sharing a tokenizer, which a base
   and its adapters always do) and lm-eval's tokenizer-free ``word_perplexity``,
   ``byte_perplexity`` and ``bits_per_byte``.
-- **Labelled records** (every record has prompt and response) -> multiple choice over the
-  closed label set = the distinct responses of the file (lm-eval's ``acc`` and ``acc_norm``):
-  each label's log-likelihood given ``prompt + "\\n"`` (the layout of ``Record.full_text``,
-  which is what adapters are trained on); the argmax is the prediction (``acc_norm`` divides
-  by the label's length in bytes first). The reference responses' token perplexity is
-  reported too (it falls out of the same forward passes).
+- **Labelled records** (every record has prompt and response) -> multiple choice over each
+  record's own ``choices``, or else the closed label set = the distinct responses of the
+  file (``shared.data.tasks.candidates``; lm-eval's ``acc`` and ``acc_norm``, defined in
+  ``shared.data.tasks.predict``): each option's log-likelihood given ``prompt + "\\n"`` (the
+  layout of ``Record.full_text``, which is what adapters are trained on); the argmax is the
+  prediction (``acc_norm`` divides by the option's length first). The reference responses'
+  token perplexity is reported too (it falls out of the same forward passes).
 
 The text figures equal lm-evaluation-harness's on the same text by construction (same
 windows, contexts, word and byte counts; ``tests/test_harness.py`` checks it), so
@@ -55,7 +56,8 @@ class Evaluation:
 
     ``kind`` is ``"text"`` (perplexity of whole texts) or ``"labelled"`` (perplexity of the
     reference responses given their prompts, plus ``accuracy``/``accuracy_norm`` over
-    ``n_labels`` labels, both None when the file has more than ``MAX_LABELS`` labels).
+    ``n_labels`` labels (the most options one record has), both None when a record would
+    have more than ``MAX_LABELS``).
     """
 
     kind: str
@@ -182,8 +184,7 @@ def _clip(record: Record, words: int) -> Record:
     if words < 1:
         raise InvalidInput(f"max_words must be >= 1, got {words}")
     if record.is_labelled:
-        prompt = " ".join(str(record.prompt).split()[-words:])
-        return Record(prompt=prompt, response=record.response)
+        return replace(record, prompt=" ".join(str(record.prompt).split()[-words:]))
     return Record(text=" ".join(record.full_text.split()[:words]))
 
 
@@ -275,32 +276,31 @@ def _labelled(
     progress: bool,
     max_labels: int = MAX_LABELS,
 ) -> Evaluation:
-    labels = sorted({str(r.response) for r in records})
-    closed = len(labels) <= max_labels
+    from shared.data.tasks import candidates, predict
+
+    closed = candidates(records, max_labels)
+    options = closed or [(str(r.response),) for r in records]
     encode = _encoder(tokenizer)
     items: list[_Item] = []
-    for record in records:
+    gold: list[int] = []  # the index in items of each record's reference answer
+    for record, answers in zip(records, options, strict=True):
         context = encode(f"{record.prompt}{LABEL_SEPARATOR}")
-        for label in labels if closed else [str(record.response)]:
-            items.append(_choice(context, encode(label), length))
+        gold.append(len(items) + answers.index(str(record.response)))
+        items.extend(_choice(context, encode(answer), length) for answer in answers)
     scores = _score(model, items, batch, progress, "accuracy" if closed else "perplexity")
-    per = len(labels) if closed else 1
-    gold = [
-        i * per + (labels.index(str(r.response)) if closed else 0) for i, r in enumerate(records)
-    ]
     nll = -sum(scores[g] for g in gold)
     tokens = sum(len(items[g].ids) - items[g].start for g in gold)
     result = _totals("labelled", len(records), nll, tokens, [str(r.response) for r in records])
-    if not closed:
+    if closed is None:
         return result
-    lengths = [max(len(label.encode("utf-8")), 1) for label in labels]
-    hits = hits_norm = 0
-    for i, record in enumerate(records):
-        row = scores[i * per : (i + 1) * per]
-        hits += labels[max(range(per), key=lambda j: row[j])] == record.response
-        hits_norm += labels[max(range(per), key=lambda j: row[j] / lengths[j])] == record.response
-    n = len(records)
-    return replace(result, accuracy=hits / n, accuracy_norm=hits_norm / n, n_labels=len(labels))
+    hits = hits_norm = start = 0
+    for right, answers in zip(gold, options, strict=True):
+        picked = predict(scores[start : start + len(answers)], answers)
+        hits += start + picked.acc == right
+        hits_norm += start + picked.acc_norm == right
+        start += len(answers)
+    n, most = len(records), max(len(answers) for answers in options)
+    return replace(result, accuracy=hits / n, accuracy_norm=hits_norm / n, n_labels=most)
 
 
 def _encoder(tokenizer: Any) -> Any:

@@ -1,8 +1,9 @@
 """Which columns of a user's table hold the text: the one place rows become ``Record``s.
 
 Every format (JSONL, JSON, CSV, parquet, Arrow, ``save_to_disk``) arrives here as rows of
-named columns, so plain text, prompt/response, prompt/completion and chat ``messages``
-records become the same texts whichever file they came from. ``DataSource`` is a path with
+named columns, so plain text, prompt/response, prompt/completion, chat ``messages`` and
+multiple-choice (question, ``choices``, answer) records become the same texts whichever file
+they came from. ``DataSource`` is a path with
 the user's choices (``--split``, ``--text-column``, ``--prompt-column``,
 ``--response-column``); every API that takes a data path takes one in its place.
 """
@@ -19,19 +20,25 @@ from shared.errors import DataError
 
 RESPONSE_NAMES = ("response", "completion")  # prompt/completion is the TRL/OpenAI spelling
 MESSAGES = "messages"
+CHOICES = "choices"
+# With a choices column, lm-eval's and MMLU's spellings of the question and the gold answer
+# (an index into the choices, or the choice itself) are understood too.
+CHOICE_PROMPT_NAMES = ("prompt", "question")
+CHOICE_GOLD_NAMES = (*RESPONSE_NAMES, "answer", "gold", "label")
 
 
 @dataclass(frozen=True)
 class DataSource:
     """A data file or folder and the user's choices for it: which split of a ``DatasetDict``
-    (None: ``train``), and the columns holding the text, prompt and response (None: the
-    usual names)."""
+    (None: ``train``), and the columns holding the text, prompt, response and a
+    multiple-choice record's answer options (None: the usual names)."""
 
     path: Path
     split: str | None = None
     text_column: str | None = None
     prompt_column: str | None = None
     response_column: str | None = None
+    choices_column: str | None = None
 
 
 DataPath = str | Path | DataSource  # what every data-taking API accepts: bare, or with choices
@@ -45,6 +52,7 @@ class ColumnMap:
     prompt: str | None
     response: str | None
     messages: str | None
+    choices: str | None = None
 
     @classmethod
     def resolve(cls, columns: Iterable[str], options: DataSource, where: str) -> ColumnMap:
@@ -61,11 +69,21 @@ class ColumnMap:
                 return chosen
             return next((name for name in usual if name in present), None)
 
+        choices = pick(options.choices_column, "choices_column", (CHOICES,))
         mapping = cls(
             text=pick(options.text_column, "--text-column", ("text",)),
-            prompt=pick(options.prompt_column, "--prompt-column", ("prompt",)),
-            response=pick(options.response_column, "--response-column", RESPONSE_NAMES),
+            prompt=pick(
+                options.prompt_column,
+                "--prompt-column",
+                CHOICE_PROMPT_NAMES if choices else ("prompt",),
+            ),
+            response=pick(
+                options.response_column,
+                "--response-column",
+                CHOICE_GOLD_NAMES if choices else RESPONSE_NAMES,
+            ),
             messages=MESSAGES if MESSAGES in present else None,
+            choices=choices,
         )
         if not (mapping.text or (mapping.prompt and mapping.response) or mapping.messages):
             raise DataError(
@@ -78,11 +96,13 @@ class ColumnMap:
     @property
     def names(self) -> list[str]:
         """The columns read, so the others (images, ids, long metadata) are never decoded."""
-        chosen = (self.text, self.prompt, self.response, self.messages)
+        chosen = (self.text, self.prompt, self.response, self.messages, self.choices)
         return list(dict.fromkeys(name for name in chosen if name is not None))
 
     def record(self, row: Mapping[str, Any], where: str) -> Record | None:
         """The record of one row; None if every field is blank."""
+        if self.choices is not None and row.get(self.choices) is not None:
+            return self._multiple_choice(row, where)
         text = _field(row, self.text, where)
         prompt = _field(row, self.prompt, where)
         response = _field(row, self.response, where)
@@ -91,6 +111,32 @@ class ColumnMap:
         if not (text or prompt or response):
             return None
         return Record(text=text, prompt=prompt, response=response)
+
+    def _multiple_choice(self, row: Mapping[str, Any], where: str) -> Record:
+        """A question, its answer options and the gold one (its index, or the option)."""
+        value = row.get(str(self.choices))
+        if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
+            raise DataError(
+                f"{where}: {self.choices!r} must be a list of strings (a CSV cell holds no "
+                f"list: use JSONL, JSON or parquet), got {type(value).__name__}"
+            )
+        options = tuple(c.strip() for c in value)
+        if len(options) < 2 or len(set(options)) != len(options):
+            raise DataError(f"{where}: {self.choices!r} must hold 2 or more distinct choices")
+        gold = None if self.response is None else row.get(self.response)
+        if isinstance(gold, int) and not isinstance(gold, bool) and 0 <= gold < len(options):
+            answer = options[gold]
+        elif isinstance(gold, str) and gold.strip() in options:
+            answer = gold.strip()
+        else:
+            raise DataError(
+                f"{where}: the answer {gold!r} ({self.response!r}) is neither one of the "
+                f"{len(options)} choices nor an index into them"
+            )
+        prompt = _field(row, self.prompt, where)
+        if prompt is None:
+            raise DataError(f"{where}: a multiple-choice record needs a question (a prompt)")
+        return Record(prompt=prompt, response=answer, choices=options)
 
 
 def _field(row: Mapping[str, Any], column: str | None, where: str) -> str | None:

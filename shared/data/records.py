@@ -1,7 +1,9 @@
 """The in-memory form of user data: plain texts or prompt/response pairs.
 
 Specs and fine-tuning only need text, so a ``Record`` always has a ``full_text``; labelled
-records keep the split so evaluation can score the response given the prompt.
+records keep the split so evaluation can score the response given the prompt. A
+multiple-choice record (a question with its own answer options, as lm-eval's tasks have)
+also keeps its ``choices``; its ``response`` is the gold one.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ FIELDS = ("text", "prompt", "response")
 
 @dataclass(frozen=True)
 class Record:
-    """One example. ``text`` for plain text; ``prompt`` + ``response`` for a labelled pair."""
+    """One example. ``text`` for plain text; ``prompt`` + ``response`` for a labelled pair;
+    ``choices`` (with ``response`` among them) for a multiple-choice question."""
 
     text: str | None = None
     prompt: str | None = None
     response: str | None = None
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not any((self.text, self.prompt, self.response)):
             raise DataError("a record needs a non-empty 'text', 'prompt' or 'response'")
+        if self.choices and not (self.is_labelled and self.response in self.choices):
+            raise DataError("a record with choices needs a prompt and a response among them")
 
     @property
     def is_labelled(self) -> bool:

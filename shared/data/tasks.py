@@ -1,9 +1,13 @@
-"""Natural prompt/response tasks found inside the demo corpora, for evaluation.
+"""Labelled tasks: what their answer options are and how a choice is scored, and the natural
+prompt/response tasks found inside the demo corpora.
 
-Each task is a small, fixed sample (seeded, so every machine scores the same items). The
-prompt is the raw input text and the response the reference answer; how they are put in a
-template is the evaluator's choice. ``closed`` tasks draw answers from a fixed label set
-(score by accuracy over the labels); open ones are scored by the answer's likelihood.
+Each demo task is a small, fixed sample (seeded, so every machine scores the same items).
+The prompt is the raw input text and the response the reference answer; how they are put in
+a template is the evaluator's choice. ``closed`` tasks draw answers from a fixed label set
+(score by accuracy over the labels); open ones are scored by the answer's likelihood. A
+user's own file may instead give each question its own options (``Record.choices``).
+``candidates`` and ``predict`` are the one definition of multiple choice that
+``client.evaluate`` (and through it ``lwm evaluate`` and ``lwm simulate``) scores by.
 """
 
 from __future__ import annotations
@@ -43,6 +47,43 @@ _TASKS = (
 
 def list_tasks() -> list[TaskInfo]:
     return list(_TASKS)
+
+
+def candidates(records: Sequence[Record], max_labels: int) -> list[tuple[str, ...]] | None:
+    """The answers each labelled record is scored over: its own ``choices`` when its file
+    gives them, else the task's closed label set (the distinct responses of the records
+    without choices, sorted), which is how the closed tasks above are scored.
+
+    None when a record would have more than ``max_labels`` candidates: each candidate costs
+    one forward pass per record, so such a task is open and scored by its answers'
+    likelihood only.
+    """
+    labels = tuple(sorted({str(r.response) for r in records if not r.choices}))
+    options = [r.choices or labels for r in records]
+    return options if all(len(o) <= max_labels for o in options) else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The option picked by ``acc`` and by ``acc_norm`` (indices into the candidates)."""
+
+    acc: int
+    acc_norm: int
+
+
+def predict(loglikelihoods: Sequence[float], options: Sequence[str]) -> Prediction:
+    """lm-evaluation-harness's multiple-choice predictions, as the paper scores its tasks:
+    ``acc`` takes the option with the highest summed log-likelihood given the question,
+    ``acc_norm`` the highest after dividing it by the option's length (lm-eval 0.4's
+    ``len(choice)``: characters, which are bytes for ASCII options; its ``acc_bytes``
+    divides by UTF-8 bytes). Ties go to the first option, as ``numpy.argmax`` does."""
+    if len(loglikelihoods) != len(options) or not options:
+        raise DataError(f"{len(loglikelihoods)} scores for {len(options)} options")
+    order = range(len(options))
+    return Prediction(
+        acc=max(order, key=lambda i: loglikelihoods[i]),
+        acc_norm=max(order, key=lambda i: loglikelihoods[i] / max(len(options[i]), 1)),
+    )
 
 
 def load_task(name: str) -> list[Record]:
