@@ -13,6 +13,14 @@ prompt/answer tasks' records. Users are derived: one per contributor with held-o
 its sources (the right learnware is that contributor's), and one per ``[[tasks]]`` entry with
 held-out records of that task (``right`` lists the contributors whose learnware counts as a
 correct pick).
+
+A consortium rehearses on its own data by naming files where a built-in name would go: a
+source or a contributor's task may be a table ``{ path = "notes.jsonl", split = "train",
+text_column = "note" }`` (any format ``shared.data.load_dataset`` reads: JSONL, JSON, CSV,
+parquet, Arrow, a ``save_to_disk`` folder; the keys are ``DataSource``'s fields), and a
+``[[tasks]]`` user may bring a file as ``data = { path = ... }`` (multiple-choice records are
+scored for accuracy). Relative paths are read from the TOML file's folder. Every file is read
+once when the config is loaded, so a missing file or column stops the run before any work.
 """
 
 from __future__ import annotations
@@ -21,13 +29,21 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from client.toml_file import read_toml
 from shared.errors import InvalidInput, LwmError
 from shared.spec.schema import KINDS
 
+if TYPE_CHECKING:
+    from shared.data.columns import DataSource
+
 PROFILES = ("quick", "default", "full")
+OWN_DOMAIN = "own"  # the domain of a contributor that names only its own files
+
+# A built-in corpus or task by name, or a file of the consortium's (``shared.data`` is
+# imported only when a config is read, so ``lwm --help`` stays instant).
+Source: TypeAlias = "str | DataSource"
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,8 @@ class Users:
     the first ``eval_records`` of them, cut to ``eval_words`` words (a text's first words, a
     prompt's last), are what every contender is scored on: every model scores every user, so
     this sets the cost of the whole evaluation. Closed tasks with at most ``max_labels``
-    labels are scored for accuracy too (one pass per label)."""
+    labels, and multiple-choice records with at most that many choices, are scored for
+    accuracy too (one pass per label)."""
 
     texts: int = 100
     task_records: int = 100
@@ -67,20 +84,24 @@ class Users:
 
 @dataclass(frozen=True)
 class Contributor:
-    """One learnware's maker: ``holders`` data holders sharing ``sources`` and ``tasks``."""
+    """One learnware's maker: ``holders`` data holders sharing ``sources`` and ``tasks``.
+
+    ``domain`` is the learnware's domain field and its users' row in the report; left out,
+    it is the corpus group (``medicine``, ``law``, ...), ``own`` for files only, ``mixed``
+    for several."""
 
     name: str
-    sources: tuple[str, ...]
-    tasks: tuple[str, ...] = ()
+    sources: tuple[Source, ...]
+    tasks: tuple[Source, ...] = ()
     holders: int = 1
     texts: int = 200  # per holder
     task_records: int = 60  # per holder and task
+    domain: str = ""
 
-    @property
-    def domain(self) -> str:
-        """The learnware's domain field: the corpus group (``medicine``, ``law``, ...)."""
-        groups = {source.split("/")[0] for source in self.sources}
-        return groups.pop() if len(groups) == 1 else "mixed"
+    def __post_init__(self) -> None:
+        if not self.domain:
+            groups = {s.split("/")[0] if isinstance(s, str) else OWN_DOMAIN for s in self.sources}
+            object.__setattr__(self, "domain", groups.pop() if len(groups) == 1 else "mixed")
 
     @property
     def federated(self) -> bool:
@@ -89,10 +110,14 @@ class Contributor:
 
 @dataclass(frozen=True)
 class TaskUsers:
-    """A prompt/answer task whose held-out records one user brings to the market."""
+    """A task whose held-out records one user brings to the market: the built-in task
+    ``name``, or the records of ``data`` (then ``name`` is the user's, and ``domain``, the
+    report's row, defaults to that of the first contributor in ``right``)."""
 
     name: str
     right: tuple[str, ...]
+    data: DataSource | None = None
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,34 +156,56 @@ class SimulationConfig:
             unknown = sorted(set(task.right) - set(names))
             if unknown:
                 raise InvalidInput(f"task {task.name}: right names unknown contributors {unknown}")
+            if not task.right:
+                raise InvalidInput(f"task {task.name}: right must name a contributor")
+            if task.data is not None:
+                _slug("a task user's name", task.name)
         self._check_sources()
         for c in self.contributors:
             self._check_contributor(c)
         self._check_numbers()
 
     def _check_sources(self) -> None:
+        """Built-in names must exist; every file is read now (``DataError`` naming it)."""
+        from shared.data import load_dataset
         from shared.data.corpora import list_domains, list_tasks
 
         domains = {d.name for d in list_domains()}
         tasks = {t.name for t in list_tasks()}
+        files: list[DataSource] = []
         for c in self.contributors:
             for source in c.sources:
-                if source not in domains:
+                if not isinstance(source, str):
+                    files.append(source)
+                elif source not in domains:
                     raise InvalidInput(f"{c.name}: unknown source {source!r}")
             for task in c.tasks:
-                if task not in tasks:
+                if not isinstance(task, str):
+                    files.append(task)
+                elif task not in tasks:
                     raise InvalidInput(f"{c.name}: unknown task {task!r}")
         for t in self.tasks:
-            if t.name not in tasks:
+            if t.data is not None:
+                files.append(t.data)
+            elif t.name not in tasks:
                 raise InvalidInput(f"unknown task {t.name!r}; known: {', '.join(sorted(tasks))}")
+        for file in dict.fromkeys(files):
+            load_dataset(file)
+
+    def task_domain(self, task: TaskUsers) -> str:
+        """The report row of a task's user (see ``TaskUsers``)."""
+        if task.domain:
+            return task.domain
+        if task.data is None:
+            return task.name.split("/")[0]
+        return next(c.domain for c in self.contributors if c.name == task.right[0])
 
     @staticmethod
     def _check_contributor(c: Contributor) -> None:
-        from shared.learnware import _check as check
-
-        check.slug("contributor name", c.name)
+        _slug("contributor name", c.name)
+        _slug(f"{c.name}: domain", c.domain)
         if not c.sources:
-            raise InvalidInput(f"{c.name}: sources must name at least one corpus")
+            raise InvalidInput(f"{c.name}: sources must name at least one corpus or file")
         for name in ("holders", "texts", "task_records"):
             value = getattr(c, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -186,7 +233,8 @@ class SimulationConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, profile: str | None = None) -> SimulationConfig:
-        """Read FILE.toml; it may name a ``profile`` to start from (``--profile`` wins)."""
+        """Read FILE.toml; it may name a ``profile`` to start from (``--profile`` wins).
+        Relative data paths in it are read from FILE.toml's folder."""
         file = Path(path)
         raw = read_toml(file)
         start = profile or raw.pop("profile", None)
@@ -195,20 +243,27 @@ class SimulationConfig:
             if "contributors" in raw:  # the profile's task users name the profile's holders
                 base.pop("tasks", None)
             raw = {**base, **raw, "profile": f"{start}+{file.name}"}
-        return cls.from_dict(raw)
+        return cls.from_dict(raw, folder=file.parent)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SimulationConfig:
+    def from_dict(cls, raw: dict[str, Any], folder: Path | None = None) -> SimulationConfig:
+        """The config of ``raw`` (a parsed TOML file); relative data paths are read from
+        ``folder`` (None: the working directory)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InvalidInput(f"unknown settings in the simulation config: {unknown}")
+        here = folder if folder is not None else Path.cwd()
         try:
             values = dict(raw)
             values["contributors"] = tuple(
-                _record(Contributor, c, "contributors") for c in raw.get("contributors", [])
+                _record(Contributor, _with_files(c, ("sources", "tasks"), here), "contributors")
+                for c in raw.get("contributors", [])
             )
-            values["tasks"] = tuple(_record(TaskUsers, t, "tasks") for t in raw.get("tasks", []))
+            values["tasks"] = tuple(
+                _record(TaskUsers, _with_files(t, ("data",), here), "tasks")
+                for t in raw.get("tasks", [])
+            )
             for name, kind in (
                 ("training", Training),
                 ("federation", Federation),
@@ -237,6 +292,58 @@ def _record(kind: Any, raw: Any, where: str) -> Any:
         raise InvalidInput(f"unknown settings in [{where}]: {unknown}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     return kind(**values)
+
+
+def _slug(where: str, value: object) -> None:
+    from shared.learnware import _check  # the manifest's rule; its package imports crypto
+
+    _check.slug(where, value)
+
+
+def source_label(source: Source) -> str:
+    """How a source is shown: its built-in name, or its file's name (and split)."""
+    if isinstance(source, str):
+        return source
+    return source.path.name + (f"[{source.split}]" if source.split else "")
+
+
+def _with_files(raw: Any, keys: tuple[str, ...], folder: Path) -> Any:
+    """``raw`` (a contributor's or task's table) with the data tables under ``keys`` (a list
+    of sources, or one table for ``data``) made ``DataSource``s with absolute paths."""
+    if not isinstance(raw, dict):
+        return raw  # _record says what is wrong
+    out = dict(raw)
+    for key in (k for k in keys if k in raw):
+        where = f"{raw.get('name', '?')}: {key}"
+        if key == "data":
+            out[key] = _data_source(raw[key], folder, where)
+        elif not isinstance(raw[key], list):
+            raise InvalidInput(f"{where} must be a list, got {raw[key]!r}")
+        else:
+            out[key] = [
+                s if isinstance(s, str) else _data_source(s, folder, where) for s in raw[key]
+            ]
+    return out
+
+
+def _data_source(raw: Any, folder: Path, where: str) -> DataSource:
+    from shared.data.columns import DataSource
+
+    known = [f.name for f in fields(DataSource)]
+    if not isinstance(raw, dict):
+        raise InvalidInput(
+            f'{where}: a file is a table like {{ path = "data.jsonl" }}, got {raw!r}'
+        )
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {unknown} (use {', '.join(known)})")
+    for key, value in raw.items():
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput(f"{where}: {key} must be a non-blank string, got {value!r}")
+    if "path" not in raw:
+        raise InvalidInput(f"{where}: a file table needs a path")
+    path = Path(raw["path"]).expanduser()
+    return DataSource(**{**raw, "path": path if path.is_absolute() else folder / path})
 
 
 def _profile_raw(name: str) -> dict[str, Any]:

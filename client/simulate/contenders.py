@@ -13,15 +13,43 @@ task users the reference answers given the prompts. Perplexities are reported as
 
 Gap closed = (Random - Learnware) / (Random - Oracle): 1 is the oracle, 0 no better than
 chance (the paper reports 90% in finance, 62% medical, 40% maths).
+
+Users with a labelled task (multiple choice, or a closed label set) are also scored as the
+paper scores them, by accuracy (``acc`` and ``acc_norm``, ``shared.data.tasks.predict``;
+higher is better), each metric on its own: Random is the mean over the learnwares,
+Best-single the learnware with the highest mean over the labelled users, Oracle the best
+learnware for the user, all by that metric.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 BASE_NAME = "base"
+METRICS = ("acc", "acc_norm")  # Evaluation.accuracy and Evaluation.accuracy_norm
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """One accuracy metric of the five contenders: shares of records right, in [0, 1]."""
+
+    base: float
+    random: float
+    best_single: float
+    learnware: dict[str, float]  # kind -> accuracy of the market's pick
+    oracle: float
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """A domain's labelled users, one metric: the mean of each contender's accuracy."""
+
+    group: str
+    metric: str
+    users: int
+    mean: Accuracy
 
 
 @dataclass(frozen=True)
@@ -35,7 +63,7 @@ class UserContenders:
     picks: dict[str, str]  # kind -> contributor picked
     oracle: float
     oracle_pick: str
-    accuracy: dict[str, float | None]  # contender -> accuracy (closed tasks), else None
+    accuracy: dict[str, Accuracy]  # metric -> the contenders (labelled tasks), else empty
 
     def beats_base(self, kind: str) -> bool:
         return self.learnware[kind] < self.base
@@ -55,22 +83,28 @@ class GroupRow:
 
 def contenders(
     nll: dict[str, dict[str, float]],
-    accuracy: dict[str, dict[str, float | None]],
+    accuracy: dict[str, dict[str, dict[str, float | None]]],
     picks: dict[str, dict[str, str]],
     groups: dict[str, str],
 ) -> tuple[list[UserContenders], str]:
     """Per user (``nll[user][model]``, model "base" or a contributor) and the best single.
 
+    ``accuracy[metric][user][model]`` (None, or missing, where a user has no labelled task);
     ``picks[user][kind]`` is the market's first pick; ``groups[user]`` its domain row.
     """
     users = list(nll)
     learnwares = [m for m in nll[users[0]] if m != BASE_NAME]
     best_single = min(learnwares, key=lambda m: sum(nll[u][m] for u in users))
+    scored = {metric: _labelled(accuracy.get(metric, {}), users) for metric in METRICS}
+    best_by = {
+        metric: max(learnwares, key=lambda m: sum(acc[u][m] for u in acc))
+        for metric, acc in scored.items()
+        if acc
+    }
     rows = []
     for u in users:
         row = nll[u]
         oracle_pick = min(learnwares, key=lambda m: row[m])
-        acc = accuracy.get(u, {})
         rows.append(
             UserContenders(
                 user=u,
@@ -82,31 +116,38 @@ def contenders(
                 picks=dict(picks[u]),
                 oracle=row[oracle_pick],
                 oracle_pick=oracle_pick,
-                accuracy=_accuracies(acc, learnwares, best_single, picks[u], oracle_pick),
+                accuracy={
+                    metric: _accuracy(scored[metric][u], learnwares, best_by[metric], picks[u])
+                    for metric in METRICS
+                    if u in scored[metric]
+                },
             )
         )
     return rows, best_single
 
 
-def _accuracies(
-    acc: dict[str, float | None],
-    learnwares: Sequence[str],
-    best_single: str,
-    picks: dict[str, str],
-    oracle_pick: str,
-) -> dict[str, float | None]:
-    if not acc or any(acc.get(m) is None for m in [BASE_NAME, *learnwares]):
-        return {}
-    values = [acc[m] for m in learnwares]
-    out: dict[str, float | None] = {
-        "base": acc[BASE_NAME],
-        "random": sum(v for v in values if v is not None) / len(values),
-        "best_single": acc[best_single],
-        "oracle": acc[oracle_pick],
-    }
-    for kind, pick in picks.items():
-        out[f"learnware:{kind}"] = acc[pick]
+def _labelled(
+    accuracy: dict[str, dict[str, float | None]], users: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The users scored by this metric on every model (base and each learnware)."""
+    out: dict[str, dict[str, float]] = {}
+    for u in users:
+        scores = accuracy.get(u, {})
+        if scores and all(v is not None for v in scores.values()):
+            out[u] = {m: float(v) for m, v in scores.items() if v is not None}
     return out
+
+
+def _accuracy(
+    acc: dict[str, float], learnwares: Sequence[str], best_single: str, picks: dict[str, str]
+) -> Accuracy:
+    return Accuracy(
+        base=acc[BASE_NAME],
+        random=sum(acc[m] for m in learnwares) / len(learnwares),
+        best_single=acc[best_single],
+        learnware={kind: acc[pick] for kind, pick in picks.items()},
+        oracle=max(acc[m] for m in learnwares),
+    )
 
 
 def group_rows(rows: Sequence[UserContenders], kinds: Sequence[str]) -> list[GroupRow]:
@@ -115,6 +156,33 @@ def group_rows(rows: Sequence[UserContenders], kinds: Sequence[str]) -> list[Gro
     out = [_group(g, [r for r in rows if r.group == g], kinds) for g in order]
     out.append(_group("all", list(rows), kinds))
     return out
+
+
+def accuracy_rows(rows: Sequence[UserContenders], kinds: Sequence[str]) -> list[AccuracyRow]:
+    """Per domain group with labelled users (first-seen order) and ``all``, each metric."""
+    labelled = [r for r in rows if r.accuracy]
+    order = [*dict.fromkeys(r.group for r in labelled), "all"] if labelled else []
+    out = []
+    for group in order:
+        mine = [r.accuracy for r in labelled if group in ("all", r.group)]
+        for metric in METRICS:
+            values = [a[metric] for a in mine if metric in a]
+            if values:
+                out.append(AccuracyRow(group, metric, len(values), _mean(values, kinds)))
+    return out
+
+
+def _mean(values: Sequence[Accuracy], kinds: Sequence[str]) -> Accuracy:
+    def mean(field: Callable[[Accuracy], float]) -> float:
+        return sum(field(v) for v in values) / len(values)
+
+    return Accuracy(
+        base=mean(lambda a: a.base),
+        random=mean(lambda a: a.random),
+        best_single=mean(lambda a: a.best_single),
+        learnware={k: sum(v.learnware[k] for v in values) / len(values) for k in kinds},
+        oracle=mean(lambda a: a.oracle),
+    )
 
 
 def _group(group: str, rows: Sequence[UserContenders], kinds: Sequence[str]) -> GroupRow:

@@ -2,8 +2,10 @@
 
 Each corpus (and each task's records) is shuffled once with the simulation's seed and dealt
 out in config order, holders first and users after, so no text is both trained on and
-evaluated, and no two holders share one. The same config gives the same deal on every
-machine with the same package versions.
+evaluated, and no two holders share one. A consortium's own file is dealt the same way (its
+records through ``shared.data.load_dataset``; as texts when it is a source, as records when
+it is a task). The same config gives the same deal on every machine with the same package
+versions (and the same files).
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from client.simulate.config import Contributor, SimulationConfig
+from client.simulate.config import Contributor, SimulationConfig, Source, source_label
 from shared.data import Record
 from shared.errors import DataError
-
-Loader = Callable[[str], Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -84,22 +84,18 @@ class _Dealer:
 
 
 def deal(config: SimulationConfig) -> Deal:
-    from shared.data.corpora import load_domain, load_task
-
     dealer = _Dealer(config.seed)
     holders: dict[str, tuple[HolderData, ...]] = {}
     for c in config.contributors:
-        holders[c.name] = tuple(
-            _holder(dealer, c, h, load_domain, load_task) for h in range(c.holders)
-        )
+        holders[c.name] = tuple(_holder(dealer, c, h) for h in range(c.holders))
     users: list[UserData] = []
     for c in config.contributors:
-        texts = _spread(dealer, c.sources, config.users.texts, f"user of {c.name}", load_domain)
+        texts = _spread(dealer, c.sources, config.users.texts, f"user of {c.name}")
         users.append(
             UserData(
                 name=f"{c.name}-user",
                 kind="text",
-                source="+".join(c.sources),
+                source="+".join(source_label(s) for s in c.sources),
                 group=c.domain,
                 right=(c.name,),
                 records=tuple(Record(text=t) for t in texts),
@@ -107,15 +103,14 @@ def deal(config: SimulationConfig) -> Deal:
             )
         )
     for t in config.tasks:
-        records = dealer.take(
-            f"task:{t.name}", config.users.task_records, partial(load_task, t.name), t.name
-        )
+        task = t.name if t.data is None else t.data
+        records = _task_records(dealer, task, config.users.task_records, t.name)
         users.append(
             UserData(
                 name=t.name.replace("/", "-"),
-                kind="task",
-                source=t.name,
-                group=t.name.split("/")[0],
+                kind="task" if all(r.is_labelled for r in records) else "text",
+                source=source_label(task),
+                group=config.task_domain(t),
                 right=t.right,
                 records=tuple(records),
                 eval_n=config.users.eval_records,
@@ -124,25 +119,46 @@ def deal(config: SimulationConfig) -> Deal:
     return Deal(holders, tuple(users))
 
 
-def _holder(
-    dealer: _Dealer, c: Contributor, h: int, load_domain: Loader, load_task: Loader
-) -> HolderData:
+def _holder(dealer: _Dealer, c: Contributor, h: int) -> HolderData:
     name = c.name if c.holders == 1 else f"{c.name}-{h + 1}"
-    texts = _spread(dealer, c.sources, c.texts, name, load_domain)
+    texts = _spread(dealer, c.sources, c.texts, name)
     records: list[Record] = []
     for task in c.tasks:
-        taken = dealer.take(f"task:{task}", c.task_records, partial(load_task, task), name)
-        records.extend(taken)
+        records.extend(_task_records(dealer, task, c.task_records, name))
     return HolderData(name, tuple(texts), tuple(records))
 
 
-def _spread(
-    dealer: _Dealer, sources: Sequence[str], n: int, who: str, load_domain: Loader
-) -> list[str]:
+def _task_records(dealer: _Dealer, task: Source, n: int, who: str) -> list[Record]:
+    return dealer.take(f"task:{_pool(task)}", n, partial(_records, task), who)
+
+
+def _records(source: Source) -> list[Record]:
+    """A built-in task's records, or the records of the user's file."""
+    from shared.data import load_dataset, load_task
+
+    return load_task(source) if isinstance(source, str) else list(load_dataset(source).records)
+
+
+def _texts(source: Source) -> list[str]:
+    """A built-in corpus's texts, or those of the user's file (``Record.full_text``)."""
+    from shared.data import load_dataset, load_domain
+
+    return load_domain(source) if isinstance(source, str) else load_dataset(source).texts()
+
+
+def _pool(source: Source) -> str:
+    """A pool's name (it seeds the shuffle): a built-in's name, or the file with its options."""
+    if isinstance(source, str):
+        return source
+    options = {k: v for k, v in vars(source).items() if k != "path" and v is not None}
+    return f"{source.path}{options or ''}"
+
+
+def _spread(dealer: _Dealer, sources: Sequence[Source], n: int, who: str) -> list[str]:
     """``n`` texts drawn as evenly as possible from each source, interleaved."""
     share, extra = divmod(n, len(sources))
     parts = [
-        dealer.take(f"text:{s}", share + (i < extra), partial(load_domain, s), who)
+        dealer.take(f"text:{_pool(s)}", share + (i < extra), partial(_texts, s), who)
         for i, s in enumerate(sources)
     ]
     mixed = [text for group in _interleave(parts) for text in group]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from client.user import VerifiedLearnware
     from shared.home import Home
 
+
 @dataclass(frozen=True)
 class Score:
     """What one model did on one user's records (``nll`` = log of the token perplexity)."""
@@ -51,8 +52,12 @@ class Scoring:
     max_words: int
 
     def user_key(self, user: UserData) -> str:
-        """The user's scored records and these options, so a changed setting rescores."""
-        blob = json.dumps([r.full_text for r in user.eval_records()])
+        """The user's scored records (with a question's choices) and these options, so a
+        changed setting rescores."""
+        records = user.eval_records()
+        blob = json.dumps(
+            [[r.full_text, *r.choices] if r.choices else r.full_text for r in records]
+        )
         digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return f"{user.name}:{digest}:{self.max_labels}:{self.max_words}"
 

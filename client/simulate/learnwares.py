@@ -18,11 +18,12 @@ engine ships the ClientApp to its Ray workers with the config, so no file is nee
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.simulate.config import Contributor, Federation, SimulationConfig
+from client.simulate.config import Contributor, Federation, SimulationConfig, Source
 from client.simulate.data import HolderData
 from shared.errors import AlreadyExists, LwmError
 from shared.home import Home
@@ -56,16 +57,34 @@ class Listed:
 
 
 def description(c: Contributor) -> str:
+    """The manifest's description; the holders' own files are not named in it (it is public,
+    and a file name can say more about a holder's data than the holder means to)."""
     kind = f"a federation of {c.holders} holders" if c.federated else "one holder"
-    tasks = f" and records of {', '.join(c.tasks)}" if c.tasks else ""
-    return f"LoRA adapter by {kind}, trained on {', '.join(c.sources)} text{tasks}."
+    tasks = f" and records of {_named(c.tasks)}" if c.tasks else ""
+    return f"LoRA adapter by {kind}, trained on {_named(c.sources)} text{tasks}."
 
 
-def fingerprint(config: SimulationConfig, c: Contributor, base_sha: str, schema_id: str) -> str:
-    """What decides the package: the holder's data deal, training, specs and base model."""
+def _named(sources: Sequence[Source]) -> str:
+    names = [s for s in sources if isinstance(s, str)]
+    if len(names) < len(sources):
+        names.append("the holders' own data")
+    return ", ".join(names)
+
+
+def fingerprint(
+    config: SimulationConfig,
+    c: Contributor,
+    holders: Sequence[HolderData],
+    base_sha: str,
+    schema_id: str,
+) -> str:
+    """What decides the package: the holders' data (its digest, so an edited file of the
+    consortium's rebuilds), training, specs and base model."""
     import hashlib
 
+    data = json.dumps([h.training_texts() for h in holders])
     parts = {
+        "data": hashlib.sha256(data.encode()).hexdigest(),
         "contributor": c.__dict__,
         "seed": config.seed,
         "training": config.training.__dict__,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from client.simulate.contenders import METRICS
 
 COLOURS = MappingProxyType(
     {
@@ -32,6 +35,9 @@ def draw_all(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
     kinds = list(results["config"]["spec_kinds"])
     figures = [("contenders.png", "Perplexity of the five contenders per user")]
     contenders_bars(results, kinds, out / "contenders.png")
+    if any(row["accuracy"] for row in results["contenders"]):
+        accuracy_bars(results, kinds, out / "accuracy.png")
+        figures.append(("accuracy.png", "Accuracy of the five contenders per labelled user"))
     for kind in kinds:
         name = f"similarity-{kind}.png"
         similarity_heatmap(results, kind, out / name)
@@ -41,30 +47,61 @@ def draw_all(results: dict[str, Any], out: Path) -> list[tuple[str, str]]:
     return figures
 
 
-def contenders_bars(results: dict[str, Any], kinds: list[str], path: Path) -> None:
-    plt = _pyplot()
-    rows = results["contenders"]
-    series: dict[str, list[float]] = {"Base": [], "Random": [], "Best-single": []}
-    series.update({f"Learnware ({k})": [] for k in kinds})
-    series["Oracle"] = []
-    for row in rows:
-        series["Base"].append(math.exp(row["base"]))
-        series["Random"].append(math.exp(row["random"]))
-        series["Best-single"].append(math.exp(row["best_single"]))
-        for k in kinds:
-            series[f"Learnware ({k})"].append(math.exp(row["learnware"][k]))
-        series["Oracle"].append(math.exp(row["oracle"]))
-    n, width = len(rows), 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * n + 2), 4.8))
+def _series(
+    rows: list[dict[str, Any]], kinds: list[str], value: Callable[[float], float]
+) -> dict[str, list[float]]:
+    """The five contenders' bars (one value per row), ``value`` mapping a row's figure."""
+    series: dict[str, list[float]] = {
+        "Base": [value(row["base"]) for row in rows],
+        "Random": [value(row["random"]) for row in rows],
+        "Best-single": [value(row["best_single"]) for row in rows],
+    }
+    for k in kinds:
+        series[f"Learnware ({k})"] = [value(row["learnware"][k]) for row in rows]
+    series["Oracle"] = [value(row["oracle"]) for row in rows]
+    return series
+
+
+def _bars(ax: Any, users: list[str], series: dict[str, list[float]]) -> None:
+    n, width = len(users), 0.8 / len(series)
     for i, (label, values) in enumerate(series.items()):
         colour = COLOURS.get(label) or KIND_COLOURS[(i - 3) % len(KIND_COLOURS)]
         xs = [x + (i - len(series) / 2 + 0.5) * width for x in range(n)]
         ax.bar(xs, values, width, label=label, color=colour)
+    ax.set_xticks(range(n), users, rotation=45, ha="right", fontsize=8)
+
+
+def contenders_bars(results: dict[str, Any], kinds: list[str], path: Path) -> None:
+    plt = _pyplot()
+    rows = results["contenders"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows) + 2), 4.8))
+    _bars(ax, [row["user"] for row in rows], _series(rows, kinds, math.exp))
     ax.set_yscale("log")
-    ax.set_xticks(range(n), [row["user"] for row in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("token perplexity (log scale, lower is better)")
     ax.set_title("Per user: base model, random / best single / market-picked / oracle learnware")
     ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_bars(results: dict[str, Any], kinds: list[str], path: Path) -> None:
+    """acc and acc_norm side by side, for the users with a labelled task."""
+    plt = _pyplot()
+    rows = [row for row in results["contenders"] if row["accuracy"]]
+    metrics = [m for m in METRICS if any(m in row["accuracy"] for row in rows)]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(max(8, 1.4 * len(rows) + 4), 4.4), squeeze=False
+    )
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        mine = [row for row in rows if metric in row["accuracy"]]
+        figures = [row["accuracy"][metric] for row in mine]
+        _bars(ax, [row["user"] for row in mine], _series(figures, kinds, lambda x: 100 * x))
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"{metric} (%, higher is better)")
+        ax.set_title(metric)
+    axes[0][0].legend(fontsize=8, ncol=2)
+    fig.suptitle("Labelled tasks: base model, random / best single / market-picked / oracle")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from client.simulate import learnwares as lw
-from client.simulate.config import SimulationConfig
-from client.simulate.contenders import BASE_NAME, contenders, group_rows
+from client.simulate.config import SimulationConfig, source_label
+from client.simulate.contenders import (
+    BASE_NAME,
+    METRICS,
+    accuracy_rows,
+    contenders,
+    group_rows,
+)
 from client.simulate.data import Deal, UserData, deal
 from client.simulate.evaluation import Score, ScoreCache, Scoring, evaluate_all
 from client.simulate.market_process import MarketProcess
@@ -165,10 +171,11 @@ def _build_all(
     base_sha = remote.base_models[0].sha256
     built = []
     for i, c in enumerate(config.contributors, 1):
-        fp = lw.fingerprint(config, c, base_sha, schema_blob)
+        fp = lw.fingerprint(config, c, dealt.holders[c.name], base_sha, schema_blob)
         target = out / "cache" / "learnwares" / f"{c.name}-{fp}"
         how = f"federation of {c.holders}" if c.federated else "solo"
-        console.print(f"[{i}/{len(config.contributors)}] {c.name} ({how}, {', '.join(c.sources)})")
+        sources = ", ".join(source_label(s) for s in c.sources)
+        console.print(f"[{i}/{len(config.contributors)}] {c.name} ({how}, {sources})")
         key = out / "keys" / f"{c.name}.key"
         with MarketClient(market.connection(key)) as client:
             b = lw.build(
@@ -248,10 +255,11 @@ def _results(
     remote: RemoteSchema,
 ) -> dict[str, Any]:
     nll: dict[str, dict[str, float]] = {}
-    accuracy: dict[str, dict[str, float | None]] = {}
+    accuracy: dict[str, dict[str, dict[str, float | None]]] = {m: {} for m in METRICS}
     for s in scores:
         nll.setdefault(s.user, {})[s.model] = s.nll
-        accuracy.setdefault(s.user, {})[s.model] = s.evaluation.accuracy
+        accuracy["acc"].setdefault(s.user, {})[s.model] = s.evaluation.accuracy
+        accuracy["acc_norm"].setdefault(s.user, {})[s.model] = s.evaluation.accuracy_norm
     picks = {u.name: {k: searches.pick(u.name, k) for k in config.spec_kinds} for u in dealt.users}
     groups = {u.name: u.group for u in dealt.users}
     per_user, best_single = contenders(nll, accuracy, picks, groups)
@@ -270,6 +278,7 @@ def _results(
         "best_single": best_single,
         "contenders": [asdict(r) for r in per_user],
         "table": [asdict(r) for r in table],
+        "accuracy_table": [asdict(r) for r in accuracy_rows(per_user, config.spec_kinds)],
         "beats_base": {
             k: {"users": len(per_user), "beaten": sum(r.beats_base(k) for r in per_user)}
             for k in config.spec_kinds
