@@ -447,6 +447,31 @@ BAD_INPUT = [
         "unknown or revoked key id",
         id="a revoked contributor key",
     ),
+    # a consortium's own files in lwm simulate: read when SIM.toml is, before any work
+    pytest.param(
+        ["simulate", "--config", "SIM-nofile.toml", "--out", "OUT"],
+        3,
+        "nowhere.jsonl: no such file or folder",
+        id="a missing file in SIM.toml",
+    ),
+    pytest.param(
+        ["simulate", "--config", "SIM-column.toml", "--out", "OUT"],
+        3,
+        "no column 'body'",
+        id="a column the SIM.toml file lacks",
+    ),
+    pytest.param(
+        ["simulate", "--config", "SIM-key.toml", "--out", "OUT"],
+        2,
+        "unknown keys ['colour']",
+        id="an unknown key in a SIM.toml file table",
+    ),
+    pytest.param(
+        ["simulate", "--config", "SIM-answer.toml", "--out", "OUT"],
+        3,
+        "neither one of the 2 choices nor an index",
+        id="an answer outside a question's choices",
+    ),
 ]
 MARKET_WORDS = ("MARKET", "CA", "USER.key", "REVOKED.key")
 
@@ -473,11 +498,32 @@ def refusing_market(tmp_path_factory, lwm_home) -> Iterator[dict[str, str]]:
         }
 
 
+_SIM_B = '[[contributors]]\nname = "b"\nsources = ["math"]\n'
+SIM_CONFIGS = (  # the SIM-*.toml files of the cases above; paths relative to the file
+    ("SIM-nofile.toml", 'sources = [{ path = "nowhere.jsonl" }]'),
+    ("SIM-column.toml", 'sources = [{ path = "D.jsonl", text_column = "body" }]'),
+    ("SIM-key.toml", 'sources = [{ path = "D.jsonl", colour = "red" }]'),
+    (
+        "SIM-answer.toml",
+        'sources = [{ path = "D.jsonl" }]\n' + _SIM_B + '[[tasks]]\nname = "quiz"\n'
+        'right = ["a"]\ndata = { path = "QUIZ.jsonl" }',
+    ),
+)
+
+
+def _write_sim_configs(folder: Path) -> None:
+    (folder / "QUIZ.jsonl").write_text('{"question": "q?", "choices": ["x", "y"], "answer": 5}\n')
+    for name, sources in SIM_CONFIGS:
+        text = f'[[contributors]]\nname = "a"\n{sources}\n'
+        (folder / name).write_text(text if "[[tasks]]" in text else text + _SIM_B)
+
+
 @pytest.mark.parametrize(("args", "code", "needle"), BAD_INPUT)
 def test_bad_input_is_one_line_and_an_exit_code(lwm_home, tmp_path, request, args, code, needle):
     (tmp_path / "EMPTY").write_text("")
     write_jsonl(tmp_path / "D", ["a perfectly fine text to make a spec from"])
     write_jsonl(tmp_path / "D.jsonl", ["a perfectly fine text to make a spec from"])
+    _write_sim_configs(tmp_path)
     args = [str(tmp_path / a) if a in ("EMPTY", "D", "D.jsonl", "NOFILE") else a for a in args]
     if set(MARKET_WORDS) & set(args):
         market = request.getfixturevalue("refusing_market")
