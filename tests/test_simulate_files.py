@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,6 +66,17 @@ def test_files_and_a_corpus_deal_side_by_side_read_relative_to_the_toml(example,
     assert oncology.source == "ward-oncology.csv" and oncology.group == "medicine"
     registry = load_dataset(DataSource(example.parent / "registry", split="train")).texts()
     assert set(users["registry-user"].spec_texts()) <= set(registry)  # train split only
+
+
+def test_a_moved_folder_deals_the_same_and_a_short_file_is_named(example, tmp_path):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(example.parent, moved)
+    here = deal(SimulationConfig.from_toml(example))
+    there = deal(SimulationConfig.from_toml(moved / "SIM.toml"))
+    assert here == there
+    (moved / "SIM.toml").write_text(sim_toml().replace("texts = 60", "texts = 1000", 1))
+    with pytest.raises(DataError, match=r"text:ward-cardiology.jsonl has 100 items left"):
+        deal(SimulationConfig.from_toml(moved / "SIM.toml"))
 
 
 def test_readme_shows_the_example_sim_toml():

@@ -156,10 +156,10 @@ class SimulationConfig:
             unknown = sorted(set(task.right) - set(names))
             if unknown:
                 raise InvalidInput(f"task {task.name}: right names unknown contributors {unknown}")
-            if not task.right:
-                raise InvalidInput(f"task {task.name}: right must name a contributor")
             if task.data is not None:
                 _slug("a task user's name", task.name)
+                if not (task.right or task.domain):
+                    raise InvalidInput(f"task {task.name}: name its domain or a right contributor")
         self._check_sources()
         for c in self.contributors:
             self._check_contributor(c)

@@ -64,6 +64,24 @@ class Deal:
     users: tuple[UserData, ...]
 
 
+@dataclass(frozen=True)
+class Pool:
+    """Items dealt from one source: ``name`` seeds the shuffle and is shown in errors (a
+    file's name, not its folder, so a moved folder deals the same); ``key`` tells pools
+    apart (the file's whole path)."""
+
+    name: str
+    key: str
+
+    @classmethod
+    def of(cls, what: str, source: Source) -> Pool:
+        if isinstance(source, str):
+            return cls(f"{what}:{source}", f"{what}:{source}")
+        options = {k: v for k, v in vars(source).items() if k != "path" and v is not None}
+        suffix = f"{options}" if options else ""
+        return cls(f"{what}:{source.path.name}{suffix}", f"{what}:{source.path}{suffix}")
+
+
 class _Dealer:
     """Hands out each pool's items in a fixed shuffled order, never the same item twice."""
 
@@ -71,15 +89,15 @@ class _Dealer:
         self.seed = seed
         self.pools: dict[str, list[Any]] = {}
 
-    def take(self, name: str, n: int, load: Callable[[], Sequence[Any]], who: str) -> list[Any]:
-        if name not in self.pools:
+    def take(self, pool: Pool, n: int, load: Callable[[], Sequence[Any]], who: str) -> list[Any]:
+        if pool.key not in self.pools:
             items = list(dict.fromkeys(load()))
-            random.Random(f"{self.seed}:{name}").shuffle(items)
-            self.pools[name] = items
-        pool = self.pools[name]
-        if len(pool) < n:
-            raise DataError(f"{name} has {len(pool)} items left, {who} needs {n}")
-        taken, self.pools[name] = pool[:n], pool[n:]
+            random.Random(f"{self.seed}:{pool.name}").shuffle(items)
+            self.pools[pool.key] = items
+        items = self.pools[pool.key]
+        if len(items) < n:
+            raise DataError(f"{pool.name} has {len(items)} items left, {who} needs {n}")
+        taken, self.pools[pool.key] = items[:n], items[n:]
         return taken
 
 
@@ -129,7 +147,7 @@ def _holder(dealer: _Dealer, c: Contributor, h: int) -> HolderData:
 
 
 def _task_records(dealer: _Dealer, task: Source, n: int, who: str) -> list[Record]:
-    return dealer.take(f"task:{_pool(task)}", n, partial(_records, task), who)
+    return dealer.take(Pool.of("task", task), n, partial(_records, task), who)
 
 
 def _records(source: Source) -> list[Record]:
@@ -146,19 +164,11 @@ def _texts(source: Source) -> list[str]:
     return load_domain(source) if isinstance(source, str) else load_dataset(source).texts()
 
 
-def _pool(source: Source) -> str:
-    """A pool's name (it seeds the shuffle): a built-in's name, or the file with its options."""
-    if isinstance(source, str):
-        return source
-    options = {k: v for k, v in vars(source).items() if k != "path" and v is not None}
-    return f"{source.path}{options or ''}"
-
-
 def _spread(dealer: _Dealer, sources: Sequence[Source], n: int, who: str) -> list[str]:
     """``n`` texts drawn as evenly as possible from each source, interleaved."""
     share, extra = divmod(n, len(sources))
     parts = [
-        dealer.take(f"text:{_pool(s)}", share + (i < extra), partial(_texts, s), who)
+        dealer.take(Pool.of("text", s), share + (i < extra), partial(_texts, s), who)
         for i, s in enumerate(sources)
     ]
     mixed = [text for group in _interleave(parts) for text in group]
