@@ -3,9 +3,9 @@
 Every format (JSONL, JSON, CSV, parquet, Arrow, ``save_to_disk``) arrives here as rows of
 named columns, so plain text, prompt/response, prompt/completion, chat ``messages`` and
 multiple-choice (question, ``choices``, answer) records become the same texts whichever file
-they came from. ``DataSource`` is a path with
-the user's choices (``--split``, ``--text-column``, ``--prompt-column``,
-``--response-column``); every API that takes a data path takes one in its place.
+they came from. ``DataSource`` is a path with the user's choices (``--split``,
+``--text-column``, ``--prompt-column``, ``--response-column``; ``choices_column`` in a
+simulation's ``SIM.toml``); every API that takes a data path takes one in its place.
 """
 
 from __future__ import annotations
