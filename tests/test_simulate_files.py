@@ -74,8 +74,8 @@ def test_a_moved_folder_deals_the_same_and_a_short_file_is_named(example, tmp_pa
     here = deal(SimulationConfig.from_toml(example))
     there = deal(SimulationConfig.from_toml(moved / "SIM.toml"))
     assert here == there
-    (moved / "SIM.toml").write_text(sim_toml().replace("texts = 60", "texts = 1000", 1))
-    with pytest.raises(DataError, match=r"text:ward-cardiology.jsonl has 100 items left"):
+    (moved / "SIM.toml").write_text(sim_toml().replace("texts = 80", "texts = 1000", 1))
+    with pytest.raises(DataError, match=r"text:ward-cardiology.jsonl has 150 items left"):
         deal(SimulationConfig.from_toml(moved / "SIM.toml"))
 
 
@@ -259,13 +259,14 @@ def run(example, lwm_home, tmp_path_factory):
     cardiology, oncology, bank, registry, tutor = config.contributors
     config = config.with_overrides(
         spec_kinds=("rkme",),
+        spec_epsilon=16.0,  # an RKME spec of 32 texts (at epsilon 4 its DP count needs 77)
         sweep_epsilons=(4.0,),
         training=replace(config.training, steps=2),
         users=Users(texts=12, task_records=12, eval_records=6, eval_words=48),
         contributors=(
-            replace(cardiology, sources=cardiology.sources + registry.sources, texts=24),
-            replace(oncology, texts=24),
-            replace(bank, sources=bank.sources + tutor.sources, texts=24),
+            replace(cardiology, sources=cardiology.sources + registry.sources, texts=32),
+            replace(oncology, texts=32),
+            replace(bank, sources=bank.sources + tutor.sources, texts=32),
         ),
     )
     out = tmp_path_factory.mktemp("simulate-files") / "run"

@@ -40,7 +40,7 @@ def sim_toml() -> str:
     return resources.files("client.simulate").joinpath("examples/consortium.toml").read_text()
 
 
-def write_example(folder: Path, *, texts: int = 100, seed: int = 0) -> Path:
+def write_example(folder: Path, *, texts: int = 150, seed: int = 0) -> Path:
     """The files and ``SIM.toml`` in ``folder`` (new or empty; ``AlreadyExists`` otherwise),
     ``texts`` texts per file; returns the path of ``SIM.toml``."""
     import datasets
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a consortium's example files and SIM.toml for lwm simulate.",
     )
     parser.add_argument("folder", type=Path, help="a new or empty folder")
-    parser.add_argument("--texts", type=int, default=100, help="texts per file (default 100)")
+    parser.add_argument("--texts", type=int, default=150, help="texts per file (default 150)")
     args = parser.parse_args(argv)
     import datasets
 
