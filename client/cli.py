@@ -149,11 +149,13 @@ def spec_make(
     budget = _budget(epsilon, delta, no_dp)
     dataset = load_dataset(DataSource(data, split, text_column, prompt_column, response_column))
     maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home), placement)
-    spec = maker.make(dataset.texts(), kind, budget, progress=True)
+    texts = dataset.texts()
+    spec = maker.make(texts, kind, budget, progress=True)
     spec.save(out)
     eps = "none (no DP)" if spec.privacy.epsilon is None else f"{spec.privacy.epsilon:.3g}"
+    published = "" if spec.n == len(texts) else f" (published as a DP count of {spec.n})"
     console().print(
-        f"wrote {out}: {spec.kind} spec of {spec.n} texts, dim {spec.dim}, "
+        f"wrote {out}: {spec.kind} spec of {len(texts)} texts{published}, dim {spec.dim}, "
         f"schema {spec.schema_id}, epsilon {eps}, delta {spec.privacy.delta:g}"
     )
 
