@@ -259,7 +259,7 @@ def run(example, lwm_home, tmp_path_factory):
     cardiology, oncology, bank, registry, tutor = config.contributors
     config = config.with_overrides(
         spec_kinds=("rkme",),
-        spec_epsilon=16.0,  # an RKME spec of 32 texts (at epsilon 4 its DP count needs 77)
+        spec_epsilon=16.0,  # an RKME spec of 32 texts (at epsilon 4 its DP count wants 49)
         sweep_epsilons=(4.0,),
         training=replace(config.training, steps=2),
         users=Users(texts=12, task_records=12, eval_records=6, eval_words=48),
