@@ -42,8 +42,10 @@ class SpecEntry:
     """One specification in ``spec.safetensors`` (tensor named by ``kind``) and its metadata.
 
     ``epsilon`` None means released without DP (then ``delta`` must be 0). ``n`` is the
-    number of holder texts, treated as public (DESIGN §4.2). ``extra`` carries the kind's
-    own metadata (noise sigma, clip, steps, ...) as a JSON object.
+    number of holder texts as the spec published it: RKME's DP count, PAVE's exact n
+    (issue 11 moved RKME to add/remove-one DP; DESIGN §4.2 still calls n public).
+    ``extra`` carries the kind's own metadata (noise sigma, clip, steps, ...) as a JSON
+    object.
     """
 
     kind: str
