@@ -9,9 +9,9 @@ data set that cannot be had fails in seconds, not after a model load):
   with more than ``MAX_LABELS`` labels, becomes a ``loglikelihood_rolling`` task of the
   records' text (``word_perplexity``, ``byte_perplexity``, ``bits_per_byte``: on the same
   text these equal ``lwm evaluate``'s by construction, see ``client.evaluate``); labelled
-  records with a closed label set become a ``multiple_choice`` task over their distinct
-  responses (``acc``, ``acc_norm``), prompt then ``"\\n"`` then label, the layout adapters
-  are trained on. No YAML to write;
+  records become a ``multiple_choice`` task over the same candidates ``lwm evaluate`` uses
+  (a record's own choices, else the distinct responses; ``acc``, ``acc_norm``), prompt then
+  ``"\\n"`` then the choice, the layout adapters are trained on. No YAML to write;
 - **a YAML task file** the user wrote (``.yaml``/``.yml``), as lm-eval reads it;
 - **a built-in lm-eval task** by name (``hellaswag``). Its data set comes from the Hugging
   Face Hub, which this project never calls (``HF_HUB_OFFLINE``): it runs only when the data
@@ -148,17 +148,24 @@ def _task_name(path: str, taken: dict[str, str]) -> str:
 def write_local_task(folder: Path, name: str, records: Sequence[Record]) -> Path:
     """Write ``name``.yaml and its records as ``name``.jsonl into ``folder``; the YAML path.
 
-    Labelled records with at most ``MAX_LABELS`` distinct responses become a multiple-choice
-    task over them; anything else a rolling perplexity task of each record's full text.
+    Labelled records become a multiple-choice task over the candidates ``lwm evaluate``
+    scores them on (``shared.data.tasks.candidates``: a record's own choices, else the
+    task's label set, at most ``MAX_LABELS``); anything else a rolling perplexity task of
+    each record's full text.
     """
     import yaml
 
+    from shared.data.tasks import candidates
+
     data = folder / f"{name}.jsonl"
-    labels = sorted({str(r.response) for r in records})
-    closed = all(r.is_labelled for r in records) and len(labels) <= MAX_LABELS
-    if closed:
-        rows = [{"prompt": r.prompt, "label": labels.index(str(r.response))} for r in records]
-        task = _choice_task(labels)
+    labelled = all(r.is_labelled for r in records)
+    options = candidates(records, MAX_LABELS) if labelled else None
+    if options is not None:
+        rows = [
+            {"prompt": r.prompt, "choices": list(o), "label": o.index(str(r.response))}
+            for r, o in zip(records, options, strict=True)
+        ]
+        task = _choice_task()
     else:
         rows = [{"text": r.full_text} for r in records]
         task = _text_task()
@@ -186,12 +193,12 @@ def _text_task() -> dict[str, Any]:
     }
 
 
-def _choice_task(labels: list[str]) -> dict[str, Any]:
+def _choice_task() -> dict[str, Any]:
     return {
         "output_type": "multiple_choice",
         "doc_to_text": "prompt",
         "doc_to_target": "label",
-        "doc_to_choice": labels,
+        "doc_to_choice": "choices",
         "target_delimiter": LABEL_SEPARATOR,
         "metric_list": [_metric(m, "mean", True) for m in CHOICE_METRICS],
     }

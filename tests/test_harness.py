@@ -70,13 +70,15 @@ def test_a_labelled_file_becomes_a_multiple_choice_task(tmp_path):
     import yaml
 
     records = [Record(prompt=f"Is {n} even?", response="yes" if n % 2 else "no") for n in range(6)]
+    quiz = Record(prompt="2 + 2?", response="4", choices=("3", "4", "5"))  # its own choices
 
-    config = yaml.safe_load(write_local_task(tmp_path, "lwm_parity", records).read_text())
+    config = yaml.safe_load(write_local_task(tmp_path, "lwm_parity", [*records, quiz]).read_text())
 
     assert config["output_type"] == "multiple_choice" and config["dataset_path"] == "json"
-    assert config["doc_to_choice"] == ["no", "yes"] and config["target_delimiter"] == "\n"
+    assert config["doc_to_choice"] == "choices" and config["target_delimiter"] == "\n"
     rows = [json.loads(line) for line in (tmp_path / "lwm_parity.jsonl").read_text().splitlines()]
-    assert rows[1] == {"prompt": "Is 1 even?", "label": 1}
+    assert rows[1] == {"prompt": "Is 1 even?", "choices": ["no", "yes"], "label": 1}
+    assert rows[-1] == {"prompt": "2 + 2?", "choices": ["3", "4", "5"], "label": 1}
 
 
 def test_own_files_run_as_tasks_on_adapter_and_base(tiny, tmp_path):
