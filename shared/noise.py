@@ -25,9 +25,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: ``lwm --help`` reaches this module via shared.dpsgd
+    import numpy as np
     import torch
 
 SPEC_SAMPLER = "opendp gaussian (discrete on 2^k grid, OS entropy)"
@@ -40,6 +39,8 @@ def gaussian_vector(
     """``values`` (1-D) plus N(0, std²) in every coordinate, as float64.
 
     OpenDP's sampler unless ``rng`` is given (tests only)."""
+    import numpy as np
+
     values = np.asarray(values, dtype=np.float64)
     if std == 0:
         return values.copy()
