@@ -329,8 +329,8 @@ def _check_privacy_fits(n: int, config: ContributeConfig) -> None:
             f"delta={config.delta:g} must be below 1/n = 1/{n} (at 1/n a release may reveal "
             "a whole text); lower --delta or add texts"
         )
-    needed = rkme_texts_needed(config.spec_budget)
-    if "rkme" in config.spec.kinds and n < needed:
+    needed = rkme_texts_needed(config.spec_budget) if "rkme" in config.spec.kinds else 1
+    if n < needed:
         raise DataError(
             f"an RKME spec at epsilon={config.spec_budget.epsilon} needs at least {needed} "
             f"texts (its DP noise would outweigh its distances), got {n}: add texts or raise "
