@@ -42,6 +42,11 @@ APP_DIR = Path(__file__).resolve().parent / "app"  # the Flower app (FAB) folder
 CONNECTION = "lwm"  # the SuperLink connection's name in the run's FLWR_HOME
 START_TIMEOUT_S = 120.0  # the SuperLink's start-up on a busy 2-core machine
 STOP_TIMEOUT_S = 10.0
+#: The ServerApp records every outcome it reaches, its errors included, so a run without one
+#: means Flower's runtime itself died, most often Ray's raylet missing its hard-coded 30 s
+#: start-up on two busy cores (seen in CI). Such a run is started once more. All holders
+#: are on this machine, so nothing left it in the run that died.
+RUN_ATTEMPTS = 2
 
 
 def run_federation(config: FederationConfig, *, verbose: bool = False) -> FederationResult:
@@ -63,17 +68,22 @@ def run_federation(config: FederationConfig, *, verbose: bool = False) -> Federa
         run_config = folder / "run-config.toml"
         _write_toml(run_config, {"config": str(fed_toml), "result": str(outcome)})
         env = flower_env(folder / "flwr-home")
-        with local_superlink(folder, env):
-            done = subprocess.run(
-                [
-                    "flwr", "run", str(APP_DIR), CONNECTION, "--stream",
-                    "--run-config", str(run_config),
-                    "--federation-config", federation_config(len(config.holders), verbose),
-                ],
-                env=env,
-                cwd=folder,
-                check=False,
-            )  # fmt: skip
+        for attempt in range(1, RUN_ATTEMPTS + 1):
+            with local_superlink(folder, env):
+                done = subprocess.run(
+                    [
+                        "flwr", "run", str(APP_DIR), CONNECTION, "--stream",
+                        "--run-config", str(run_config),
+                        "--federation-config", federation_config(len(config.holders), verbose),
+                    ],
+                    env=env,
+                    cwd=folder,
+                    check=False,
+                )  # fmt: skip
+            if outcome.exists() or attempt == RUN_ATTEMPTS:
+                break
+            print(f"lwm: Flower's runtime ended without an outcome; starting again ({attempt + 1}/"
+                  f"{RUN_ATTEMPTS})", file=sys.stderr)  # fmt: skip
         if done.returncode != 0 and not outcome.exists():
             raise LwmError(f"flwr run failed (exit code {done.returncode}; see its output above)")
         return read_outcome(outcome)
