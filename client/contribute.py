@@ -29,8 +29,7 @@ from client.finetune import NO_DP_MECHANISM, FinetuneConfig, finetune_lora
 from client.publish import LearnwareCard, Published, SpecSettings, Verdict, publish
 from shared import signing
 from shared.data.columns import DataPath
-from shared.dpsgd import poisson_sample_rate
-from shared.errors import AlreadyExists, DataError, InvalidInput, PrivacyError, SchemaMismatch
+from shared.errors import AlreadyExists, DataError, InvalidInput, SchemaMismatch
 from shared.home import Home
 from shared.models.device import CPU, Placement
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
@@ -304,43 +303,14 @@ def _prepare(
     if out.exists() or out.is_symlink():
         raise AlreadyExists(f"{out} exists; choose a new folder for the learnware")
     texts = load_texts(data)
-    _check_privacy_fits(len(texts), config)
+    config.spec.check_fits(len(texts), config.delta)
+    config.finetune.check_fits(len(texts))
     home = home or Home.resolve()
     kinds = config.spec.kinds
     schema = schema or local_schema(home, *kinds)
     base_ref = accepted_base(config.base_model, home, accepted_base_models)
     maker = spec_maker(schema, home, *kinds, placement=config.placement)
     return _Prepared(texts, home, base_ref, maker)
-
-
-def _check_privacy_fits(n: int, config: ContributeConfig) -> None:
-    """Budgets that cannot hold for ``n`` texts, refused before any model loads.
-
-    delta is the chance the guarantee fails outright; at delta >= 1/n a mechanism may
-    publish one text verbatim and still meet it. An RKME release needs enough texts for its
-    DP count (the market refuses a count too noisy to bound the norm). The DP-SGD noise is
-    calibrated here too, so a budget too small to train at all fails now, not after loading.
-    """
-    from shared.privacy import dpsgd_noise_multiplier
-    from shared.spec.claims import rkme_texts_needed
-
-    if config.delta >= 1.0 / n:
-        raise PrivacyError(
-            f"delta={config.delta:g} must be below 1/n = 1/{n} (at 1/n a release may reveal "
-            "a whole text); lower --delta or add texts"
-        )
-    needed = rkme_texts_needed(config.spec_budget) if "rkme" in config.spec.kinds else 1
-    if n < needed:
-        raise DataError(
-            f"an RKME spec at epsilon={config.spec_budget.epsilon} needs at least {needed} "
-            f"texts (its DP noise would outweigh its distances), got {n}: add texts or raise "
-            "--epsilon"
-        )
-    training = config.finetune
-    if training.dp_epsilon is not None:
-        rate = poisson_sample_rate(n, training.batch_size)
-        budget = PrivacyBudget(training.dp_epsilon, config.delta)
-        dpsgd_noise_multiplier(budget, sample_rate=rate, steps=training.steps)
 
 
 # ---------------------------------------------------------------- steps

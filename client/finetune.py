@@ -92,6 +92,20 @@ class FinetuneConfig:
     def budget(self) -> PrivacyBudget:
         return PrivacyBudget(self.dp_epsilon, self.delta)
 
+    def check_fits(self, n: int, steps: int | None = None) -> None:
+        """Refuse DP-SGD that ``n`` texts cannot carry, before any model loads: delta must
+        be below 1/n, and the noise for ``steps`` (default ``self.steps``; a federated
+        holder's rounds x local steps) is calibrated now, so a budget too small to train at
+        all fails in a second, not after loading."""
+        if not self.budget.is_private:
+            return
+        from shared.dpsgd import poisson_sample_rate
+        from shared.privacy import dpsgd_noise_multiplier
+
+        self.budget.require_texts(n)
+        rate = poisson_sample_rate(n, self.batch_size)
+        dpsgd_noise_multiplier(self.budget, sample_rate=rate, steps=steps or self.steps)
+
     @property
     def optimizer_name(self) -> str:
         if self.optimizer != "auto":

@@ -83,6 +83,23 @@ class SpecSettings:
     def budget(self, delta: float) -> PrivacyBudget:
         return PrivacyBudget(self.epsilon, delta)
 
+    def check_fits(self, n: int, delta: float) -> None:
+        """Refuse specs that ``n`` texts cannot carry, before any model loads: delta must be
+        below 1/n, and an RKME release needs enough texts for its DP count (the market
+        refuses a count too noisy to bound its distances' noise correction)."""
+        from shared.errors import DataError
+        from shared.spec.claims import rkme_texts_needed
+
+        budget = self.budget(delta)
+        budget.require_texts(n)
+        needed = rkme_texts_needed(budget) if "rkme" in self.kinds else 1
+        if n < needed:
+            raise DataError(
+                f"an RKME spec at epsilon={self.epsilon} needs at least {needed} texts (its "
+                f"DP noise would outweigh its distances), got {n}: add texts or raise the "
+                "spec epsilon"
+            )
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -44,6 +44,16 @@ class PrivacyBudget:
     def is_private(self) -> bool:
         return self.epsilon is not None
 
+    def require_texts(self, n: int) -> None:
+        """``PrivacyError`` unless delta < 1/n: delta is the chance the guarantee fails
+        outright, and at delta >= 1/n a mechanism may publish one text verbatim and still
+        meet it."""
+        if self.is_private and self.delta >= 1.0 / n:
+            raise PrivacyError(
+                f"delta={self.delta:g} must be below 1/n = 1/{n} (at 1/n a release may "
+                "reveal a whole text); lower delta or add texts"
+            )
+
 
 @dataclass(frozen=True)
 class DPReport:

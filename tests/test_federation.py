@@ -206,6 +206,25 @@ def test_client_app_dp_accountant_carries_across_rounds(
     assert sum(context.state["accountant"]["steps"]) == 2 * config.local_steps
 
 
+def test_a_holder_whose_budget_cannot_hold_fails_before_it_trains(
+    holders_data, coordinator_key, lwm_home
+):
+    """Each holder checks its own releases on its own machine before its first step: delta
+    below 1/n, and DP-SGD noise over the whole run that can be calibrated at all."""
+    from client.contribute import load_texts
+    from client.federation.client_app import train_round
+
+    texts = load_texts(holders_data[0])
+    base = load_causal_lm("tiny", lwm_home)
+    for changes, message in (
+        ({"delta": 0.05}, r"delta=0.05 must be below 1/n = 1/40"),
+        ({"train_epsilon": 0.001}, r"cannot reach epsilon=0.001"),
+    ):
+        config = fed_config(holders_data, coordinator_key, lwm_home.root, **changes)
+        with pytest.raises(PrivacyError, match=message):
+            train_round(config, base, None, texts, seed=0)
+
+
 def test_merge_specs_weights_by_n_and_combines_noise():
     import numpy as np
 

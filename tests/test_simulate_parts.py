@@ -86,7 +86,7 @@ def test_a_corpus_too_small_for_the_deal_is_a_data_error(tmp_path):
     path = tmp_path / "sim.toml"
     path.write_text(
         'profile = "quick"\n[[contributors]]\nname = "a"\nsources = ["medicine/mental"]\n'
-        'texts = 100000\n[[contributors]]\nname = "b"\nsources = ["math"]\n'
+        'texts = 50000\n[[contributors]]\nname = "b"\nsources = ["math"]\n'
     )
     with pytest.raises(DataError, match="medicine/mental has"):
         deal(SimulationConfig.from_toml(path))
@@ -140,3 +140,24 @@ def test_score_cache_survives_a_line_cut_short(tmp_path):
     assert reread.get("u2", "m1") is None
     reread.put("u2", "m1", _evaluation(7.0))  # the next run's first score is not lost
     assert ScoreCache(path).get("u2", "m1") == _evaluation(7.0)
+
+
+def test_a_holder_too_small_for_its_rkme_spec_is_refused_when_the_config_loads(tmp_path):
+    """The rule ``lwm contribute`` applies (49 texts at epsilon 4), checked before any market
+    starts, naming the contributor; a federation's holders are checked for delta only (the
+    RKME minimum applies to the merged spec)."""
+    from shared.errors import DataError
+
+    path = tmp_path / "sim.toml"
+    two = '[[contributors]]\nname = "b"\nsources = ["math"]\ntexts = 60\n'
+    path.write_text(
+        f'profile = "quick"\n[[contributors]]\nname = "a"\nsources = ["finance"]\ntexts = 30\n{two}'
+    )
+    with pytest.raises(DataError, match="^a: an RKME spec at epsilon=4.0 needs at least 49"):
+        SimulationConfig.from_toml(path)
+
+    path.write_text(
+        'profile = "quick"\n[[contributors]]\nname = "a"\nsources = ["finance"]\ntexts = 30\n'
+        f'holders = 2\n{two}'
+    )
+    assert SimulationConfig.from_toml(path).contributors[0].texts == 30

@@ -163,6 +163,7 @@ def train_round(
     )
 
     finetune = config.training
+    config.check_holder_fits(len(texts))  # before the first step; calibrations are cached
     ids, mask = tokenize(texts, base.tokenizer, finetune.max_tokens)
     history = list(history or ())
     with torch.random.fork_rng(devices=[]):

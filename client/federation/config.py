@@ -210,6 +210,14 @@ class FederationConfig:
         """Every holder's training steps over the whole run: its DP-SGD budget's horizon."""
         return self.rounds * self.training.steps
 
+    def check_holder_fits(self, n: int) -> None:
+        """Refuse, before any model loads, a holder of ``n`` texts whose releases cannot hold:
+        delta must be below 1/n for its spec and its DP-SGD, whose noise over the whole run
+        is calibrated now. (The RKME text minimum applies to the merged spec, whose count is
+        the holders' sum; the market checks it.)"""
+        self.spec.budget(self.delta).require_texts(n)
+        self.training.check_fits(n, self.total_steps)
+
     def to_dict(self) -> dict[str, Any]:
         """The FED.toml table ``from_dict`` reads back into this config, paths absolute.
 

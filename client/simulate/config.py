@@ -164,6 +164,7 @@ class SimulationConfig:
         for c in self.contributors:
             self._check_contributor(c)
         self._check_numbers()
+        self._check_privacy()
 
     def _check_sources(self) -> None:
         """Built-in names must exist; every file is read now (``DataError`` naming it)."""
@@ -221,6 +222,24 @@ class SimulationConfig:
                     raise InvalidInput(f"{f.name} must be a number > 0, got {value!r}")
         if self.users.eval_records > min(self.users.texts, self.users.task_records):
             raise InvalidInput("users.eval_records cannot exceed users.texts or task_records")
+
+    def _check_privacy(self) -> None:
+        """Each holder's texts must carry its specs at ``spec_epsilon`` (the rule
+        ``lwm contribute`` applies), refused before any market starts. A federation's
+        RKME minimum applies to its merged spec, so only delta is checked per holder."""
+        from client.publish import SpecSettings
+        from shared.privacy import DEFAULT_DELTA
+
+        spec = SpecSettings(self.spec_kinds, self.spec_epsilon)
+        for c in self.contributors:
+            n = c.texts + c.task_records * len(c.tasks)
+            try:
+                if c.federated:
+                    spec.budget(DEFAULT_DELTA).require_texts(n)
+                else:
+                    spec.check_fits(n, DEFAULT_DELTA)
+            except LwmError as exc:
+                raise type(exc)(f"{c.name}: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
