@@ -100,6 +100,14 @@ class BlobWriter:
         """Hash of the bytes written so far."""
         return self._hash.hexdigest()
 
+    def check(self, expected_sha256: str | None, expected_size: int | None) -> None:
+        """What ``commit`` checks first, for a caller with more to check before it commits:
+        InvalidInput if the size differs, IntegrityError if the hash does (nothing dropped)."""
+        if expected_size is not None and expected_size != self.size:
+            raise InvalidInput(f"blob has {self.size} bytes, expected {expected_size}")
+        if expected_sha256 is not None and check_sha256(expected_sha256) != self.sha256:
+            raise IntegrityError(f"blob sha256 is {self.sha256}, expected {expected_sha256}")
+
     def commit(
         self, expected_sha256: str | None = None, expected_size: int | None = None
     ) -> BlobRef:
@@ -114,10 +122,7 @@ class BlobWriter:
             raise ValueError("blob writer is closed")
         sha256 = self.sha256
         try:
-            if expected_size is not None and expected_size != self.size:
-                raise InvalidInput(f"blob has {self.size} bytes, expected {expected_size}")
-            if expected_sha256 is not None and check_sha256(expected_sha256) != sha256:
-                raise IntegrityError(f"blob sha256 is {sha256}, expected {expected_sha256}")
+            self.check(expected_sha256, expected_size)
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()

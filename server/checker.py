@@ -47,6 +47,7 @@ from shared.errors import (
 )
 from shared.home import Home
 from shared.learnware import (
+    FileEntry,
     Manifest,
     PackageLimits,
     VerifiedPackage,
@@ -140,22 +141,27 @@ def check_static(
     limits: PackageLimits,
     trusted_public_key: signing.Ed25519PublicKey | bytes,
     spec_limits: SpecLimits | None = None,
+    hashed: Mapping[str, FileEntry] | None = None,
 ) -> StaticResult:
     """All checks that need no model: raises an ``LwmError`` naming the first problem.
 
     ``base_models`` is keyed by ``model_id``. ``trusted_public_key`` is the registered key
     of the contributor (raw 32 bytes or a key object); there is no unsigned mode.
-    ``spec_limits`` defaults to ``SpecLimits()``.
+    ``spec_limits`` defaults to ``SpecLimits()``. ``hashed``: the payload files' sizes and
+    sha256 measured as they were unpacked (``TarStream``), so they are not read again.
     """
-    verified = _verify(package_dir, limits, trusted_public_key)
+    verified = _verify(package_dir, limits, trusted_public_key, hashed)
     return _check_contents(verified, market, base_models, spec_limits or SpecLimits())
 
 
 def _verify(
-    package_dir: Path, limits: PackageLimits, key: signing.Ed25519PublicKey | bytes
+    package_dir: Path,
+    limits: PackageLimits,
+    key: signing.Ed25519PublicKey | bytes,
+    hashed: Mapping[str, FileEntry] | None = None,
 ) -> VerifiedPackage:
     public_key = key if isinstance(key, signing.Ed25519PublicKey) else signing.load_public_key(key)
-    return verify_package(package_dir, public_key, limits=limits)
+    return verify_package(package_dir, public_key, limits=limits, hashed=hashed)
 
 
 def _check_contents(
@@ -274,9 +280,13 @@ class Checker:
         self.gate.close()
 
     def check_static(
-        self, package_dir: Path, contributor_public_key: signing.Ed25519PublicKey | bytes
+        self,
+        package_dir: Path,
+        contributor_public_key: signing.Ed25519PublicKey | bytes,
+        hashed: Mapping[str, FileEntry] | None = None,
     ) -> StaticResult:
-        """The first stage: raises an ``LwmError`` naming the first problem."""
+        """The first stage: raises an ``LwmError`` naming the first problem (``hashed``:
+        see the module-level ``check_static``)."""
         return check_static(
             Path(package_dir),
             self.schema,
@@ -284,6 +294,7 @@ class Checker:
             self.limits,
             contributor_public_key,
             self.spec_limits,
+            hashed,
         )
 
     def judge(self, package_dir: Path, static: StaticResult) -> Judgment:

@@ -45,7 +45,6 @@ from server.submission import (
     pending_record,
     receive,
     scratch_dir,
-    unpack,
 )
 from server.versions import NewestVersions
 from shared import signing
@@ -296,16 +295,18 @@ class Market:
         self, caller: Caller, header: Header, chunks: Iterable[tuple[int, bytes]]
     ) -> LearnwareRecord:
         upload = self._admit(caller, header)
+        key, size = upload.contributor.public_key, header.total_size
         with scratch_dir(self.blobs.work_dir) as workdir:
             with self.blobs.provisional(header.sha256, self._owned):
-                blob = receive(self.blobs, header, chunks, self.limits)
-                package = unpack(blob, header, workdir, self.limits.package)
-                static = self.checker.check_static(package, upload.contributor.public_key)
+                with self.blobs.writer(max_size=size) as writer:  # one pass, then commit
+                    package = receive(writer, header, chunks, self.limits, workdir)
+                    static = self.checker.check_static(package.path, key, package.files)
+                    blob = writer.commit(expected_sha256=header.sha256, expected_size=size)
                 stored = self.store.add_learnware(
                     pending_record(upload, blob, static), self.queue.lease
                 )
             with self.queue.holding(stored.id):  # judged here; by another replica if we die
-                return self._conclude(stored, self.checker.judge(package, static))
+                return self._conclude(stored, self.checker.judge(package.path, static))
 
     def _admit(self, caller: Caller, header: Header) -> Upload:
         """The checks before any byte is received: header, registered key, quota, duplicate.

@@ -1,22 +1,28 @@
 """The steps of receiving one upload, in the order ``Market.submit`` runs them.
 
 1. ``check_header``: cheap checks before any byte is stored; parses the manifest, and the
-   later steps use that parse (``Upload``). Only ``verify_package``, inside the static
-   checks, reads the package's own copy again (byte-identical, ``unpack`` made sure), as
-   every verifier of a package does.
-2. ``receive``: the chunks into a blob; contiguous offsets, size and sha256 must all match.
-3. ``unpack``: the blob into a private folder; it must be the canonical tar of the header's
-   manifest and signature. Then the ``Checker``'s static checks (``server/checker.py``).
+   later steps use that parse (``Upload``).
+2. ``receive``: one pass over the chunks as they arrive. Each chunk goes to the blob's
+   temp file (``BlobWriter``: size and sha256 of the whole upload) and through a
+   ``TarStream`` that checks and unpacks the tar into a private folder, hashing each member
+   as it is written and proving the bytes are the canonical tar of those members. At the
+   end the problems are raised in the order they always were: offsets and size, sha256,
+   the tar (``unpack_tar``'s refusals), the package's manifest and signature against the
+   header's, canonical form. Nothing is read back: the upload is never re-read, re-packed
+   or re-hashed.
+3. The ``Checker``'s static checks (``server/checker.py``) on the unpacked folder, given
+   the member hashes from step 2 (``verify_package`` compares them with the signed
+   manifest instead of reading the files again); then the blob is committed (fsync, rename).
 4. ``pending_record``: what the store inserts, as PENDING, with the spec file as received.
 5. The ``Checker``'s judgment (the smoke run): PENDING -> USABLE or REJECTED.
 
 The order is what makes a submission atomic (DESIGN §6). Bytes go to a temp file that
-becomes a blob only when size and sha256 match; the package is unpacked into a private
-folder (``scratch_dir``) and checked there; only a package that passed every static check
-is ever inserted in the database, and only then is it visible. ``BlobStore.provisional``
-owns the blob from step 2 to step 4: a failure removes it (unless another learnware owns the
-same bytes); a crash leaves at worst an orphan blob, which ``BlobStore.gc`` removes at the
-next start.
+becomes a blob only when size, sha256 and every static check passed; the package is
+unpacked into a private folder (``scratch_dir``) and checked there; only a package that
+passed every static check is ever inserted in the database, and only then is it visible.
+``BlobStore.provisional`` owns the blob from its commit to step 4: a failure removes it
+(unless another learnware owns the same bytes); a crash leaves at worst an orphan blob,
+which ``BlobStore.gc`` removes at the next start.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.blobs import BlobRef, BlobStore
+from server.blobs import BlobRef, BlobWriter
 from server.checker import StaticResult
 from server.records import KeyRecord, LearnwareRecord, SpecRecord, Status
 from server.settings import Limits
 from shared.errors import IntegrityError, InvalidInput, PermissionDenied, ResourceExhausted
-from shared.learnware import Manifest, PackageLimits, unpack_tar, write_tar
+from shared.learnware import Manifest
+from shared.learnware.tarstream import StreamedTar, TarStream
 
 _DESCRIPTION = ("name", "domain", "task", "description", "license")
 """Manifest fields a learnware's record keeps as they are (search filters and listings)."""
@@ -88,10 +95,16 @@ def check_header(header: Header, caller_key_id: str, limits: Limits) -> Manifest
 
 
 def receive(
-    blobs: BlobStore, header: Header, chunks: Iterable[tuple[int, bytes]], limits: Limits
-) -> BlobRef:
-    """Write the chunks to a blob; contiguous offsets, sizes and sha256 must all match."""
-    with blobs.writer(max_size=header.total_size) as writer:
+    writer: BlobWriter,
+    header: Header,
+    chunks: Iterable[tuple[int, bytes]],
+    limits: Limits,
+    workdir: Path,
+) -> StreamedTar:
+    """Take the chunks into ``writer`` and unpack them into ``workdir/package`` in the same
+    pass; contiguous offsets, sizes and sha256 must match, and the tar must be the canonical
+    tar of the header's manifest and signature. Does not commit ``writer``."""
+    with TarStream(workdir / "package", limits.package) as tar:
         expected_offset = 0
         for offset, data in chunks:
             if len(data) > limits.max_chunk_bytes:
@@ -103,10 +116,14 @@ def receive(
             if expected_offset + len(data) > header.total_size:
                 raise InvalidInput(f"more bytes than the announced total_size {header.total_size}")
             writer.write(data)
+            tar.feed(data)
             expected_offset += len(data)
         if expected_offset != header.total_size:
             raise InvalidInput(f"stream ended after {expected_offset} of {header.total_size} bytes")
-        return writer.commit(expected_sha256=header.sha256, expected_size=header.total_size)
+        writer.check(expected_sha256=header.sha256, expected_size=header.total_size)
+        package = tar.finish()
+    _match_header(package, header)
+    return package
 
 
 @contextmanager
@@ -120,19 +137,17 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def unpack(blob: BlobRef, header: Header, workdir: Path, limits: PackageLimits) -> Path:
-    """Unpack the stored tar into ``workdir/package``; it must be what the header announced."""
-    package = unpack_tar(blob.path, workdir / "package", limits=limits)
-    if (package / "manifest.json").read_bytes() != header.manifest_json:
+def _match_header(package: StreamedTar, header: Header) -> None:
+    """The unpacked package must be what the header announced, in its canonical tar."""
+    if (package.path / "manifest.json").read_bytes() != header.manifest_json:
         raise IntegrityError("manifest.json: the package's manifest differs from the header's")
-    if (package / "signature").read_bytes() != header.signature:
+    if (package.path / "signature").read_bytes() != header.signature:
         raise IntegrityError("signature: the package's signature differs from the header's")
-    if _canonical_sha256(package) != blob.sha256:
+    if not package.canonical:
         raise InvalidInput(
             "the upload is not the canonical tar of its package (use pack_tar): "
             "the same learnware must always have the same bytes"
         )
-    return package
 
 
 def pending_record(upload: Upload, blob: BlobRef, static: StaticResult) -> LearnwareRecord:
@@ -157,22 +172,3 @@ def pending_record(upload: Upload, blob: BlobRef, static: StaticResult) -> Learn
             SpecRecord(s.kind, s.schema_id, s.dim, static.spec_bytes) for s in static.specs
         ),
     )
-
-
-class _Discard:
-    """A write-only sink: ``write_tar`` hashes what it writes, we only need the hash."""
-
-    def __init__(self) -> None:
-        self.position = 0
-
-    def write(self, data: bytes) -> int:
-        self.position += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.position
-
-
-def _canonical_sha256(package: Path) -> str:
-    """sha256 of the canonical tar of ``package``, streamed (no copy of it in memory)."""
-    return write_tar(package, _Discard()).sha256  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -274,6 +274,7 @@ def verify_package(
     trusted_public_key: signing.Ed25519PublicKey | None,
     *,
     limits: PackageLimits | None = None,
+    hashed: Mapping[str, FileEntry] | None = None,
 ) -> VerifiedPackage:
     """Check a learnware directory completely; ``IntegrityError`` names the failing file.
 
@@ -285,13 +286,17 @@ def verify_package(
 
     With ``trusted_public_key=None`` the signature is NOT checked (``signer_key_id`` None):
     only use that where the key is checked elsewhere. Limits raise ``ResourceExhausted``.
+    ``hashed``: the payload files' sizes and sha256 as the caller measured them while it
+    wrote them (``TarStream``), so they are compared with the manifest without reading the
+    files again; only for files this process wrote itself and nobody else can change.
     """
     limits = limits or PackageLimits()
     root = Path(path)
     _check_entries(root)
     manifest = _read_manifest(root, limits)
     for name in sorted(PAYLOAD_FILES):
-        _check_hash(root / name, manifest.files[name], limits.max_bytes(name))
+        found = (hashed or {}).get(name) or _hash_file(root / name, limits.max_bytes(name))
+        _check_hash(name, found, manifest.files[name], limits.max_bytes(name))
     _check_payload_content(root)
     signature = _read_limited(root / SIGNATURE, SIGNATURE_BYTES)
     if len(signature) != SIGNATURE_BYTES:
@@ -355,18 +360,28 @@ def _read_limited(path: Path, max_bytes: int) -> bytes:
     return path.read_bytes()
 
 
-def _check_hash(path: Path, expected: FileEntry, max_bytes: int) -> None:
+def _hash_file(path: Path, max_bytes: int) -> FileEntry:
+    """Size and sha256 of a payload file; one over ``max_bytes`` is refused unread."""
     size = path.stat().st_size
-    if size > max_bytes:
-        raise ResourceExhausted(f"{path.name}: {size} bytes, over the {max_bytes}-byte limit")
-    if size != expected.size:
-        raise IntegrityError(f"{path.name}: size {size} != {expected.size} in the manifest")
+    _check_size(path.name, size, max_bytes)
     digest = hashlib.sha256()
     with path.open("rb") as reader:
         for block in _blocks(reader):
             digest.update(block)
-    if digest.hexdigest() != expected.sha256:
-        raise IntegrityError(f"{path.name}: sha256 does not match the manifest (tampered?)")
+    return FileEntry(sha256=digest.hexdigest(), size=size)
+
+
+def _check_size(name: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ResourceExhausted(f"{name}: {size} bytes, over the {max_bytes}-byte limit")
+
+
+def _check_hash(name: str, found: FileEntry, expected: FileEntry, max_bytes: int) -> None:
+    _check_size(name, found.size, max_bytes)
+    if found.size != expected.size:
+        raise IntegrityError(f"{name}: size {found.size} != {expected.size} in the manifest")
+    if found.sha256 != expected.sha256:
+        raise IntegrityError(f"{name}: sha256 does not match the manifest (tampered?)")
 
 
 def _check_payload_content(root: Path) -> None:

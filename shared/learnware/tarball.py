@@ -31,7 +31,17 @@ from shared.errors import AlreadyExists, IntegrityError, ResourceExhausted
 from shared.files import building
 from shared.learnware.layout import PACKAGE_FILES, PackageLimits, refusal
 
-__all__ = ["TarDigest", "pack_tar", "unpack_tar", "write_tar"]
+__all__ = [
+    "TarDigest",
+    "canonical_header",
+    "check_complete",
+    "check_member",
+    "not_a_tar",
+    "pack_tar",
+    "tar_end_size",
+    "unpack_tar",
+    "write_tar",
+]
 
 
 @dataclass(frozen=True)
@@ -85,16 +95,35 @@ def write_tar(src_dir: str | Path, out: BinaryIO) -> TarDigest:
     fileobj = cast(BinaryIO, writer)
     with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for path in _package_files(Path(src_dir)):
-            info = tarfile.TarInfo(path.name)
-            info.size = path.stat().st_size
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.type = tarfile.REGTYPE
             with path.open("rb") as reader:
-                tar.addfile(info, reader)
+                tar.addfile(_canonical_info(path.name, path.stat().st_size), reader)
     return writer.digest()
+
+
+def _canonical_info(name: str, size: int) -> tarfile.TarInfo:
+    """The header ``write_tar`` gives a member: only its name and size vary."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def canonical_header(name: str, size: int) -> bytes:
+    """The 512-byte header block ``write_tar`` writes for member ``name`` of ``size`` bytes."""
+    return _canonical_info(name, size).tobuf(
+        tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"
+    )
+
+
+def tar_end_size(members_end: int) -> int:
+    """The bytes ``write_tar`` (tarfile) writes after the last member's padding, which ends
+    at ``members_end``: two zero blocks, then zeros up to a whole 20-block record."""
+    end = 2 * tarfile.BLOCKSIZE
+    return end + -(members_end + end) % tarfile.RECORDSIZE
 
 
 def pack_tar(src_dir: str | Path) -> bytes:
@@ -140,21 +169,32 @@ def _extract_all(handle: BinaryIO, into: Path, limits: PackageLimits) -> None:
     try:
         with tarfile.open(fileobj=handle, mode="r:") as tar:
             for member in tar:
-                _check_member(member, seen, limits)
+                check_member(member, seen, limits)
                 seen.add(member.name)
                 tar.extract(member, into, filter="data")
                 os.chmod(into / member.name, 0o644)
     except tarfile.FilterError as err:
         raise IntegrityError(f"unsafe tar member refused: {err}") from err
     except (tarfile.TarError, EOFError) as err:
-        raise IntegrityError(f"not a valid uncompressed learnware tar: {err}") from err
+        raise not_a_tar(err) from err
+    check_complete(seen)
+
+
+def not_a_tar(err: Exception) -> IntegrityError:
+    """The refusal of bytes that do not read as an uncompressed tar (``err`` says why)."""
+    return IntegrityError(f"not a valid uncompressed learnware tar: {err}")
+
+
+def check_complete(seen: set[str]) -> None:
+    """Every package file was in the tar; ``IntegrityError`` names the first missing."""
     missing = sorted(PACKAGE_FILES - seen)
     if missing:
         raise IntegrityError(f"{missing[0]}: missing from the tar")
 
 
-def _check_member(member: tarfile.TarInfo, seen: set[str], limits: PackageLimits) -> None:
-    """Our allow-list, checked before tarfile touches the disk."""
+def check_member(member: tarfile.TarInfo, seen: set[str], limits: PackageLimits) -> None:
+    """Our allow-list, checked before a member's bytes touch the disk (``seen``: the names
+    of the members before it)."""
     name = member.name
     if not member.isreg() or member.issparse():
         kind = "link" if member.issym() or member.islnk() else "non-regular member"
