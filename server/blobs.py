@@ -21,6 +21,7 @@ lowercase hex digits before it touches a path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -29,6 +30,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+FLUSH_BEHIND_BYTES = 8 * 1024 * 1024
+"""An upload starts writing its temp file to disk in the background every this many bytes."""
+
+
+def _datasync_quietly(fd: int) -> None:
+    """``fdatasync`` for a flush-behind: an error here is the final fsync's to raise."""
+    with contextlib.suppress(OSError):
+        os.fdatasync(fd)
+
+
 @dataclass(frozen=True)
 class BlobRef:
     sha256: str
@@ -83,6 +95,8 @@ class BlobWriter:
         self.temp_path = store.temp_dir / f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
         self._file: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115 (closed by commit/abort)
         self._done = False
+        self._unsynced = 0  # bytes written since the last flush-behind started
+        self._syncing: Future[None] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes. ResourceExhausted (and the upload aborted) past ``max_size``."""
@@ -94,6 +108,27 @@ class BlobWriter:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
+        self._unsynced += len(data)
+        if self._unsynced >= FLUSH_BEHIND_BYTES and not self._still_syncing():
+            self._sync_behind()
+
+    def _still_syncing(self) -> bool:
+        return self._syncing is not None and not self._syncing.done()
+
+    def _sync_behind(self) -> None:
+        """Start writing what is written so far to disk in a thread, while the upload goes
+        on, so that ``commit``'s fsync finds only the tail left (it is what makes the blob
+        durable; this only starts early)."""
+        assert self._file is not None
+        self._file.flush()
+        self._unsynced = 0
+        self._syncing = self._store.syncer.submit(_datasync_quietly, self._file.fileno())
+
+    def _join_sync(self) -> None:
+        """Wait for a flush-behind (before the final fsync, and before the file closes)."""
+        if self._syncing is not None:
+            self._syncing.result()
+            self._syncing = None
 
     @property
     def sha256(self) -> str:
@@ -124,6 +159,7 @@ class BlobWriter:
         try:
             self.check(expected_sha256, expected_size)
             self._file.flush()
+            self._join_sync()
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
@@ -140,6 +176,7 @@ class BlobWriter:
 
     def abort(self) -> None:
         """Drop the upload: close and remove the temp file (safe to call twice)."""
+        self._join_sync()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -219,6 +256,7 @@ class BlobStore:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = self.root / "work"  # unpacked packages under check (scratch folders)
         self._uploads = _KeyedLocks()
+        self.syncer = ThreadPoolExecutor(2, thread_name_prefix="lwm-blob-sync")  # flush-behind
 
     def claim(self, *, replicas: bool = False) -> BlobClaim:
         """Lock the store for serving (``root/.lock``, released by the claim's ``release``

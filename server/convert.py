@@ -209,6 +209,29 @@ def fetch_header_to_pb(download: Download, info: pb.LearnwareInfo) -> pb.FetchHe
     )
 
 
+def fetch_chunk_bytes(offset: int, data: bytes) -> bytes:
+    """``FetchChunk(chunk=Chunk(offset=offset, data=data))`` serialized, written directly:
+    the same bytes as protobuf writes (fields in number order, a zero offset omitted), with
+    one copy of ``data`` instead of protobuf's three (~1 ms per MB: as much as the wire)."""
+    inner = _key(1, 0) + _varint(offset) if offset else b""  # proto3 omits zero and empty
+    inner += _key(2, 2) + _varint(len(data)) if data else b""
+    outer = _key(2, 2) + _varint(len(inner) + len(data))
+    return b"".join((outer, inner, data))
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def stats_to_pb(stats: MarketStats) -> pb.Stats:
     counts = stats.store
     return pb.Stats(

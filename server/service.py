@@ -215,13 +215,17 @@ class MarketService:
         deadline = streams.Deadline(self.limits.idle_s, self.limits.stream_call_s)
         header = pb.FetchChunk(header=convert.fetch_header_to_pb(download, info))
         await streams.write(context, header, deadline.next_wait()[0])
-        while True:
-            piece = await self._in_thread(self._transfers, next, download.chunks, None)
-            if piece is None:
-                return
-            offset, data = piece
-            message = pb.FetchChunk(chunk=pb.Chunk(offset=offset, data=data))
-            await streams.write(context, message, deadline.next_wait()[0])
+        # Read ahead: the next chunk is read from the blob (and framed) in a thread while
+        # this one is written, so the disk and the wire never wait for each other.
+        loop = asyncio.get_running_loop()
+        read = functools.partial(_next_message, download.chunks)
+        ahead = loop.run_in_executor(self._transfers, read)
+        try:
+            while (message := await ahead) is not None:
+                ahead = loop.run_in_executor(self._transfers, read)
+                await streams.write(context, message, deadline.next_wait()[0])
+        finally:
+            ahead.cancel()  # a read in progress finishes in its thread, unused
 
     # ------------------------------------------------------------------ per method
     def _info(self, record: LearnwareRecord) -> pb.LearnwareInfo:
@@ -283,15 +287,22 @@ class MarketService:
         return convert.key_to_pb(record)
 
 
-def _codec(name: str) -> tuple[Callable[[bytes], Message], Callable[[Message], bytes]]:
+def _codec(name: str) -> tuple[Callable[[bytes], Message], Callable[[Message | bytes], bytes]]:
     """(request deserializer, response serializer) of method ``name``, from market.proto."""
     method = _METHODS[name]
     request_class = getattr(pb, method.input_type.name)
     return request_class.FromString, _serialize
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
+def _serialize(message: Message | bytes) -> bytes:
+    """A message's bytes; bytes are already serialized (``convert.fetch_chunk_bytes``)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _next_message(chunks: Iterator[tuple[int, bytes]]) -> bytes | None:
+    """The next chunk of a download as a serialized ``FetchChunk``; None at the end."""
+    piece = next(chunks, None)
+    return None if piece is None else convert.fetch_chunk_bytes(*piece)
 
 
 def _chunks(messages: Iterator[pb.SubmitRequest]) -> Iterator[tuple[int, bytes]]:

@@ -6,15 +6,18 @@ message of an upload and each write of a download (the idle deadline), and a who
 instead of holding its call open for as long as it likes.
 
 ``SyncStream`` hands an upload's remaining messages to the market's synchronous receive
-code, which runs in a worker thread: each ``next`` asks the event loop for the next message
-and waits for it under the same deadlines. ``close`` ends it from the loop when the call is
-over (finished, failed or cancelled by the client), so the worker stops at its next read.
+code, which runs in a worker thread: each ``next`` takes a message the event loop has read
+and asks it for the one after (read-ahead: the loop reads while the worker checks and
+writes), under the same deadlines, counted from the moment the message is asked for.
+``close`` ends it from the loop when the call is over (finished, failed or cancelled by
+the client), so the worker stops at its next read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Generic, TypeVar
@@ -97,17 +100,22 @@ class SyncStream(Generic[M]):
     def __next__(self) -> M:
         if self._closed:
             raise Unavailable("the call is over")
-        wait, late = self._deadline.next_wait()
-        self._pending = asyncio.run_coroutine_threadsafe(
-            _next(self._requests, wait, late), self._loop
-        )
+        pending = self._pending or self._ask()
+        self._pending = None
         try:
-            message = self._pending.result()
+            message = pending.result()
         except concurrent.futures.CancelledError:
             raise Unavailable("the call is over") from None
         if message is _END:
             raise StopIteration
+        with contextlib.suppress(DeadlineExceeded):  # raised by the next call instead
+            self._pending = self._ask()  # read ahead, while the worker handles this one
         return message  # type: ignore[return-value]
+
+    def _ask(self) -> concurrent.futures.Future[M | object]:
+        """Have the loop read the next message, under the deadlines as of now."""
+        wait, late = self._deadline.next_wait()
+        return asyncio.run_coroutine_threadsafe(_next(self._requests, wait, late), self._loop)
 
     def close(self) -> None:
         """End the stream for the worker (from the loop): a read in progress is cancelled."""

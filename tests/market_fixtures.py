@@ -11,7 +11,7 @@ from client.market import Connection, MarketClient
 from server.app import RunningServer, build_server
 from server.pki import ServerDirLayout, init_server_dir
 from server.records import Role
-from server.settings import CallLimits, ServerSettings
+from server.settings import CallLimits, Limits, ServerSettings
 from shared import signing
 from shared.home import Home
 
@@ -50,6 +50,7 @@ def market_server(
     run_smoke: bool = True,
     calls: CallLimits | None = None,
     web_address: str | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[MarketUnderTest]:
     layout = init_server_dir(tmp / "server")
     settings = ServerSettings(
@@ -63,6 +64,7 @@ def market_server(
         grace_s=0,
         calls=calls or CallLimits(),
         web_address=web_address,
+        limits=limits or Limits(),
     )
     running = build_server(settings)
     keys = tmp / "keys"
