@@ -24,6 +24,7 @@ from server.blobs import BlobStore
 from server.changes import ChangeFeed, FeedFollower, listen_url
 from server.checker import Checker, Judgment
 from server.index import SpecIndex
+from server.index_load import load as load_indexes
 from server.judgment_queue import JudgingWorker, JudgmentQueue, Lease, replica_name
 from server.key_cache import KeyCache
 from server.records import (
@@ -37,6 +38,7 @@ from server.records import (
     Visibility,
 )
 from server.settings import Limits, ReplicaSettings
+from server.snapshots import IndexSnapshots
 from server.store import Store
 from server.submission import (
     Header,
@@ -128,8 +130,9 @@ class Market:
         replica = replica or ReplicaSettings()
         lease = Lease(replica.name or replica_name(), replica.judgment_lease_s)
         self.queue = JudgmentQueue(store, lease)
+        self.changes = ChangeFeed(store)
         self.feed = FeedFollower(
-            ChangeFeed(store),
+            self.changes,
             self.refresh,
             poll_s=replica.feed_poll_s,
             listen_url=listen_url(store),
@@ -141,6 +144,7 @@ class Market:
         self._usable: dict[str, LearnwareRecord] = {}
         self._newest = NewestVersions()
         self._keys = KeyCache(store.get_key)
+        self.snapshots = IndexSnapshots(blobs.root / "index")
         self.indexes = {
             kind: SpecIndex(
                 kind, self.schema.for_kind(kind).schema_id, self.schema.for_kind(kind).spec_dim
@@ -186,14 +190,18 @@ class Market:
         self.feed.stop()
 
     def _load_usable(self) -> None:
+        """Every USABLE learnware and the indexes, from a snapshot when one matches
+        (``server.index_load``): at a million learnwares a rebuild takes minutes."""
+        loaded = load_indexes(
+            self.store, self.changes, self.snapshots, self.indexes, self.feed.applied
+        )
         with self._lock:
-            self._usable.clear()
+            self._usable = loaded.records
             self._newest.clear()
-            for index in self.indexes.values():
-                for learnware_id in index.keys:
-                    index.remove(learnware_id)
-            for record in self._all(LearnwareFilter(status=Status.USABLE, all_versions=True)):
-                self._show(record, self.store.get_key(record.contributor_key_id))
+            for record in loaded.records.values():
+                self._newest.add(record)
+            self.indexes = loaded.indexes
+        log.info("indexes %s (%d reconciled)", loaded.source, loaded.reconciled)
 
     def refresh(self, learnware_id: str) -> None:
         """Make the index agree with the database about one learnware (a change of the
@@ -215,16 +223,6 @@ class Market:
                 self._publish(record, [spec.spec() for spec in record.specs])
             else:
                 self._unpublish(record.id)
-
-    def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
-        """Every record matching ``flt``, page by page (the store caps page sizes)."""
-        token = ""
-        while True:
-            page = self.store.list(flt, 500, token)
-            yield from page.items
-            token = page.next_page_token
-            if not token:
-                return
 
     def _publish(self, record: LearnwareRecord, specs: Iterable[Specification]) -> None:
         with self._lock:
