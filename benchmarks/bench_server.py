@@ -287,9 +287,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None):  # type: ignore[no-untyped-def]
+def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None, extra=()):  # type: ignore[no-untyped-def]
     """``lwm server start`` in its own process (smoke run off), from ``tree`` when given
-    (another checkout, e.g. the commit before a change: the same clients against both)."""
+    (another checkout, e.g. the commit before a change: the same clients against both),
+    with ``extra`` options."""
     import subprocess
 
     env = dict(os.environ)
@@ -298,7 +299,7 @@ def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None)
     command = [
         sys.executable, "-m", "client.cli", "server", "start",
         "--dir", str(server_dir), "--db", db, "--address", f"127.0.0.1:{port}",
-        "--no-smoke", "--log-level", "ERROR",
+        "--no-smoke", "--log-level", "ERROR", *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
     line = proc.stdout.readline() if proc.stdout else ""
