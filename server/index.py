@@ -131,24 +131,27 @@ class SpecIndex:
                 self._approx = None
             return True
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
+    @contextmanager
+    def arrays(self) -> Iterator[dict[str, np.ndarray]]:
         """The index as plain arrays (``server.snapshots`` writes them): keys, rows and the
-        approximate index, if any, with its trained state, so a restore needs no training."""
+        approximate index, if any, with its trained state, so a restore needs no training.
+        The rows are views, not copies (gigabytes at a million), valid inside the block;
+        adds and removals wait until it ends."""
         with self._lock.reading():
             arrays = {
                 "keys": np.array(self._keys, dtype=np.str_),
-                "vectors": self._matrix.copy(),
-                "offsets": self._offsets.copy(),
+                "vectors": self._matrix,
+                "offsets": self._offsets,
             }
             if self._approx is not None:
                 arrays.update(self._approx.to_arrays())
-            return arrays
+            yield arrays
 
     @classmethod
     def from_arrays(
         cls, kind: str, schema_id: str, dim: int, config: IndexConfig, arrays: dict[str, np.ndarray]
     ) -> SpecIndex:
-        """The index ``to_arrays`` saved; SpecError when the arrays do not fit together."""
+        """The index ``arrays`` gave; SpecError when the arrays do not fit together."""
         keys = [str(key) for key in arrays["keys"].tolist()]
         vectors = np.asarray(arrays["vectors"], dtype=np.float32)
         offsets = np.asarray(arrays["offsets"], dtype=np.float32)
@@ -157,9 +160,10 @@ class SpecIndex:
         if len(set(keys)) != len(keys) or not np.all(np.isfinite(vectors)):
             raise SpecError("index arrays hold a key twice or a non-finite entry")
         index = cls(kind, schema_id, dim, config)
-        index._reserve(len(keys))
-        index._buf[: len(keys)], index._obuf[: len(keys)] = vectors, offsets
-        index._tbuf[: len(keys)] = row_terms(vectors, offsets)
+        # The arrays become the row storage as they are (a copy would double the memory
+        # of a start at a million rows); the first add grows them as usual.
+        index._buf, index._obuf = np.ascontiguousarray(vectors), np.ascontiguousarray(offsets)
+        index._tbuf = row_terms(index._buf, index._obuf)
         index._keys, index._rows = keys, {key: row for row, key in enumerate(keys)}
         if "faiss" in arrays:
             index._approx = _ApproxIndex.from_arrays(config, arrays, len(keys), dim)
@@ -343,7 +347,7 @@ class _ApproxIndex:
     def from_arrays(
         cls, config: IndexConfig, arrays: dict[str, np.ndarray], rows: int, dim: int
     ) -> _ApproxIndex:
-        """The trained index ``to_arrays`` saved (its projection is the seed's again)."""
+        """The trained index ``to_arrays`` gave (its projection is the seed's again)."""
         import faiss
 
         approx = cls.__new__(cls)

@@ -11,13 +11,15 @@ stored specs. The feed after the head noted before loading does the rest
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from itertools import islice
 
-from sqlalchemy import select
+from sqlalchemy import LargeBinary, literal, select
 
 from server.changes import ChangeFeed
 from server.db import LearnwareRow, SpecRow
@@ -29,9 +31,21 @@ from shared.spec.record import Specification
 
 log = logging.getLogger("lwm.index_load")
 
+_SIGNED = ("manifest_json", "signature")
+"""Read when a search first returns the learnware (``signed_parts``), not at start: at a
+million learnwares they are gigabytes a replica would read and hold for nothing."""
 _COLUMNS = tuple(f.name for f in fields(LearnwareRecord) if f.name != "specs")
 _SHARED_TEXT = frozenset(
-    {"domain", "task", "license", "base_model_id", "base_model_sha256", "contributor_key_id"}
+    {
+        "domain",
+        "task",
+        "license",
+        "base_model_id",
+        "base_model_sha256",
+        "contributor_key_id",
+        "contributor_name",
+        "reason",
+    }
 )
 """Columns most learnwares share a value of: one string object each, not one per row."""
 
@@ -57,8 +71,14 @@ def load(
     """Records and new indexes as the database has them now; ``like``: an index per kind
     (its kind, schema and settings are taken); ``head``: the feed's newest change, noted
     before."""
-    records = {r.id: r for r in usable_records(store)}
-    restored = snapshots.load(like, feed.get)
+    gc.disable()  # a million new records would set off full collections all along
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="lwm-snapshot") as pool:
+            reading = pool.submit(snapshots.load, like, feed.get)  # file I/O, numpy: no GIL
+            records = {r.id: r for r in usable_records(store)}
+            restored = reading.result()
+    finally:
+        gc.enable()
     if restored is None:
         indexes = {k: SpecIndex(i.kind, i.schema_id, i.dim, i.config) for k, i in like.items()}
         _add_specs(store, indexes, records.keys())
@@ -79,25 +99,33 @@ def load(
 
 def usable_records(store: Store) -> Iterator[LearnwareRecord]:
     """Every USABLE learnware whose contributor key is registered and not revoked (what a
-    replica serves), without specs, streamed."""
+    replica serves), streamed, without specs, manifest and signature (empty: see
+    ``signed_parts``). Built positionally: at a million rows each step per row counts."""
     active = {key.key_id for key in store.list_keys(include_revoked=False)}
     table = LearnwareRow.__table__
-    query = select(*(table.c[name] for name in _COLUMNS)).where(
-        table.c.status == Status.USABLE
-    )
+    columns = [literal(b"", LargeBinary) if n in _SIGNED else table.c[n] for n in _COLUMNS]
+    query = select(*columns).where(table.c.status == Status.USABLE)
+    shared = [i for i, name in enumerate(_COLUMNS) if name in _SHARED_TEXT]
+    key_at = _COLUMNS.index("contributor_key_id")
+    with store.engine.connect() as connection:
+        rows = connection.execution_options(stream_results=True, max_row_buffer=20_000)
+        for part in rows.execute(query).partitions(20_000):
+            for row in part:
+                if row[key_at] not in active:
+                    continue
+                values = list(row)
+                for i in shared:
+                    values[i] = sys.intern(values[i])
+                yield LearnwareRecord(*values)
+
+
+def signed_parts(store: Store, ids: Collection[str]) -> dict[str, tuple[bytes, bytes]]:
+    """(manifest, signature) of learnwares ``ids``, in one query (ids not stored: absent)."""
+    table = LearnwareRow.__table__
+    query = select(table.c.id, table.c.manifest_json, table.c.signature)
     with store.reading() as session:
-        for row in session.execute(query.execution_options(yield_per=20_000)):
-            values = dict(zip(_COLUMNS, row, strict=True))
-            if values["contributor_key_id"] not in active:
-                continue
-            for name in _SHARED_TEXT:
-                values[name] = sys.intern(values[name])
-            values.update(
-                status=Status(values["status"]),
-                manifest_json=bytes(values["manifest_json"]),
-                signature=bytes(values["signature"]),
-            )
-            yield LearnwareRecord(**values, specs=())
+        rows = session.execute(query.where(table.c.id.in_(sorted(ids))))
+        return {row.id: (bytes(row.manifest_json), bytes(row.signature)) for row in rows}
 
 
 def _add_specs(store: Store, indexes: Mapping[str, SpecIndex], ids: Collection[str]) -> None:

@@ -23,8 +23,9 @@ from server.auth import Caller
 from server.blobs import BlobStore
 from server.changes import ChangeFeed, FeedFollower, listen_url
 from server.checker import Checker, Judgment
-from server.index import SpecIndex
+from server.index import Hit, SpecIndex
 from server.index_load import load as load_indexes
+from server.index_load import signed_parts
 from server.judgment_queue import JudgingWorker, JudgmentQueue, Lease, replica_name
 from server.key_cache import KeyCache
 from server.records import (
@@ -419,10 +420,34 @@ class Market:
         point = to_index_point(query)
         hits = self.indexes[query.kind].search_point(point, k, self._allowed(flt), hidden)
         found = [(self._usable.get(h.key), h) for h in hits]
-        kept = [(r, h) for r, h in found if r is not None]
+        kept = self._signed([(r, h) for r, h in found if r is not None])
         return [
             SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
             for i, (r, h) in enumerate(kept)
+        ]
+
+    def _signed(
+        self, found: list[tuple[LearnwareRecord, Hit]]
+    ) -> list[tuple[LearnwareRecord, Hit]]:
+        """The records with their manifest and signature: those loaded at start have none
+        (``index_load.usable_records``) until a search first returns them, which reads
+        them in one query and keeps them (unless the learnware left meanwhile)."""
+        missing = [r.id for r, _ in found if not r.manifest_json]
+        if not missing:
+            return found
+        signed = signed_parts(self.store, missing)
+        with self._lock:
+            for learnware_id, (manifest, signature) in signed.items():
+                listed = self._usable.get(learnware_id)
+                if listed is not None and not listed.manifest_json:
+                    self._usable[learnware_id] = replace(
+                        listed, manifest_json=manifest, signature=signature
+                    )
+        return [
+            (replace(r, manifest_json=signed[r.id][0], signature=signed[r.id][1]), h)
+            if r.id in signed
+            else (r, h)
+            for r, h in found
         ]
 
     def _allowed(self, flt: LearnwareFilter) -> set[str] | None:

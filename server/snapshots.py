@@ -1,7 +1,7 @@
 """Saved search indexes: a replica at a million learnwares starts from a file, not a rebuild.
 
 Building the indexes at start means parsing every stored spec and training faiss (minutes at
-1M rows); a snapshot is the indexes' arrays (``SpecIndex.to_arrays``: keys, rows, the
+1M rows); a snapshot is the indexes' arrays (``SpecIndex.arrays``: keys, rows, the
 trained approximate index) as one ``.npz`` file in the shared blob folder (``index/``),
 named by the change-feed id it covers, next to a ``.json`` that says what it holds and its
 sha256. Both are written atomically, the ``.json`` last, so a snapshot without one is
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,15 @@ class IndexSnapshots:
     def save(self, covered: Change | None, indexes: Mapping[str, SpecIndex]) -> Path:
         """Write the indexes as covering the feed up to ``covered`` (None: an empty feed)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            f"{kind}.{name}": array
-            for kind, index in indexes.items()
-            for name, array in index.to_arrays().items()
-        }
         stem = f"snapshot-{0 if covered is None else covered.id:012d}"
         payload = self.folder / f"{stem}.npz"
         temp = self.folder / f".{stem}.{os.getpid()}.npz.part"
-        with temp.open("wb") as handle:
+        with ExitStack() as held, temp.open("wb") as handle:
+            arrays = {
+                f"{kind}.{name}": array
+                for kind, index in indexes.items()
+                for name, array in held.enter_context(index.arrays()).items()
+            }
             np.savez(handle, allow_pickle=False, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
