@@ -35,7 +35,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import _free_port, start_server  # noqa: E402
+from bench_server import _free_port, start_server, timed_searches  # noqa: E402
 from builders import build_learnware, random_rkme_spec, train_lora_adapter, write_specs  # noqa: E402
 
 from client.market import Connection, MarketClient  # noqa: E402
@@ -211,27 +210,7 @@ def _client_process(job: tuple[Any, ...]) -> tuple[list[float], float]:
         queries.append(
             Specification("pave", pave_ref, pc[d] + rng.normal(size=512), 200, pave_report())
         )
-    for c in clients:
-        c.search(queries[0], top_k=10)  # warm the channel
-    out: list[float] = []
-    lock = threading.Lock()
-
-    def run(i: int) -> None:
-        mine = []
-        for j in range(searches):
-            t0 = time.perf_counter()
-            clients[i].search(queries[(first + i + j) % len(queries)], top_k=10)
-            mine.append(time.perf_counter() - t0)
-        with lock:
-            out.extend(mine)
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return out, time.perf_counter() - started
+    return timed_searches(clients, queries, first, searches)
 
 
 def drive(args: argparse.Namespace, addresses: list[str], key: Path, ca: Path) -> dict[str, Any]:
