@@ -363,9 +363,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None):  # type: ignore[no-untyped-def]
+def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None, extra=()):  # type: ignore[no-untyped-def]
     """``lwm server start`` in its own process (smoke run off), from ``tree`` when given
-    (another checkout, e.g. the commit before a change: the same clients against both)."""
+    (another checkout, e.g. the commit before a change: the same clients against both),
+    with ``extra`` options."""
     import subprocess
 
     env = dict(os.environ)
@@ -374,7 +375,7 @@ def start_server(server_dir: Path, db: str, port: int, tree: Path | None = None)
     command = [
         sys.executable, "-m", "client.cli", "server", "start",
         "--dir", str(server_dir), "--db", db, "--address", f"127.0.0.1:{port}",
-        "--no-smoke", "--log-level", "ERROR",
+        "--no-smoke", "--log-level", "ERROR", *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
     line = proc.stdout.readline() if proc.stdout else ""
@@ -408,7 +409,14 @@ def _client_process(job: tuple) -> tuple[list[float], float]:  # type: ignore[ty
     schema = rkme_schema(Home.resolve())
     queries = [random_rkme_spec(schema, seed=s) for s in range(16)]
     conn = Connection(address, key_path=Path(key), ca=Path(ca))
-    clients = [MarketClient(conn) for _ in range(threads)]
+    return timed_searches([MarketClient(conn) for _ in range(threads)], queries, first, searches)
+
+
+def timed_searches(
+    clients: list[MarketClient], queries: list, first: int, searches: int  # type: ignore[type-arg]
+) -> tuple[list[float], float]:
+    """``searches`` top-10 Searches from each client, all in their own threads at once,
+    after one to warm each channel: the latencies and the wall time of the measured part."""
     for c in clients:
         c.search(queries[0])  # warm the channel
     out: list[float] = []
@@ -424,7 +432,7 @@ def _client_process(job: tuple) -> tuple[list[float], float]:  # type: ignore[ty
             out.extend(mine)
 
     started = time.perf_counter()
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))]
     for w in workers:
         w.start()
     for w in workers:

@@ -81,6 +81,12 @@ class ChangeFeed:
         with self._store.reading() as session:
             return int(session.scalar(select(func.max(ChangeRow.id))) or 0)
 
+    def get(self, change_id: int) -> Change | None:
+        """Change ``change_id`` (None: not in this feed)."""
+        with self._store.reading() as session:
+            r = session.get(ChangeRow, change_id)
+            return None if r is None else Change(r.id, r.at, r.learnware_id, r.kind)
+
     def after(self, applied: int, limit: int = _BATCH) -> list[Change]:
         """The changes after id ``applied``, oldest first, at most ``limit``."""
         query = select(ChangeRow).where(ChangeRow.id > applied).order_by(ChangeRow.id).limit(limit)

@@ -131,6 +131,46 @@ class SpecIndex:
                 self._approx = None
             return True
 
+    @contextmanager
+    def arrays(self) -> Iterator[dict[str, np.ndarray]]:
+        """The index as plain arrays (``server.snapshots`` writes them): keys, rows and the
+        approximate index, if any, with its trained state, so a restore needs no training.
+        The rows are views, not copies (gigabytes at a million), valid inside the block;
+        adds and removals wait until it ends."""
+        with self._lock.reading():
+            arrays = {
+                "keys": np.array(self._keys, dtype=np.str_),
+                "vectors": self._matrix,
+                "offsets": self._offsets,
+            }
+            if self._approx is not None:
+                arrays.update(self._approx.to_arrays())
+            yield arrays
+
+    @classmethod
+    def from_arrays(
+        cls, kind: str, schema_id: str, dim: int, config: IndexConfig, arrays: dict[str, np.ndarray]
+    ) -> SpecIndex:
+        """The index ``arrays`` gave; SpecError when the arrays do not fit together."""
+        keys = [str(key) for key in arrays["keys"].tolist()]
+        vectors = np.asarray(arrays["vectors"], dtype=np.float32)
+        offsets = np.asarray(arrays["offsets"], dtype=np.float32)
+        if vectors.shape != (len(keys), dim) or offsets.shape != (len(keys),):
+            raise SpecError(f"index arrays of shapes {vectors.shape}, {offsets.shape}")
+        if len(set(keys)) != len(keys) or not np.all(np.isfinite(vectors)):
+            raise SpecError("index arrays hold a key twice or a non-finite entry")
+        index = cls(kind, schema_id, dim, config)
+        # The arrays become the row storage as they are (a copy would double the memory
+        # of a start at a million rows); the first add grows them as usual.
+        index._buf, index._obuf = np.ascontiguousarray(vectors), np.ascontiguousarray(offsets)
+        index._tbuf = row_terms(index._buf, index._obuf)
+        index._keys, index._rows = keys, {key: row for row, key in enumerate(keys)}
+        if "faiss" in arrays:
+            index._approx = _ApproxIndex.from_arrays(config, arrays, len(keys), dim)
+        elif len(keys) >= config.approx_min_rows:
+            index._sync_approx(added=range(len(keys)))
+        return index
+
     def search(
         self, spec: Specification, k: int, allowed: Collection[str] | None = None
     ) -> list[Hit]:
@@ -286,12 +326,8 @@ class _ApproxIndex:
         self.config = config
         self.ceiling = float(max(0.0, -float(offsets.min()))) if rows else 0.0
         rng = np.random.default_rng(config.seed)
-        if config.projection_dim is None or config.projection_dim >= dim + 1:
-            out = dim + 1
-            self.projection: np.ndarray | None = None
-        else:
-            out = config.projection_dim
-            self.projection = (rng.normal(size=(dim + 1, out)) / np.sqrt(out)).astype(np.float32)
+        self.projection = _projection(rng, dim, config)
+        out = dim + 1 if self.projection is None else self.projection.shape[1]
         nlist = config.nlist or max(1, min(int(4 * np.sqrt(rows)), rows // 40))
         quantizer = faiss.IndexFlatL2(out)
         self.index = faiss.IndexIVFFlat(quantizer, out, nlist, faiss.METRIC_L2)
@@ -301,6 +337,32 @@ class _ApproxIndex:
         self.index.add_with_ids(projected, np.arange(rows, dtype=np.int64))
         self.index.nprobe = config.nprobe
         self._quantizer = quantizer  # faiss does not own it from Python: keep it alive
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        import faiss
+
+        return {"faiss": faiss.serialize_index(self.index), "ceiling": np.array([self.ceiling])}
+
+    @classmethod
+    def from_arrays(
+        cls, config: IndexConfig, arrays: dict[str, np.ndarray], rows: int, dim: int
+    ) -> _ApproxIndex:
+        """The trained index ``to_arrays`` gave (its projection is the seed's again)."""
+        import faiss
+
+        approx = cls.__new__(cls)
+        approx.config = config
+        approx.ceiling = float(arrays["ceiling"][0])
+        approx.projection = _projection(np.random.default_rng(config.seed), dim, config)
+        try:
+            approx.index = faiss.deserialize_index(arrays["faiss"])  # type: ignore[assignment]
+        except RuntimeError as error:
+            raise SpecError(f"not a faiss index: {error}") from None
+        out = dim + 1 if approx.projection is None else approx.projection.shape[1]
+        if approx.index.ntotal != rows or approx.index.d != out:
+            raise SpecError(f"a faiss index of {approx.index.ntotal} rows of {approx.index.d}")
+        approx.index.nprobe = config.nprobe
+        return approx
 
     def _project(self, matrix: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         extra = np.sqrt(np.maximum(self.ceiling + offsets, 0.0)).astype(np.float32)
@@ -324,6 +386,14 @@ class _ApproxIndex:
             q = q @ self.projection
         _, ids = self.index.search(np.ascontiguousarray(q, dtype=np.float32), want)
         return ids[0][ids[0] >= 0]
+
+
+def _projection(rng: np.random.Generator, dim: int, config: IndexConfig) -> np.ndarray | None:
+    """The seeded Gaussian projection of augmented vectors (None: IVF on them as they are)."""
+    if config.projection_dim is None or config.projection_dim >= dim + 1:
+        return None
+    out = config.projection_dim
+    return (rng.normal(size=(dim + 1, out)) / np.sqrt(out)).astype(np.float32)
 
 
 class _ReadWriteLock:

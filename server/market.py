@@ -23,7 +23,9 @@ from server.auth import Caller
 from server.blobs import BlobStore
 from server.changes import ChangeFeed, FeedFollower, listen_url
 from server.checker import Checker, Judgment
-from server.index import SpecIndex
+from server.index import Hit, SpecIndex
+from server.index_load import load as load_indexes
+from server.index_load import signed_parts
 from server.judgment_queue import JudgingWorker, JudgmentQueue, Lease, replica_name
 from server.key_cache import KeyCache
 from server.records import (
@@ -37,6 +39,7 @@ from server.records import (
     Visibility,
 )
 from server.settings import Limits, ReplicaSettings
+from server.snapshots import IndexSnapshots
 from server.store import Store
 from server.submission import (
     Header,
@@ -127,8 +130,9 @@ class Market:
         replica = replica or ReplicaSettings()
         lease = Lease(replica.name or replica_name(), replica.judgment_lease_s)
         self.queue = JudgmentQueue(store, lease)
+        self.changes = ChangeFeed(store)
         self.feed = FeedFollower(
-            ChangeFeed(store),
+            self.changes,
             self.refresh,
             poll_s=replica.feed_poll_s,
             listen_url=listen_url(store),
@@ -140,6 +144,7 @@ class Market:
         self._usable: dict[str, LearnwareRecord] = {}
         self._newest = NewestVersions()
         self._keys = KeyCache(store.get_key)
+        self.snapshots = IndexSnapshots(blobs.root / "index")
         self.indexes = {
             kind: SpecIndex(
                 kind, self.schema.for_kind(kind).schema_id, self.schema.for_kind(kind).spec_dim
@@ -185,14 +190,18 @@ class Market:
         self.feed.stop()
 
     def _load_usable(self) -> None:
+        """Every USABLE learnware and the indexes, from a snapshot when one matches
+        (``server.index_load``): at a million learnwares a rebuild takes minutes."""
+        loaded = load_indexes(
+            self.store, self.changes, self.snapshots, self.indexes, self.feed.applied
+        )
         with self._lock:
-            self._usable.clear()
+            self._usable = loaded.records
             self._newest.clear()
-            for index in self.indexes.values():
-                for learnware_id in index.keys:
-                    index.remove(learnware_id)
-            for record in self._all(LearnwareFilter(status=Status.USABLE, all_versions=True)):
-                self._show(record, self.store.get_key(record.contributor_key_id))
+            for record in loaded.records.values():
+                self._newest.add(record)
+            self.indexes = loaded.indexes
+        log.info("indexes %s (%d reconciled)", loaded.source, loaded.reconciled)
 
     def refresh(self, learnware_id: str) -> None:
         """Make the index agree with the database about one learnware (a change of the
@@ -214,16 +223,6 @@ class Market:
                 self._publish(record, [spec.spec() for spec in record.specs])
             else:
                 self._unpublish(record.id)
-
-    def _all(self, flt: LearnwareFilter) -> Iterator[LearnwareRecord]:
-        """Every record matching ``flt``, page by page (the store caps page sizes)."""
-        token = ""
-        while True:
-            page = self.store.list(flt, 500, token)
-            yield from page.items
-            token = page.next_page_token
-            if not token:
-                return
 
     def _publish(self, record: LearnwareRecord, specs: Iterable[Specification]) -> None:
         with self._lock:
@@ -422,10 +421,34 @@ class Market:
         point = to_index_point(query)
         hits = self.indexes[query.kind].search_point(point, k, self._allowed(flt), hidden)
         found = [(self._usable.get(h.key), h) for h in hits]
-        kept = [(r, h) for r, h in found if r is not None]
+        kept = self._signed([(r, h) for r, h in found if r is not None])
         return [
             SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
             for i, (r, h) in enumerate(kept)
+        ]
+
+    def _signed(
+        self, found: list[tuple[LearnwareRecord, Hit]]
+    ) -> list[tuple[LearnwareRecord, Hit]]:
+        """The records with their manifest and signature: those loaded at start have none
+        (``index_load.usable_records``) until a search first returns them, which reads
+        them in one query and keeps them (unless the learnware left meanwhile)."""
+        missing = [r.id for r, _ in found if not r.manifest_json]
+        if not missing:
+            return found
+        signed = signed_parts(self.store, missing)
+        with self._lock:
+            for learnware_id, (manifest, signature) in signed.items():
+                listed = self._usable.get(learnware_id)
+                if listed is not None and not listed.manifest_json:
+                    self._usable[learnware_id] = replace(
+                        listed, manifest_json=manifest, signature=signature
+                    )
+        return [
+            (replace(r, manifest_json=signed[r.id][0], signature=signed[r.id][1]), h)
+            if r.id in signed
+            else (r, h)
+            for r, h in found
         ]
 
     def _allowed(self, flt: LearnwareFilter) -> set[str] | None:

@@ -481,6 +481,32 @@ def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch
     assert [h.record.id for h in hits] == [pending.id]
 
 
+def test_a_restart_serves_from_its_index_snapshot_with_manifests_read_on_demand(world, tmp_path):
+    """A market at start reads its learnwares without manifest or signature (at a million
+    they are gigabytes) and its index from the snapshot the first start wrote; a search
+    answers with the stored manifest and signature all the same."""
+    market = direct_market(world, tmp_path)
+    public = signing.public_key_bytes(world["alice"].public_key())
+    key = market.register_key(public, Role.CONTRIBUTOR, "alice")
+    header, chunks = upload_of(package(world, seed=778), key.key_id)
+    stored = market.submit(Caller(key.key_id, Role.CONTRIBUTOR, "alice"), header, chunks)
+    assert stored.status is Status.USABLE
+    market.start()  # no snapshot yet: rebuilt, and one written
+    market.close()
+    assert len(list((tmp_path / "blobs" / "index").glob("snapshot-*.npz"))) == 1
+
+    restarted = direct_market(world, tmp_path)
+    restarted.start()
+    restarted.close()
+    assert restarted._usable[stored.id].manifest_json == b""  # not read at start
+    query = random_rkme_spec(world["schema"], seed=778)
+    (hit,) = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
+    assert hit.record.id == stored.id
+    assert hit.record.manifest_json == header.manifest_json
+    assert hit.record.signature == header.signature
+    assert restarted._usable[stored.id].manifest_json == header.manifest_json  # read once
+
+
 # ---------------------------------------------------------------- the smoke runs (issue 12)
 
 
