@@ -477,7 +477,7 @@ def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch
 
     assert still is Status.PENDING and judged
     query = random_rkme_spec(world["schema"], seed=777)
-    hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
+    hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter()).hits
     assert [h.record.id for h in hits] == [pending.id]
 
 
@@ -669,7 +669,7 @@ def test_a_contributor_revoked_during_its_checks_is_not_published(world, tmp_pat
 
     assert stored.status is Status.REJECTED and "revoked" in stored.reason
     query = random_rkme_spec(world["schema"], seed=4343)
-    assert market.search(UMA, query, 5, LearnwareFilter()) == []
+    assert market.search(UMA, query, 5, LearnwareFilter()).hits == []
 
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000  # 200k characters, 100k levels
