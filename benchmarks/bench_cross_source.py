@@ -113,7 +113,8 @@ def load_cells(out: Path) -> list[Cell]:
 
 def analyse(out: Path) -> None:
     cells = load_cells(out)
-    rows = [row(c.kind, c.epsilon, c.n_texts, c.distances) for c in cells]
+    runs = [(c.kind, c.epsilon, c.n_texts, c.distances) for c in cells]
+    rows = [row(*run) for run in runs]
     by_key = {(c.kind, c.epsilon, c.n_texts): c for c in cells}
     for c in cells:
         if c.kind != "pave" or ("rkme", c.epsilon, c.n_texts) not in by_key:
@@ -122,8 +123,9 @@ def analyse(out: Path) -> None:
         pair = (by_key[("rkme", c.epsilon, c.n_texts)].distances[:users], c.distances)
         rows.append(row("rkme", c.epsilon, c.n_texts, pair[0], note="shared users"))
         for method in FUSIONS:
-            rows.append(row(method, c.epsilon, c.n_texts, fuse(pair, method)))
-    calibration = calibrate(cells, by_key)
+            runs.append((method, c.epsilon, c.n_texts, fuse(pair, method)))
+            rows.append(row(*runs[-1]))
+    calibration = calibrate(runs)
     report = {"results": rows, "calibration": calibration}
     out.write_text(json.dumps(report, indent=2))
     for r in rows:
@@ -148,18 +150,21 @@ def row(method: str, epsilon: float | None, n: int, dist: np.ndarray, note: str 
     return {**result, "note": note} if note else result
 
 
-def calibrate(cells: list[Cell], by_key: dict) -> dict:  # type: ignore[type-arg]
-    """Fit the confidence map per kind on even users, show its reliability on odd users."""
+def calibrate(runs: list[tuple[str, float | None, int, np.ndarray]]) -> dict:  # type: ignore[type-arg]
+    """Fit the confidence map per method on even users; its reliability on odd users, and
+    that of the map in use (``CALIBRATION``) on all users."""
     out: dict[str, object] = {}
-    for kind in sorted({c.kind for c in cells}):
-        mine = [c.distances for c in cells if c.kind == kind]
+    for method in sorted({run[0] for run in runs}):
+        mine = [run[3] for run in runs if run[0] == method]
         fit_m, fit_ok = margins_of([d[0::2] for d in mine])
         test_m, test_ok = margins_of([d[1::2] for d in mine])
+        all_m, all_ok = margins_of(mine)
         params = fit_calibration(fit_m, fit_ok)
-        out[kind] = {
-            "fitted": params,
-            "in_use": CALIBRATION.get(kind),
-            "held_out": reliability(test_m, test_ok, params),
+        out[method] = {
+            "fitted_on_even_users": params,
+            "held_out_odd_users": reliability(test_m, test_ok, params),
+            "in_use": CALIBRATION.get(method),
+            "in_use_all_users": reliability(all_m, all_ok, CALIBRATION[method]),
         }
     return out
 

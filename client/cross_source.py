@@ -146,7 +146,7 @@ class CrossRunner:
             self._embedded = {}
         if split.domain not in self._embedded:
             self._embedded[split.domain] = (
-                self.maker.embed(split.holder),
-                self.maker.embed(split.pool),
+                self.maker.embed(split.holder, progress=self.bar is not None),
+                self.maker.embed(split.pool, progress=self.bar is not None),
             )
         return self._embedded[split.domain]
