@@ -48,10 +48,10 @@ class Cell:
 
 def top_k_accuracy(dist: np.ndarray, k: int) -> float:
     """Share of (user, domain) rows whose own holder (the diagonal) is among the ``k``
-    nearest; ties count against it (a holder must be strictly nearer to beat it)."""
+    nearest; a tie counts against it (another holder just as near beats it)."""
     own = np.diagonal(dist, axis1=1, axis2=2)[..., None]
-    closer = (dist < own).sum(axis=2)
-    return float((closer < k).mean())
+    at_least_as_close = (dist <= own).sum(axis=2) - 1  # not counting the own holder
+    return float((at_least_as_close < k).mean())
 
 
 def cross_splits(

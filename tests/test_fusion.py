@@ -33,6 +33,8 @@ def test_rrf_rewards_agreement_and_ignores_missing_kinds():
     fused = fuse([rkme, pave], "rrf")
     assert fused.argmin() == 1  # second and first beat first and third
     assert fused[3] == pytest.approx(-1 / 64)  # fourth under RKME, nothing from PAVE
+    swapped = fuse([np.array([0.1, 0.2]), np.array([0.2, 0.1])], "rrf")
+    assert swapped.argmin() == 0  # a tie goes to the first kind's order
 
 
 def test_zsum_is_scale_free_and_puts_missing_kinds_last():

