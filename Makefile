@@ -50,6 +50,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_rank.py
 	$(BIN)/python benchmarks/bench_spec_build.py
 	$(BIN)/python benchmarks/bench_identification.py
+	$(BIN)/python benchmarks/bench_cross_source.py
 	$(BIN)/python benchmarks/bench_accountants.py
 	$(BIN)/python benchmarks/bench_server.py
 	$(BIN)/python benchmarks/bench_web.py

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from client.evaluate import LearnwareEvaluation
     from client.market import Connection, MarketClient
     from client.user import SearchOutcome
+    from shared.spec.confidence import Confidence
 
 OptServerOpt = Annotated[
     str | None, typer.Option("--server", help="Market address HOST:PORT (to fetch an ID).")
@@ -145,7 +146,12 @@ def search(
     domain: Annotated[str | None, typer.Option("--domain", help="Only this domain.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="Only this task.")] = None,
     kind: Annotated[
-        str | None, typer.Option("--kind", help="rkme or pave (default: the market's).")
+        str | None,
+        typer.Option(
+            "--kind",
+            help="rkme, pave, or rkme+pave: both specs, ranked together by the market "
+            "(two releases on your data's budget); default: the market's.",
+        ),
     ] = None,
     epsilon: Annotated[float, typer.Option("--epsilon", help="DP epsilon of the spec.")] = 4.0,
     delta: Annotated[float, typer.Option("--delta", help="DP delta of the spec.")] = 1e-5,
@@ -198,6 +204,7 @@ def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
         **{name: getattr(outcome, name) for name in head},
         "timing": dict(zip(("spec_s", "network_s", "total_s"), seconds, strict=True)),
         "results": [asdict(m) for m in outcome.matches],
+        "confidence": None if outcome.confidence is None else asdict(outcome.confidence),
         "privacy_ledger": None if outcome.ledger is None else outcome.ledger.summary(),
     }
 
@@ -229,6 +236,16 @@ def _print_matches(outcome: SearchOutcome) -> None:
         )
     shown = table if outcome.matches else "no learnware matches (check the filters)"
     console(width=max(console().width, 160)).print(shown)
+    if outcome.confidence is not None:
+        print(confidence_text(outcome.confidence))
+
+
+def confidence_text(found: Confidence) -> str:
+    """One line on how sure the market is of the first match."""
+    return (
+        f"first match right with probability {found.probability:.0%} (margin to the second "
+        f"{found.margin:.2f} spreads of the candidates' distances; {found.method} calibration)"
+    )
 
 
 def fetch(

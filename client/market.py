@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -185,8 +185,24 @@ class MarketClient:
         return list(self._call(self.stub.GetHistory, request).versions)
 
     def search(self, spec: Specification, top_k: int = 5, **filters: Any) -> list[pb.SearchResult]:
-        request = pb.SearchRequest(spec=query_spec(spec), top_k=top_k, **filters)
-        return list(self._call(self.stub.Search, request).results)
+        return list(self.find(spec, top_k=top_k, **filters).results)
+
+    def find(
+        self,
+        spec: Specification,
+        more: Sequence[Specification] = (),
+        ranking: str = "",
+        top_k: int = 5,
+        **filters: Any,
+    ) -> pb.SearchResponse:
+        """``search`` with specs of other kinds of the same data (``more``), how to rank
+        them (``ranking``: a kind, a fusion, "" for the market's default) and the answer's
+        confidence."""
+        more_specs = [query_spec(s) for s in more]
+        request = pb.SearchRequest(
+            spec=query_spec(spec), top_k=top_k, more_specs=more_specs, ranking=ranking, **filters
+        )
+        return self._call(self.stub.Search, request)
 
     def fetch(self, learnware_id: str, out_tar: Path) -> pb.FetchHeader:
         """Download the package tar to ``out_tar``, resuming a partial ``out_tar.part``.

@@ -74,6 +74,7 @@ from shared.learnware.layout import ADAPTER_CONFIG
 from shared.models import LocalModel
 from shared.privacy import DEFAULT_DELTA, PrivacyBudget
 from shared.proto import market_pb2 as pb
+from shared.spec.confidence import Confidence
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SEARCH_FILTERS = ("domain", "task", "base_model_id", "license")
@@ -114,6 +115,8 @@ class SearchOutcome:
     the DP spec; ``network_seconds`` the ``GetSchema`` and ``Search`` calls (connect, TLS,
     the market's ranking). ``epsilon`` None means the spec was released without DP.
     ``ledger`` is the data's privacy ledger with this search recorded (None: not accounted).
+    ``confidence``: the market's calibrated probability that the first match is right
+    (``shared.spec.confidence``; None with fewer than two candidates).
     """
 
     kind: str
@@ -126,6 +129,7 @@ class SearchOutcome:
     network_seconds: float
     total_seconds: float
     ledger: Ledger | None = None
+    confidence: Confidence | None = None
 
 
 def private_search(
@@ -147,7 +151,9 @@ def private_search(
 ) -> SearchOutcome:
     """Search the market with a DP spec of ``data`` (a data file, or the texts themselves).
 
-    ``kind`` None uses the market's default kind. ``no_dp`` releases a non-private spec
+    ``kind`` None uses the market's default kind; kinds joined by ``+`` ("rkme+pave") send a
+    spec of each (one release each on the data's budget) for the market to rank with all
+    of them (``server.search``). ``no_dp`` releases a non-private spec
     (callers must warn). ``maker`` reuses loaded models across calls when it holds the
     market's schema. ``noise_seed`` fixes the DP noise (reproducible experiments such as
     ``lwm simulate``; a real user leaves it None, so the noise is fresh every search).
@@ -176,23 +182,30 @@ def private_search(
         schema = client.schema().schema
         network = time.perf_counter() - mark
         chosen = kind or schema.default_kind
-        if chosen not in schema.kinds:
+        kinds = chosen.split("+")
+        unknown_kinds = [k for k in kinds if k not in schema.kinds]
+        if unknown_kinds or len(set(kinds)) != len(kinds):
             raise SchemaMismatch(
                 f"the market takes spec kinds {', '.join(schema.kinds)}, not {chosen!r}"
             )
-        if held is not None:
-            held.admit(planned_report(schema.for_kind(chosen), len(texts), budget))
-        mark = time.perf_counter()
         if maker is None or maker.schema != schema:
             maker = SpecMaker(schema, home)
-        spec = maker.make(texts, chosen, budget, progress=progress, noise_seed=noise_seed)
-        spec_seconds += time.perf_counter() - mark
+        specs = []
         spent = None
-        if held is not None:  # recorded before it is sent: a failed send still counts
-            spent = held.record("search", chosen, client.conn.address, spec.privacy)
+        for i, one in enumerate(kinds):  # each spec is its own release on the data's budget
+            if held is not None:
+                held.admit(planned_report(schema.for_kind(one), len(texts), budget))
+            mark = time.perf_counter()
+            seed = None if noise_seed is None else noise_seed + i
+            specs.append(maker.make(texts, one, budget, progress=progress, noise_seed=seed))
+            spec_seconds += time.perf_counter() - mark
+            if held is not None:  # recorded before it is sent: a failed send still counts
+                spent = held.record("search", one, client.conn.address, specs[-1].privacy)
+        spec = specs[0]
         mark = time.perf_counter()
         active = {k: v for k, v in filters.items() if v}
-        results = client.search(spec, top_k=top_k, **active)
+        answer = client.find(spec, specs[1:], top_k=top_k, **active)
+        results = answer.results
         network += time.perf_counter() - mark
     return SearchOutcome(
         kind=chosen,
@@ -205,7 +218,15 @@ def private_search(
         network_seconds=network,
         total_seconds=time.perf_counter() - started,
         ledger=spent,
+        confidence=_confidence(answer),
     )
+
+
+def _confidence(answer: pb.SearchResponse) -> Confidence | None:
+    if not answer.HasField("confidence"):
+        return None
+    found = answer.confidence
+    return Confidence(found.first_right, found.margin, found.method)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from shared.errors import InvalidInput, SpecError
 from shared.learnware import Manifest
 from shared.models.refs import ModelRef
 from shared.proto import market_pb2 as pb
+from shared.spec.confidence import Confidence
 from shared.spec.record import Specification
 from shared.spec.schema import MarketSchema
 
@@ -192,6 +193,14 @@ def search_hit_to_pb(hit: SearchHit, info: pb.LearnwareInfo) -> pb.SearchResult:
         text=f"{hit.kind} distance {hit.distance:.5f} to the query's spec",
     )
     return pb.SearchResult(learnware=info, score=hit.score, distance=hit.distance, why=why)
+
+
+def confidence_to_pb(found: Confidence | None) -> pb.SearchConfidence | None:
+    if found is None:
+        return None
+    return pb.SearchConfidence(
+        first_right=found.probability, margin=found.margin, method=found.method
+    )
 
 
 def fetch_header_to_pb(download: Download, info: pb.LearnwareInfo) -> pb.FetchHeader:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -38,6 +38,7 @@ from server.records import (
     Status,
     Visibility,
 )
+from server.search import method_of, queries_by_kind, rank_search
 from server.settings import Limits, ReplicaSettings
 from server.snapshots import IndexSnapshots
 from server.store import Store
@@ -63,7 +64,7 @@ from shared.errors import (
     Unauthenticated,
 )
 from shared.learnware import unpack_tar
-from shared.spec.ranking import to_index_point
+from shared.spec.confidence import Confidence
 from shared.spec.record import Specification
 
 log = logging.getLogger("lwm.market")
@@ -85,6 +86,15 @@ class SearchHit:
     rank: int
     kind: str
     schema_id: str
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    """Ranked hits, best first, and how sure the market is of the first (None: fewer than
+    two candidates)."""
+
+    hits: list[SearchHit]
+    confidence: Confidence | None
 
 
 @dataclass(frozen=True)
@@ -409,23 +419,36 @@ class Market:
         return record
 
     def search(
-        self, caller: Caller, query: Specification, top_k: int, flt: LearnwareFilter
-    ) -> list[SearchHit]:
-        schema = self.schema.for_kind(query.kind)
-        query.check_against(schema)  # the one check of the query: the index trusts it
+        self,
+        caller: Caller,
+        query: Specification,
+        top_k: int,
+        flt: LearnwareFilter,
+        more: Sequence[Specification] = (),
+        ranking: str = "",
+    ) -> SearchAnswer:
+        """The nearest USABLE learnwares to ``query`` (and ``more`` specs of other kinds of
+        the same data, fused as ``ranking`` says: ``server.search``), with the confidence."""
+        queries = queries_by_kind([query, *more])
+        for spec in queries.values():
+            spec.check_against(self.schema.for_kind(spec.kind))  # the index trusts it
         k = min(top_k or self.limits.default_top_k, self.limits.max_top_k)
+        method = method_of(ranking, queries, query.kind)
         # No market lock here: the index has its own readers-writer lock, so searches run
         # in parallel. A learnware withdrawn between the index answer and this lookup is
         # simply dropped from the answer. The index leaves superseded versions out itself.
         hidden = frozenset() if flt.all_versions else self._newest.superseded
-        point = to_index_point(query)
-        hits = self.indexes[query.kind].search_point(point, k, self._allowed(flt), hidden)
-        found = [(self._usable.get(h.key), h) for h in hits]
+        ranked = rank_search(self.indexes, queries, method, k, self._allowed(flt), hidden)
+        schema_id = "+".join(self.schema.for_kind(kind).schema_id for kind in queries)
+        if method in queries:
+            schema_id = self.schema.for_kind(method).schema_id
+        found = [(self._usable.get(h.key), h) for h in ranked.hits]
         kept = self._signed([(r, h) for r, h in found if r is not None])
-        return [
-            SearchHit(r, h.distance, h.score, i + 1, query.kind, schema.schema_id)
+        hits = [
+            SearchHit(r, h.distance, h.score, i + 1, method, schema_id)
             for i, (r, h) in enumerate(kept)
         ]
+        return SearchAnswer(hits, ranked.confidence)
 
     def _signed(
         self, found: list[tuple[LearnwareRecord, Hit]]

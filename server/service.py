@@ -252,9 +252,12 @@ class MarketService:
 
     def _search(self, caller: Caller, request: pb.SearchRequest) -> pb.SearchResponse:
         query = convert.query_spec_from_pb(request.spec)
-        hits = self.market.search(caller, query, request.top_k, convert.filter_from_pb(request))
+        more = [convert.query_spec_from_pb(q) for q in request.more_specs]
+        flt = convert.filter_from_pb(request)
+        answer = self.market.search(caller, query, request.top_k, flt, more, request.ranking)
         return pb.SearchResponse(
-            results=[convert.search_hit_to_pb(h, self._info(h.record)) for h in hits]
+            results=[convert.search_hit_to_pb(h, self._info(h.record)) for h in answer.hits],
+            confidence=convert.confidence_to_pb(answer.confidence),
         )
 
     def _withdraw(self, caller: Caller, request: pb.WithdrawRequest) -> pb.LearnwareInfo:

@@ -133,6 +133,22 @@ def test_submit_search_fetch_withdraw(world):
     assert alice.get(reply.id).reason == "superseded"
 
 
+def test_a_search_says_how_sure_it_is_and_refuses_rankings_it_cannot_do(world):
+    alice, uma = world["market"].client("alice"), world["market"].client("uma")
+    for seed in (201, 202, 203):
+        alice.submit(package(world, seed=seed, name=f"sure-{seed}"))  # 3 names, not versions
+    query = random_rkme_spec(world["schema"], seed=202)
+    answer = uma.find(query, top_k=1)
+    assert len(answer.results) == 1 and answer.results[0].why.kind == "rkme"
+    assert answer.HasField("confidence") and answer.confidence.method == "rkme"
+    assert 0 < answer.confidence.first_right <= 1 and answer.confidence.margin > 0
+    with pytest.raises(LwmError, match="needs a spec of that kind") as refused:
+        uma.find(query, ranking="pave")
+    assert refused.value.status == "INVALID_ARGUMENT"
+    with pytest.raises(LwmError, match="two rkme specs"):
+        uma.find(query, more=[random_rkme_spec(world["schema"], seed=9)])
+
+
 def test_fetch_resumes_from_a_partial_download(world):
     market = world["market"]
     reply = market.client("alice").submit(package(world))
@@ -477,7 +493,7 @@ def test_a_restart_judges_what_a_crash_left_pending(world, tmp_path, monkeypatch
 
     assert still is Status.PENDING and judged
     query = random_rkme_spec(world["schema"], seed=777)
-    hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
+    hits = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter()).hits
     assert [h.record.id for h in hits] == [pending.id]
 
 
@@ -695,7 +711,7 @@ def test_a_contributor_revoked_during_its_checks_is_not_published(world, tmp_pat
 
     assert stored.status is Status.REJECTED and "revoked" in stored.reason
     query = random_rkme_spec(world["schema"], seed=4343)
-    assert market.search(UMA, query, 5, LearnwareFilter()) == []
+    assert market.search(UMA, query, 5, LearnwareFilter()).hits == []
 
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000  # 200k characters, 100k levels

@@ -144,6 +144,8 @@ def test_each_users_data_finds_its_own_domain_first(world, lwm_home):
         assert outcome.epsilon == 4.0 and outcome.n_texts == USER_TEXTS
         assert outcome.spec_seconds > 0 and outcome.network_seconds > 0
         assert [m.rank for m in outcome.matches] == list(range(1, len(DOMAINS) + 1))
+        assert outcome.confidence is not None and outcome.confidence.method == "rkme"
+        assert 0 < outcome.confidence.probability <= 1 and outcome.confidence.margin > 0
     filtered = private_search(
         world["users"]["math"], _uma(world), domain="finance", home=lwm_home
     )
@@ -362,12 +364,14 @@ def test_cli_search_fetch_generate_evaluate(world, lwm_home, tmp_path):
     assert found["kind"] == "rkme" and found["epsilon"] == 4.0 and found["n_texts"] == USER_TEXTS
     assert found["results"][0]["domain"] == "finance"
     assert set(found["timing"]) == {"spec_s", "network_s", "total_s"}
+    assert set(found["confidence"]) == {"probability", "margin", "method"}
     table = lwm(
         world, lwm_home, "search", str(data), *_market_args(world), "--no-dp", "--top-k", "2",
         "--budget-epsilon", "inf",  # no DP spends without bound: refused under any budget
     )
     assert "NOT differentially private" in table.stderr
     assert "finance-lora" in table.stdout and "no DP" in table.stdout
+    assert "first match right with probability" in table.stdout
     top = found["results"][0]["id"]
     out = tmp_path / "lw"
     fetched = lwm(world, lwm_home, "fetch", top, "--out", str(out), *_market_args(world)).stdout

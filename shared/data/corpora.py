@@ -188,17 +188,24 @@ def _bbc(category: str) -> list[str]:
 
 def _math() -> list[str]:
     data = sources.champ()
+    return [*math_problem_snippets(), *data.hints, *data.concepts]
+
+
+def math_problem_snippets() -> list[str]:
+    """Each CHAMP problem, then its solution steps packed to 20+ words."""
     out: list[str] = []
-    for problem in data.problems:
+    for problem in sources.champ().problems:
         out.append(problem.text)
         out.extend(pack(problem.steps, min_words=20))
-    return [*out, *data.hints, *data.concepts]
+    return out
 
 
-def _licences() -> list[str]:
+def licence_snippets(keep: Callable[[str], bool] = lambda _: True) -> list[str]:
+    """Paragraphs of the SPDX licences whose id ``keep`` accepts (all by default)."""
     return [
         chunk
-        for _, text in sources.spdx_licences()
+        for licence_id, text in sources.spdx_licences()
+        if keep(licence_id)
         for chunk in pack(paragraphs(text), min_words=12)
     ]
 
@@ -211,10 +218,11 @@ def _constitution() -> list[str]:
     ]
 
 
-def _literature() -> list[str]:
+def verse_snippets(verses: Sequence[sources.Verse]) -> list[str]:
+    """Consecutive verses of one chapter packed to 40+ words (at most 4 verses)."""
     out: list[str] = []
-    for _, verses in groupby(sources.kjv_verses(), key=lambda v: (v.book, v.chapter)):
-        out.extend(pack((v.text for v in verses), min_words=40, max_pieces=4))
+    for _, chapter in groupby(verses, key=lambda v: (v.book, v.chapter)):
+        out.extend(pack((v.text for v in chapter), min_words=40, max_pieces=4))
     return out
 
 
@@ -223,9 +231,9 @@ def _builders() -> dict[str, Callable[[], list[str]]]:
         "medicine": lambda: _medicine(None),
         "finance": lambda: _bbc("business"),
         "math": _math,
-        "law/licenses": _licences,
+        "law/licenses": licence_snippets,
         "law/constitution": _constitution,
-        "literature": _literature,
+        "literature": lambda: verse_snippets(sources.kjv_verses()),
         "quotes": lambda: list(sources.fortunes()),
         "software": lambda: list(stdlib_docstrings()),
     }

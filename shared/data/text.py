@@ -138,9 +138,17 @@ def stdlib_docstrings() -> tuple[str, ...]:
     ``software`` demo domain. Deterministic for a given Python build (sorted walk, ``ast``
     order); another Python version gives a slightly different list. Takes ~3 s, then cached.
     """
+    return tuple(text for _, text in stdlib_docstring_files())
+
+
+@lru_cache(maxsize=1)
+def stdlib_docstring_files() -> tuple[tuple[str, str], ...]:
+    """``stdlib_docstrings`` with where each came from: (file path relative to the standard
+    library, e.g. ``email/parser.py``, first paragraph); a text found twice keeps its first
+    file. The path tells module groups apart (the cross-source ``software`` domain)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     for path in _stdlib_files(root):
         try:
             source = path.read_bytes()
@@ -149,5 +157,5 @@ def stdlib_docstrings() -> tuple[str, ...]:
         for text in _first_paragraphs(source, str(path)):
             if text not in seen:
                 seen.add(text)
-                out.append(text)
+                out.append((path.relative_to(root).as_posix(), text))
     return tuple(out)

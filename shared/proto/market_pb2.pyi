@@ -269,7 +269,7 @@ class QuerySpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., schema_id: _Optional[str] = ..., vector: _Optional[bytes] = ..., dim: _Optional[int] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("spec", "top_k", "domain", "task", "base_model_id", "license", "all_versions")
+    __slots__ = ("spec", "top_k", "domain", "task", "base_model_id", "license", "all_versions", "more_specs", "ranking")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +277,8 @@ class SearchRequest(_message.Message):
     BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LICENSE_FIELD_NUMBER: _ClassVar[int]
     ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MORE_SPECS_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
     spec: QuerySpec
     top_k: int
     domain: str
@@ -284,7 +286,9 @@ class SearchRequest(_message.Message):
     base_model_id: str
     license: str
     all_versions: bool
-    def __init__(self, spec: _Optional[_Union[QuerySpec, _Mapping]] = ..., top_k: _Optional[int] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., base_model_id: _Optional[str] = ..., license: _Optional[str] = ..., all_versions: bool = ...) -> None: ...
+    more_specs: _containers.RepeatedCompositeFieldContainer[QuerySpec]
+    ranking: str
+    def __init__(self, spec: _Optional[_Union[QuerySpec, _Mapping]] = ..., top_k: _Optional[int] = ..., domain: _Optional[str] = ..., task: _Optional[str] = ..., base_model_id: _Optional[str] = ..., license: _Optional[str] = ..., all_versions: bool = ..., more_specs: _Optional[_Iterable[_Union[QuerySpec, _Mapping]]] = ..., ranking: _Optional[str] = ...) -> None: ...
 
 class Why(_message.Message):
     __slots__ = ("kind", "schema_id", "rank", "text")
@@ -310,11 +314,23 @@ class SearchResult(_message.Message):
     why: Why
     def __init__(self, learnware: _Optional[_Union[LearnwareInfo, _Mapping]] = ..., score: _Optional[float] = ..., distance: _Optional[float] = ..., why: _Optional[_Union[Why, _Mapping]] = ...) -> None: ...
 
+class SearchConfidence(_message.Message):
+    __slots__ = ("first_right", "margin", "method")
+    FIRST_RIGHT_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    first_right: float
+    margin: float
+    method: str
+    def __init__(self, first_right: _Optional[float] = ..., margin: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+
 class SearchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "confidence")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
+    confidence: SearchConfidence
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., confidence: _Optional[_Union[SearchConfidence, _Mapping]] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("id", "offset")
