@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from client.evaluate import Evaluation, evaluate_model
 from client.user import SearchMatch, SearchOutcome, check_id, private_search
 from shared.data import DataPath, Record, load_dataset
-from shared.errors import InvalidInput
+from shared.errors import AlreadyExists, InvalidInput
 from shared.files import check_writable
 from shared.home import Home
 from shared.models.device import CPU, Placement
@@ -174,11 +174,13 @@ def reuse(
 
     if top_k < 1:
         raise InvalidInput(f"--top-k must be at least 1, got {top_k}")
+    if out is not None:
+        if out.exists() or out.is_symlink():
+            raise AlreadyExists(f"{out} exists: --out must name a new folder")
+        check_writable(out, force=True, parents=True)
     home = home or Home.resolve()
     dataset = load_dataset(data)
     checked = holdout_records(dataset.records, holdout, seed)
-    if out is not None:
-        check_writable(out, parents=True)
     with _client(conn) as client:
         found = private_search(dataset.texts(), client, top_k=top_k, home=home, **search_options)
         if not found.matches:
