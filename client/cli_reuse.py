@@ -156,7 +156,7 @@ def _reuse_json(outcome: ReuseOutcome) -> dict[str, Any]:
 
 
 def _candidate_json(c: Candidate, chosen: Candidate) -> dict[str, Any]:
-    head = {"name": c.name, "label": c.label, "members": list(c.members)}
+    head: dict[str, Any] = {"name": c.name, "label": c.label, "members": list(c.members)}
     head |= {"weights": list(c.weights), "rank": c.rank, "chosen": c is chosen}
     return head | {"evaluation": c.evaluation.to_dict()}
 
