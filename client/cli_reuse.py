@@ -63,8 +63,9 @@ def reuse(
     key: KeyOpt,
     top_k: Annotated[int, count_option("--top-k", "How many matches to fetch and check.")] = 3,
     holdout: Annotated[
-        int, count_option("--holdout", "How many of your records to score them on.")
-    ] = 50,
+        int | None,
+        count_option("--holdout", "How many of your records to score them on (default 50)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out slice.")] = 0,
     merge: Annotated[
         bool, typer.Option("--merge", help="Also check the top matches merged into one.")

@@ -8,10 +8,11 @@ much as its domain). So before anything is reused, ``reuse``:
    recorded in the data's privacy ledger; the only release of the whole command);
 2. fetches the top ``top_k`` matches with every check ``fetch_learnware`` makes (a folder
    fetched before is re-checked with ``check_folder``);
-3. takes a seeded held-out slice of the user's records (``holdout`` of them) and scores the
-   base model and each match on it with ``client.evaluate`` (token perplexity; the
-   references' perplexity given their prompts for labelled data), all on this machine:
-   nothing is sent anywhere, so the check spends no privacy;
+3. takes a seeded held-out slice of the user's records (``holdout`` of them; 50 by
+   default, all when there are fewer) and scores the base model and each match on it
+   with ``client.evaluate`` (token perplexity; the references' perplexity given their
+   prompts for labelled data), all on this machine: nothing is sent anywhere, so the
+   check spends no privacy;
 4. with ``merge``, adds one more candidate, the top matches merged into one LoRA adapter
    (``merge_adapters``: peft's ``add_weighted_adapter``, ``cat``, equal weights: the
    average of their weight updates, exactly);
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 
 BASE = "base"
 MERGED = "merged"
+#: Records scored by default: enough to tell candidates apart, cheap on two cores.
+DEFAULT_HOLDOUT = 50
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,11 @@ def choose(candidates: Sequence[Candidate]) -> Candidate:
     return best if best.nll < base.nll else base
 
 
-def holdout_records(records: Sequence[Record], n: int, seed: int) -> list[Record]:
-    """``n`` of ``records``, drawn with ``seed`` (kept in file order)."""
+def holdout_records(records: Sequence[Record], n: int | None, seed: int) -> list[Record]:
+    """``n`` of ``records`` (None: ``DEFAULT_HOLDOUT``, or all when there are fewer), drawn
+    with ``seed`` (kept in file order)."""
+    if n is None:
+        n = min(DEFAULT_HOLDOUT, len(records))
     if not 1 <= n <= len(records):
         raise InvalidInput(
             f"--holdout must be between 1 and the data's {len(records)} records, got {n}"
@@ -150,7 +156,7 @@ def reuse(
     conn: Connection | MarketClient,
     *,
     top_k: int = 3,
-    holdout: int = 50,
+    holdout: int | None = None,
     seed: int = 0,
     merge: bool = False,
     out: Path | None = None,
@@ -164,6 +170,7 @@ def reuse(
 ) -> ReuseOutcome:
     """Search with ``data``, fetch the top ``top_k``, check them here, pick (module doc).
 
+    ``holdout`` None scores ``DEFAULT_HOLDOUT`` records (all, when the data has fewer).
     ``search_options`` go to ``private_search`` (kind, epsilon, no_dp, delta,
     budget_epsilon, domain, task, progress, ...). ``out`` (a new folder) receives the
     pick as a plain peft folder (``client.run.write_adapter_folder``). Bad input fails

@@ -57,6 +57,8 @@ def test_the_held_out_slice_is_seeded_and_bounded():
     for n in (0, 31):
         with pytest.raises(InvalidInput, match="--holdout"):
             holdout_records(records, n, seed=0)
+    assert len(holdout_records(records, None, seed=0)) == 30  # the default, capped by the data
+    assert len(holdout_records(records * 2, None, seed=0)) == 50
 
 
 def test_a_merge_is_the_weighted_sum_of_the_adapters_updates(tiny):
