@@ -105,7 +105,7 @@ def main() -> None:
             home.root.mkdir(parents=True, exist_ok=True)
             (home.root / "models").symlink_to(Home.resolve(args.models_from).models.absolute())
         limit_blas_threads()
-        with market_server(tmp, home, run_smoke=False) as market:
+        with market_server(tmp, home, run_smoke=False, base_models=(args.model,)) as market:
             print(f"filling the market ({args.model}, {args.steps} steps each) …", flush=True)
             started = time.perf_counter()
             texts = fill(args, market, home, tmp)

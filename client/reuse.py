@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from client.evaluate import Evaluation, evaluate_model
 from client.user import SearchMatch, SearchOutcome, check_id, private_search
 from shared.data import DataPath, Record, load_dataset
-from shared.errors import AlreadyExists, InvalidInput
+from shared.errors import AlreadyExists, InvalidInput, NotFound
 from shared.files import check_writable
 from shared.home import Home
 from shared.models.device import CPU, Placement
@@ -191,7 +191,7 @@ def reuse(
     with _client(conn) as client:
         found = private_search(dataset.texts(), client, top_k=top_k, home=home, **search_options)
         if not found.matches:
-            raise InvalidInput("no learnware matches (check the filters): nothing to check")
+            raise NotFound("no learnware matches (check the filters): nothing to check")
         started = time.perf_counter()
         verified = _fetch(found.matches, client, home, base_model, revoked_keys, trust)
         fetched = time.perf_counter() - started

@@ -50,6 +50,7 @@ def market_server(
     run_smoke: bool = True,
     calls: CallLimits | None = None,
     web_address: str | None = None,
+    base_models: tuple[str, ...] = ("tiny",),
 ) -> Iterator[MarketUnderTest]:
     layout = init_server_dir(tmp / "server")
     settings = ServerSettings(
@@ -63,6 +64,7 @@ def market_server(
         grace_s=0,
         calls=calls or CallLimits(),
         web_address=web_address,
+        base_models=base_models,
     )
     running = build_server(settings)
     keys = tmp / "keys"
