@@ -64,6 +64,7 @@ def _attach_command_modules() -> None:
         cli_federate,
         cli_market,
         cli_privacy,
+        cli_reuse,
         cli_simulate,
         cli_user,
     )
@@ -71,6 +72,7 @@ def _attach_command_modules() -> None:
     cli_contribute.register(app)
     cli_market.register(app)
     cli_user.register(app)
+    cli_reuse.register(app)
     cli_privacy.register(app)
     cli_federate.register(app)
     cli_simulate.register(app)

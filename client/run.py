@@ -93,7 +93,7 @@ def load_learnware(
     """
     home = home or Home.resolve()
     trust = trust or TrustStore.at(home)
-    verified = _verified(source, home, base_model, conn, revoked_keys, trust)
+    verified = verified_source(source, home, base_model, conn, revoked_keys, trust)
     loaded = load_learnwares({DEFAULT_ADAPTER: verified}, home=home, placement=placement)
     return loaded[DEFAULT_ADAPTER]
 
@@ -147,7 +147,7 @@ def _check_tensors(verified: VerifiedLearnware, shapes: AcceptedBase) -> None:
     check_adapter(verified.path / ADAPTER_WEIGHTS, config, shapes)
 
 
-def _verified(
+def verified_source(
     source: str | Path | VerifiedLearnware,
     home: Home,
     base_model: str | Path | None,
@@ -186,13 +186,20 @@ def write_peft_folder(verified: VerifiedLearnware, out: Path, home: Home) -> Pat
 
     Written beside ``out`` and renamed into place; ``AlreadyExists`` if ``out`` exists.
     """
+    return write_adapter_folder(verified.path, verified.base_model, out, home)
+
+
+def write_adapter_folder(adapter: Path, base_model: LocalModel, out: Path, home: Home) -> Path:
+    """``write_peft_folder`` for any adapter folder on ``base_model`` (a learnware's, or one
+    ``client.reuse`` merged here): its weights and config, the config naming the local
+    folder of the base model, and the base model's tokenizer files."""
     from shared.models.causal import model_folder
 
     check_writable(out, parents=True)
-    base = model_folder(verified.base_model.name, home)
-    config = json.loads((verified.path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = model_folder(base_model.name, home)
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     with building(out, private=False) as tmp:
-        shutil.copyfile(verified.path / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
+        shutil.copyfile(adapter / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
         named = {**config, "base_model_name_or_path": str(base)}
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(named, indent=2), encoding="utf-8")
         for name in TOKENIZER_FILES:

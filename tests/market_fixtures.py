@@ -51,6 +51,7 @@ def market_server(
     calls: CallLimits | None = None,
     web_address: str | None = None,
     limits: Limits | None = None,
+    base_models: tuple[str, ...] = ("tiny",),
 ) -> Iterator[MarketUnderTest]:
     layout = init_server_dir(tmp / "server")
     settings = ServerSettings(
@@ -65,6 +66,7 @@ def market_server(
         calls=calls or CallLimits(),
         web_address=web_address,
         limits=limits or Limits(),
+        base_models=base_models,
     )
     running = build_server(settings)
     keys = tmp / "keys"

@@ -280,6 +280,30 @@ BAD_INPUT = [
         id="--top-k -3",
     ),
     pytest.param(
+        ["reuse", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--top-k", "0"],
+        2,
+        "--top-k must be at least 1",
+        id="reuse --top-k 0",
+    ),
+    pytest.param(
+        ["reuse", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--holdout", "0"],
+        2,
+        "--holdout must be at least 1",
+        id="reuse --holdout 0",
+    ),
+    pytest.param(
+        ["reuse", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--holdout", "5"],
+        2,
+        "--holdout must be between 1 and the data's 1 records, got 5",
+        id="a held-out slice larger than the data",
+    ),
+    pytest.param(
+        ["reuse", "D.jsonl", "--server", "127.0.0.1:1", "--key", "K", "--out", "D"],
+        8,
+        "--out must name a new folder",
+        id="reuse --out is an existing file",
+    ),
+    pytest.param(
         ["generate", "D", "--prompt", "hi", "--max-new-tokens", "0"],
         2,
         "--max-new-tokens",

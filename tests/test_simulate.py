@@ -125,6 +125,7 @@ def test_report_has_the_papers_table_for_both_kinds_and_the_plots(runs):
         assert f"| {column} |" in header
     for kind in config.spec_kinds:
         assert f"Learnware ({kind})" in header and f"gap closed ({kind})" in header
+        assert f"Checked ({kind})" in header and f"Merged top-k ({kind})" in header
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
         data = (out / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, image

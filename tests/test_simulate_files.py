@@ -291,6 +291,10 @@ def test_a_simulation_runs_on_the_consortiums_files(run):
     }
     report = (out / "report.md").read_text()
     assert "## Accuracy per domain, labelled tasks" in report
+    assert "Checked (rkme)" in report and "Merged top-k (rkme)" in report
+    names = {"base", "merged", *(c.name for c in config.contributors)}
+    assert {r["rkme"]["pick"] for r in results["reused"].values()} <= names
+    assert set(results["reused"]) == set(sources)
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

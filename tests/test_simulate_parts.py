@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -116,6 +117,35 @@ def test_contenders_follow_their_definitions():
     assert table["g2"].gap_closed["pave"] < 0  # picking "a" for u2 is worse than chance
     assert table["all"].users == 2
     assert table["all"].base == pytest.approx(50)
+
+
+def test_the_local_checks_columns_are_their_picks_on_the_scored_records():
+    from client.simulate.checks import Reused
+
+    nll = {"u1": {"base": _nll(50), "a": _nll(10), "b": _nll(60)}}
+    picks = {"u1": {"rkme": "b"}}
+    reused = {"u1": {"rkme": Reused("a", ("b", "a"), _nll(10), _nll(30))}}
+    rows, _ = contenders(nll, {}, picks, {"u1": "g1"}, reused)
+    assert rows[0].checked_picks == {"rkme": "a"} and not rows[0].beats_base("rkme")
+    assert rows[0].checked_beats_base("rkme")
+    row = group_rows(rows, ["rkme"])[-1]
+    assert row.checked["rkme"] == pytest.approx(10) and row.merged["rkme"] == pytest.approx(30)
+    plain, _ = contenders(nll, {}, picks, {"u1": "g1"})  # no check run: no columns
+    assert group_rows(plain, ["rkme"])[-1].checked == {}
+
+
+def test_the_check_records_follow_the_scored_ones_and_users_may_draw_from_other_sources():
+    quick = SimulationConfig.profile_named("quick")
+    user = deal(quick).users[0]
+    checking = user.check_user()
+    n = quick.users.check_records
+    assert list(checking.records) == list(user.records[user.eval_n : user.eval_n + n])
+    assert checking.eval_records() == list(checking.records) and len(checking.records) == n
+    first = quick.contributors[0]
+    crossed = quick.with_overrides(
+        contributors=(replace(first, user_sources=("medicine/neoplasms",)), *quick.contributors[1:])
+    )
+    assert deal(crossed).users[0].source == "medicine/neoplasms"
 
 
 def test_gap_closed_is_undefined_without_a_gap():

@@ -73,13 +73,21 @@ class Users:
     prompt's last), are what every contender is scored on: every model scores every user, so
     this sets the cost of the whole evaluation. Closed tasks with at most ``max_labels``
     labels, and multiple-choice records with at most that many choices, are scored for
-    accuracy too (one pass per label)."""
+    accuracy too (one pass per label).
+
+    The local check before reuse (``client.reuse``) is simulated per user and spec kind: the
+    market's top ``check_top_k`` and the base model (and their merge) are scored on the
+    ``check_records`` records after the scored ones (never the scored ones themselves, so
+    the check cannot see the figures it is judged by), and its pick is then scored with the
+    other contenders."""
 
     texts: int = 100
     task_records: int = 100
     eval_records: int = 24
     eval_words: int = 48
     max_labels: int = 8
+    check_records: int = 12
+    check_top_k: int = 3
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,9 @@ class Contributor:
     texts: int = 200  # per holder
     task_records: int = 60  # per holder and task
     domain: str = ""
+    # The cross-source setting (issue 16): this contributor's user draws its text from these
+    # sources (the other side of a source pair in shared/data) instead of ``sources``.
+    user_sources: tuple[Source, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.domain:
@@ -175,7 +186,7 @@ class SimulationConfig:
         tasks = {t.name for t in list_tasks()}
         files: list[DataSource] = []
         for c in self.contributors:
-            for source in c.sources:
+            for source in (*c.sources, *c.user_sources):
                 if not isinstance(source, str):
                     files.append(source)
                 elif source not in domains:
@@ -220,8 +231,11 @@ class SimulationConfig:
                     continue
                 if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                     raise InvalidInput(f"{f.name} must be a number > 0, got {value!r}")
-        if self.users.eval_records > min(self.users.texts, self.users.task_records):
-            raise InvalidInput("users.eval_records cannot exceed users.texts or task_records")
+        if self.users.eval_records >= min(self.users.texts, self.users.task_records):
+            raise InvalidInput(
+                "users.eval_records must be below users.texts and task_records "
+                "(the records after them are the local check's)"
+            )
 
     def _check_privacy(self) -> None:
         """Each holder's texts must carry its specs at ``spec_epsilon`` (the rule
@@ -276,7 +290,11 @@ class SimulationConfig:
         try:
             values = dict(raw)
             values["contributors"] = tuple(
-                _record(Contributor, _with_files(c, ("sources", "tasks"), here), "contributors")
+                _record(
+                    Contributor,
+                    _with_files(c, ("sources", "tasks", "user_sources"), here),
+                    "contributors",
+                )
                 for c in raw.get("contributors", [])
             )
             values["tasks"] = tuple(

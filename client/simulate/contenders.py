@@ -10,6 +10,10 @@ task users the reference answers given the prompts. Perplexities are reported as
 - **Best-single**: the one learnware with the lowest mean nll over all users, given to all.
 - **Learnware**: the market's first pick for the user's DP spec (one per spec kind).
 - **Oracle**: the learnware that is best for this user, known only in hindsight.
+- **Checked** (issue 16): the pick of the local check before reuse (``lwm reuse --merge``:
+  the market's top k, their merge and the base model scored on the user's check records,
+  ``client.simulate.checks``), judged on the scored records; never chosen in hindsight.
+- **Merged top-k**: the merge of the market's top k for the user (equal weights).
 
 Gap closed = (Random - Learnware) / (Random - Oracle): 1 is the oracle, 0 no better than
 chance (the paper reports 90% in finance, 62% medical, 40% maths).
@@ -24,8 +28,12 @@ learnware for the user, all by that metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from client.simulate.checks import Reused
 
 BASE_NAME = "base"
 METRICS = ("acc", "acc_norm")  # Evaluation.accuracy and Evaluation.accuracy_norm
@@ -64,9 +72,15 @@ class UserContenders:
     oracle: float
     oracle_pick: str
     accuracy: dict[str, Accuracy]  # metric -> the contenders (labelled tasks), else empty
+    checked: dict[str, float] = field(default_factory=dict)  # kind -> nll of the check's pick
+    checked_picks: dict[str, str] = field(default_factory=dict)  # kind -> what it picked
+    merged: dict[str, float] = field(default_factory=dict)  # kind -> nll of the merged top k
 
     def beats_base(self, kind: str) -> bool:
         return self.learnware[kind] < self.base
+
+    def checked_beats_base(self, kind: str) -> bool:
+        return self.checked[kind] < self.base
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class GroupRow:
     learnware: dict[str, float]
     oracle: float
     gap_closed: dict[str, float | None]  # None when Random already equals Oracle
+    checked: dict[str, float] = field(default_factory=dict)
+    merged: dict[str, float] = field(default_factory=dict)
 
 
 def contenders(
@@ -86,11 +102,13 @@ def contenders(
     accuracy: dict[str, dict[str, dict[str, float | None]]],
     picks: dict[str, dict[str, str]],
     groups: dict[str, str],
+    reused: Mapping[str, Mapping[str, Reused]] | None = None,
 ) -> tuple[list[UserContenders], str]:
     """Per user (``nll[user][model]``, model "base" or a contributor) and the best single.
 
     ``accuracy[metric][user][model]`` (None, or missing, where a user has no labelled task);
-    ``picks[user][kind]`` is the market's first pick; ``groups[user]`` its domain row.
+    ``picks[user][kind]`` is the market's first pick; ``groups[user]`` its domain row;
+    ``reused[user][kind]`` the local check (None: not run).
     """
     users = list(nll)
     learnwares = [m for m in nll[users[0]] if m != BASE_NAME]
@@ -121,9 +139,19 @@ def contenders(
                     for metric in METRICS
                     if u in scored[metric]
                 },
+                **_reused((reused or {}).get(u, {})),
             )
         )
     return rows, best_single
+
+
+def _reused(checks: Mapping[str, Reused]) -> dict[str, dict[str, Any]]:
+    """``UserContenders``' fields of the local check, per kind (merges of one: left out)."""
+    return {
+        "checked": {k: r.nll for k, r in checks.items()},
+        "checked_picks": {k: r.pick for k, r in checks.items()},
+        "merged": {k: r.merged_nll for k, r in checks.items() if r.merged_nll is not None},
+    }
 
 
 def _labelled(
@@ -201,7 +229,19 @@ def _group(group: str, rows: Sequence[UserContenders], kinds: Sequence[str]) -> 
         learnware={k: math.exp(v) for k, v in learnware.items()},
         oracle=math.exp(oracle),
         gap_closed={k: gap_closed(random, learnware[k], oracle) for k in kinds},
+        checked=_geometric(rows, "checked", kinds),
+        merged=_geometric(rows, "merged", kinds),
     )
+
+
+def _geometric(rows: Sequence[UserContenders], name: str, kinds: Sequence[str]) -> dict[str, float]:
+    """Per kind, exp(mean nll) of field ``name`` over the rows, where every row has it."""
+    out = {}
+    for k in kinds:
+        values = [getattr(r, name).get(k) for r in rows]
+        if values and all(v is not None for v in values):
+            out[k] = math.exp(sum(values) / len(values))
+    return out
 
 
 def gap_closed(random: float, learnware: float, oracle: float) -> float | None:

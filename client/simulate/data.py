@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -50,12 +50,19 @@ class UserData:
     right: tuple[str, ...]
     records: tuple[Record, ...]
     eval_n: int
+    check_n: int = 0
 
     def spec_texts(self) -> list[str]:
         return [r.full_text for r in self.records]
 
     def eval_records(self) -> list[Record]:
         return list(self.records[: self.eval_n])
+
+    def check_user(self) -> UserData:
+        """The same user holding the local check's records (``Users.check_records`` after
+        the scored ones) as the records to score."""
+        rest = self.records[self.eval_n : self.eval_n + self.check_n]
+        return replace(self, name=f"{self.name}:check", records=rest, eval_n=len(rest))
 
 
 @dataclass(frozen=True)
@@ -108,16 +115,18 @@ def deal(config: SimulationConfig) -> Deal:
         holders[c.name] = tuple(_holder(dealer, c, h) for h in range(c.holders))
     users: list[UserData] = []
     for c in config.contributors:
-        texts = _spread(dealer, c.sources, config.users.texts, f"user of {c.name}")
+        sources = c.user_sources or c.sources
+        texts = _spread(dealer, sources, config.users.texts, f"user of {c.name}")
         users.append(
             UserData(
                 name=f"{c.name}-user",
                 kind="text",
-                source="+".join(source_label(s) for s in c.sources),
+                source="+".join(source_label(s) for s in sources),
                 group=c.domain,
                 right=(c.name,),
                 records=tuple(Record(text=t) for t in texts),
                 eval_n=config.users.eval_records,
+                check_n=config.users.check_records,
             )
         )
     for t in config.tasks:
@@ -132,6 +141,7 @@ def deal(config: SimulationConfig) -> Deal:
                 right=t.right,
                 records=tuple(records),
                 eval_n=config.users.eval_records,
+                check_n=config.users.check_records,
             )
         )
     return Deal(holders, tuple(users))

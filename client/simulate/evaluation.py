@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from client.evaluate import Evaluation, evaluate
+from client.evaluate import Evaluation, evaluate, evaluate_model
 from client.simulate.contenders import BASE_NAME
 from client.simulate.data import UserData
 
@@ -100,7 +100,7 @@ class ScoreCache:
         return "" if last == "\n" else "\n"
 
 
-class _Learnwares:
+class Learnwares:
     """The fetched learnwares, loaded together the first time a score is missing."""
 
     def __init__(self, verified: Mapping[str, VerifiedLearnware], home: Home) -> None:
@@ -123,9 +123,13 @@ def evaluate_all(
     cache: ScoreCache,
     home: Home,
     progress: Callable[[], object] | None = None,
+    loaded: Learnwares | None = None,
 ) -> list[Score]:
-    """Every (user, model) score in ``model_keys`` order, from the cache where it is there."""
-    loaded = _Learnwares(learnwares, home)
+    """Every (user, model) score in ``model_keys`` order, from the cache where it is there.
+
+    ``loaded``: the learnwares already loaded (else they are loaded when a score is missing).
+    """
+    loaded = loaded or Learnwares(learnwares, home)
     scores = []
     for user in users:
         user_key = scoring.user_key(user)
@@ -150,3 +154,33 @@ def evaluate_all(
             if progress is not None:
                 progress()
     return scores
+
+
+def evaluate_merged(
+    user: UserData,
+    members: Sequence[str],
+    model_key: str,
+    loaded: Learnwares,
+    scoring: Scoring,
+    cache: ScoreCache,
+) -> Evaluation:
+    """The merge of ``members`` (contributors; ``client.reuse.merge_adapters``, equal
+    weights) scored on the user's records, from the cache under ``model_key`` if there."""
+    from client.reuse import merge_adapters
+
+    user_key = scoring.user_key(user)
+    found = cache.get(user_key, model_key)
+    if found is not None:
+        return found
+    first = loaded[members[0]]
+    merged = merge_adapters(first.model, members, [1.0 / len(members)] * len(members))
+    first.model.set_adapter(merged)
+    evaluation = evaluate_model(
+        first.model,
+        first.tokenizer,
+        user.eval_records(),
+        max_labels=scoring.max_labels,
+        max_words=scoring.max_words,
+    )
+    cache.put(user_key, model_key, evaluation)
+    return evaluation

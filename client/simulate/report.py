@@ -14,6 +14,14 @@ from typing import Any
 from client.simulate import plots
 from client.simulate.contenders import METRICS
 
+PERPLEXITY_NOTE = (
+    "Gap closed = (Random − Learnware) / (Random − Oracle) on mean log-perplexity; "
+    "the paper closed 90% in finance, 62% medical, 40% maths. Checked: the pick of the "
+    "local check before reuse (`lwm reuse --merge`: the market's top k, their merge and "
+    "Base scored on each user's check records, never the scored ones); Merged top-k: the "
+    "market's top k merged into one adapter (equal weights)."
+)
+
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     kinds = list(results["config"]["spec_kinds"])
@@ -70,14 +78,22 @@ def _summary(r: dict[str, Any], kinds: list[str]) -> list[str]:
             f"{beats['beaten']}/{beats['users']} users; gap closed over all users "
             f"{_pct(overall['gap_closed'][kind])}."
         )
+        checked = r.get("checked_beats_base", {}).get(kind)
+        if checked is not None:
+            lines.append(
+                f"  After the local check (top {r['config']['users']['check_top_k']}, their "
+                f"merge, or Base) the pick beats Base for {checked['beaten']}/"
+                f"{checked['users']} users."
+            )
     lines += [f"- Best single learnware for everyone: `{r['best_single']}`.", ""]
     return lines
 
 
 def _domain_table(r: dict[str, Any], kinds: list[str]) -> list[str]:
     head = ["domain", "users", "Base", "Random", "Best-single"]
-    head += [f"Learnware ({k})" for k in kinds] + ["Oracle"]
-    head += [f"gap closed ({k})" for k in kinds]
+    head += [f"Learnware ({k})" for k in kinds]
+    head += [f"{what} ({k})" for what in ("Checked", "Merged top-k") for k in kinds]
+    head += ["Oracle"] + [f"gap closed ({k})" for k in kinds]
     lines = [
         "## Perplexity per domain (lower is better)",
         "",
@@ -87,15 +103,10 @@ def _domain_table(r: dict[str, Any], kinds: list[str]) -> list[str]:
     for row in r["table"]:
         cells = [row["group"], str(row["users"]), _fmt(row["base"]), _fmt(row["random"])]
         cells += [_fmt(row["best_single"])] + [_fmt(row["learnware"][k]) for k in kinds]
+        cells += [_fmt(row.get(what, {}).get(k)) for what in ("checked", "merged") for k in kinds]
         cells += [_fmt(row["oracle"])] + [_pct(row["gap_closed"][k]) for k in kinds]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Gap closed = (Random − Learnware) / (Random − Oracle) on mean log-perplexity; "
-        "the paper closed 90% in finance, 62% medical, 40% maths.",
-        "",
-    ]
-    return lines
+    return [*lines, "", PERPLEXITY_NOTE, ""]
 
 
 def _accuracy_table(r: dict[str, Any], kinds: list[str]) -> list[str]:
@@ -131,7 +142,8 @@ def _accuracy_table(r: dict[str, Any], kinds: list[str]) -> list[str]:
 def _user_table(r: dict[str, Any], kinds: list[str]) -> list[str]:
     import math
 
-    head = ["user", "data", *[f"pick ({k})" for k in kinds], "oracle pick", "Base"]
+    head = ["user", "data", *[f"pick ({k})" for k in kinds]]
+    head += [f"checked pick ({k})" for k in kinds] + ["oracle pick", "Base"]
     head += [f"Learnware ({k})" for k in kinds] + ["Oracle"]
     head += [f"{metric} base → pick" for metric in METRICS]
     lines = ["## Per user", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -139,7 +151,9 @@ def _user_table(r: dict[str, Any], kinds: list[str]) -> list[str]:
     for row in r["contenders"]:
         u = users[row["user"]]
         picks = [_mark(row["picks"][k], u["right"]) for k in kinds]
-        cells = [row["user"], u["source"], *picks, row["oracle_pick"], _fmt(math.exp(row["base"]))]
+        checked = [row.get("checked_picks", {}).get(k, "n/a") for k in kinds]
+        cells = [row["user"], u["source"], *picks, *checked, row["oracle_pick"]]
+        cells += [_fmt(math.exp(row["base"]))]
         cells += [_fmt(math.exp(row["learnware"][k])) for k in kinds]
         cells += [_fmt(math.exp(row["oracle"]))]
         cells += [_base_to_pick(row["accuracy"].get(metric), kinds) for metric in METRICS]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from client.simulate import learnwares as lw
+from client.simulate.checks import CheckRun, Reused, check_user
 from client.simulate.config import SimulationConfig, source_label
 from client.simulate.contenders import (
     BASE_NAME,
@@ -29,7 +30,7 @@ from client.simulate.contenders import (
     group_rows,
 )
 from client.simulate.data import Deal, UserData, deal
-from client.simulate.evaluation import Score, ScoreCache, Scoring, evaluate_all
+from client.simulate.evaluation import Learnwares, Score, ScoreCache, Scoring, evaluate_all
 from client.simulate.market_process import MarketProcess
 from client.simulate.users import Query, Searches, fetch_all, search
 from shared.home import Home
@@ -152,8 +153,12 @@ def _with_market(
             BASE_NAME: f"base:{remote.base_models[0].sha256}",
             **{x.contributor: x.package_sha256 for x in listed},
         }
-        scores = _evaluate(config, users, learnwares, models, home, out)
-    return _results(config, dealt, built, listed, searches, scores, remote)
+        run = _check_run(config, learnwares, models, home, out)
+        scores = _evaluate(run, users)
+    top_k = config.users.check_top_k
+    with phases.phase("check", f"Local check before reuse: top {top_k}, merge, base"):
+        reused = _check_all(config, run, users, searches, scores)
+    return _results(config, dealt, built, listed, searches, scores, remote, reused)
 
 
 def _build_all(
@@ -208,25 +213,64 @@ def _submit_all(
     return out
 
 
-def _evaluate(
+def _check_run(
     config: SimulationConfig,
-    users: Sequence[UserData],
     learnwares: dict[str, VerifiedLearnware],
     models: dict[str, str],
     home: Home,
     out: Path,
-) -> list[Score]:
+) -> CheckRun:
+    """The fetched learnwares (loaded once, on the first missing score), their cache keys,
+    the scoring options and the score cache, shared by the evaluation and the checks."""
+    return CheckRun(
+        learnwares,
+        models,
+        Scoring(max_labels=config.users.max_labels, max_words=config.users.eval_words),
+        ScoreCache(out / "cache" / "evaluations.jsonl"),
+        Learnwares(learnwares, home),
+        home,
+    )
+
+
+def _evaluate(run: CheckRun, users: Sequence[UserData]) -> list[Score]:
     from tqdm.auto import tqdm
 
-    cache = ScoreCache(out / "cache" / "evaluations.jsonl")
-    scoring = Scoring(max_labels=config.users.max_labels, max_words=config.users.eval_words)
+    models = run.model_keys
     bar = tqdm(total=len(users) * len(models), desc="evaluate", unit="score")
     try:
         return evaluate_all(
-            users, learnwares, models, scoring, cache, home, progress=lambda: bar.update(1)
+            users,
+            run.learnwares,
+            models,
+            run.scoring,
+            run.cache,
+            run.home,
+            progress=lambda: bar.update(1),
+            loaded=run.loaded,
         )
     finally:
         bar.close()
+
+
+def _check_all(
+    config: SimulationConfig,
+    run: CheckRun,
+    users: Sequence[UserData],
+    searches: Searches,
+    scores: list[Score],
+) -> dict[str, dict[str, Reused]]:
+    """Every user's local check per kind (``client.simulate.checks``)."""
+    nll: dict[str, dict[str, float]] = {}
+    for s in scores:
+        nll.setdefault(s.user, {})[s.model] = s.nll
+    out: dict[str, dict[str, Reused]] = {}
+    for user in _bar(users, "check"):
+        for q in (q for q in searches.main if q.user == user.name):
+            top_k = config.users.check_top_k
+            out.setdefault(user.name, {})[q.kind] = check_user(
+                run, user, q.scores, top_k, nll[user.name]
+            )
+    return out
 
 
 def _bar(items: Iterable[_T], desc: str) -> Iterable[_T]:
@@ -253,6 +297,7 @@ def _results(
     searches: Searches,
     scores: list[Score],
     remote: RemoteSchema,
+    reused: dict[str, dict[str, Reused]],
 ) -> dict[str, Any]:
     nll: dict[str, dict[str, float]] = {}
     accuracy: dict[str, dict[str, dict[str, float | None]]] = {m: {} for m in METRICS}
@@ -262,7 +307,7 @@ def _results(
         accuracy["acc_norm"].setdefault(s.user, {})[s.model] = s.evaluation.accuracy_norm
     picks = {u.name: {k: searches.pick(u.name, k) for k in config.spec_kinds} for u in dealt.users}
     groups = {u.name: u.group for u in dealt.users}
-    per_user, best_single = contenders(nll, accuracy, picks, groups)
+    per_user, best_single = contenders(nll, accuracy, picks, groups, reused)
     table = group_rows(per_user, config.spec_kinds)
     return {
         "config": config.to_dict(),
@@ -283,6 +328,11 @@ def _results(
             k: {"users": len(per_user), "beaten": sum(r.beats_base(k) for r in per_user)}
             for k in config.spec_kinds
         },
+        "checked_beats_base": {
+            k: {"users": len(per_user), "beaten": sum(r.checked_beats_base(k) for r in per_user)}
+            for k in config.spec_kinds
+        },
+        "reused": {u: {k: asdict(r) for k, r in kinds.items()} for u, kinds in reused.items()},
     }
 
 
