@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 History = Sequence[tuple[float, float, int]]  # an RDP accountant's (sigma, sample rate, steps)
 Prepare = Callable[["torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+#: logits of a batch: (model, token ids, mask, the batch's rows of ``private_training``'s
+#: ``inputs``); the default runs the model on the token ids.
+Forward = Callable[[Any, "torch.Tensor", "torch.Tensor", Sequence["torch.Tensor"]], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,13 @@ def private_training(
     calibration_steps: int,
     history: History = (),
     noise_seed: int | None = None,
+    inputs: Sequence[torch.Tensor] = (),
 ) -> Iterator[PrivateTraining]:
     """opacus DP-SGD over ``module`` (a peft model already on its device) on ``(ids, mask)``.
+
+    ``inputs`` are further per-text tensors (first dimension n) the loader samples with the
+    same Poisson rows, for a ``Forward`` that needs more than token ids (PAVE's cached
+    hidden states of the frozen lower layers).
 
     The noise multiplier spends ``budget`` over ``calibration_steps`` steps at opacus'
     sample rate (0 when ``budget`` is not private: clipping stays, so both runs are on one
@@ -86,7 +94,7 @@ def private_training(
     from torch.utils.data import DataLoader, TensorDataset
 
     n = ids.shape[0]
-    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(batch_size, n))
+    loader = DataLoader(TensorDataset(ids, mask, *inputs), batch_size=min(batch_size, n))
     sample_rate = poisson_sample_rate(n, batch_size)
     sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=calibration_steps)
     device = next(p for p in module.parameters() if p.requires_grad).device
@@ -129,13 +137,15 @@ def dpsgd_steps(
     params: Sequence[torch.nn.Parameter],
     steps: int,
     prepare: Prepare | None = None,
+    forward: Forward | None = None,
 ) -> Iterator[DPStep]:
     """``steps`` DP-SGD steps, re-iterating the Poisson loader; an empty batch is a noise
     step. Yields after each optimizer step (a caller may post-process the weights there).
-    ``prepare`` maps a batch before the forward pass (trim padding, move to a device)."""
+    ``prepare`` maps a batch before the forward pass (trim padding, move to a device);
+    ``forward`` computes its logits (default: the model on the token ids)."""
     taken = 0
     while taken < steps:
-        for batch_ids, batch_mask in dp.loader:
+        for batch_ids, batch_mask, *inputs in dp.loader:
             if taken >= steps:
                 break
             dp.optimizer.zero_grad(set_to_none=True)
@@ -146,12 +156,23 @@ def dpsgd_steps(
                 continue
             if prepare is not None:
                 batch_ids, batch_mask = prepare(batch_ids, batch_mask)
-            logits = dp.model(input_ids=batch_ids, attention_mask=batch_mask).logits
+            if forward is None:
+                logits = dp.model(input_ids=batch_ids, attention_mask=batch_mask).logits
+            else:
+                logits = forward(dp.model, batch_ids, batch_mask, inputs)
             loss = per_sample_loss(logits, batch_ids, batch_mask)
             loss.backward()
             norms = grad_sample_norms(params)
             dp.optimizer.step()
             yield DPStep(float(loss.detach()), int(batch_ids.shape[0]), norms)
+
+
+def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no text of this batch uses (padding is on the right)."""
+    if ids.shape[0] == 0:
+        return ids, mask
+    length = max(int(mask.sum(dim=1).max()), 2)
+    return ids[:, :length], mask[:, :length]
 
 
 def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -51,9 +51,11 @@ def rkme_schema(home: Home, **overrides: Any) -> RkmeSchema:
 
 def pave_schema(home: Home, model: str = "tiny", **overrides: Any) -> PaveSchema:
     from shared.models import load_causal_lm
+    from shared.models.causal import builtin_name
     from shared.spec.pave import pave_schema_for
 
-    recipe = {**PAVE_RECIPES.get(model, PAVE_RECIPES["tiny"]), **overrides}
+    known = builtin_name(model) or model  # a built-in model's id names it as well
+    recipe = {**PAVE_RECIPES.get(known, PAVE_RECIPES["tiny"]), **overrides}
     return pave_schema_for(load_causal_lm(model, home), **recipe)
 
 
