@@ -22,20 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_identification import parse_sets
 from bench_spec_build import texts_for
 
 from shared.home import Home
 from shared.privacy import PrivacyBudget
 from shared.spec.defaults import pave_schema
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``key=value`` recipe overrides; values are read as JSON (``none`` is None)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key] = None if value in ("none", "None") else json.loads(value)
-    return out
 
 
 def main() -> None:
@@ -61,14 +53,18 @@ def main() -> None:
     for way, freeze in (("frozen lower layers", True), ("naive", False)):
         if not freeze and args.no_naive:
             continue
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run = run_pave(texts, model, schema, budget, noise_seed=1, freeze_lower=freeze)
-        total = time.perf_counter() - started
+        total, cpu = time.perf_counter() - started, time.process_time() - cpu
         vectors[way] = run.raw_vector
-        rows[way] = {"total_s": total, **{f"{k}_s": v for k, v in run.seconds.items()}}
+        norms = np.percentile(run.per_sample_grad_norms, [10, 50, 90]).tolist()
+        rows[way] = {"total_s": total, "cpu_s": cpu, "grad_norm_p10_50_90": norms}
+        rows[way].update({f"{k}_s": v for k, v in run.seconds.items()})
         print(
             f"{way:>19}: {total:6.1f} s (lower layers {run.seconds['lower']:5.1f} s, "
-            f"DP-SGD steps {run.seconds['steps']:5.1f} s) for {args.n} texts",
+            f"DP-SGD steps {run.seconds['steps']:5.1f} s; {cpu:6.1f} CPU-s) for {args.n} "
+            f"texts, load {os.getloadavg()[0]:.1f}; per-sample gradient norms p10/50/90 "
+            f"{norms[0]:.3g}/{norms[1]:.3g}/{norms[2]:.3g} (clip {schema.clip_norm})",
             flush=True,
         )
     if len(vectors) == 2:

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     import torch
 
 History = Sequence[tuple[float, float, int]]  # an RDP accountant's (sigma, sample rate, steps)
+HEAD_CHUNK = 1024  # tokens per chunk of ``per_sample_head_loss`` (logits: 200 MB for SmolLM2)
 Prepare = Callable[["torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
-#: logits of a batch: (model, token ids, mask, the batch's rows of ``private_training``'s
-#: ``inputs``); the default runs the model on the token ids.
+#: a batch's loss as ``per_sample_loss`` defines it: (model, token ids, mask, the batch's
+#: rows of ``private_training``'s ``inputs``); the default runs the model on the token ids.
 Forward = Callable[[Any, "torch.Tensor", "torch.Tensor", Sequence["torch.Tensor"]], "torch.Tensor"]
 
 
@@ -142,7 +143,7 @@ def dpsgd_steps(
     """``steps`` DP-SGD steps, re-iterating the Poisson loader; an empty batch is a noise
     step. Yields after each optimizer step (a caller may post-process the weights there).
     ``prepare`` maps a batch before the forward pass (trim padding, move to a device);
-    ``forward`` computes its logits (default: the model on the token ids)."""
+    ``forward`` computes its loss (default: ``per_sample_loss`` of the model's logits)."""
     taken = 0
     while taken < steps:
         for batch_ids, batch_mask, *inputs in dp.loader:
@@ -158,9 +159,9 @@ def dpsgd_steps(
                 batch_ids, batch_mask = prepare(batch_ids, batch_mask)
             if forward is None:
                 logits = dp.model(input_ids=batch_ids, attention_mask=batch_mask).logits
+                loss = per_sample_loss(logits, batch_ids, batch_mask)
             else:
-                logits = forward(dp.model, batch_ids, batch_mask, inputs)
-            loss = per_sample_loss(logits, batch_ids, batch_mask)
+                loss = forward(dp.model, batch_ids, batch_mask, inputs)
             loss.backward()
             norms = grad_sample_norms(params)
             dp.optimizer.step()
@@ -188,6 +189,57 @@ def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor)
     ).view(shift_ids.shape)
     per_sample = (nll * shift_mask).sum(dim=1) / shift_mask.sum(dim=1).clamp(min=1.0)
     return per_sample.mean()
+
+
+def per_sample_head_loss(
+    hidden: torch.Tensor, head: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``per_sample_loss`` of the logits ``hidden @ head.T``, never holding them all.
+
+    For a frozen LM head (``head``: vocabulary x hidden) the logits of a large batch are
+    what fills memory (1,000 texts x 16 tokens x SmolLM2's 49,152 words: 3 GB, and as much
+    again for their gradient). Here the real (unpadded) target tokens go through the head a
+    chunk at a time; each token's NLL gradient in ``hidden``, ``head.T (softmax - onehot)``,
+    is computed there and kept instead (hidden-sized). Same values and gradients, the same
+    two products per token as autograd's.
+    """
+    import torch
+
+    valid = mask[:, 1:].bool()
+    sample = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(valid)[valid]
+    nll = _head_nll_class().apply(hidden[:, :-1][valid], head, ids[:, 1:][valid])
+    total = torch.zeros(ids.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, sample, nll)
+    return (total / valid.sum(dim=1).clamp(min=1).to(nll.dtype)).mean()
+
+
+def _head_nll_class() -> Any:
+    import torch
+
+    class HeadNLL(torch.autograd.Function):
+        """Token NLLs through a frozen head, chunked; backward uses the kept gradients."""
+
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, head: Any, targets: Any) -> Any:
+            nll = hidden.new_empty(hidden.shape[0])
+            grad = torch.empty_like(hidden)
+            with torch.no_grad():
+                for start in range(0, hidden.shape[0], HEAD_CHUNK):
+                    rows = slice(start, start + HEAD_CHUNK)
+                    logits = hidden[rows] @ head.T
+                    lse = torch.logsumexp(logits, dim=1)
+                    nll[rows] = lse - logits.gather(1, targets[rows, None])[:, 0]
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(probs.shape[0]), targets[rows]] -= 1.0
+                    grad[rows] = probs @ head
+            ctx.save_for_backward(grad)
+            return nll
+
+        @staticmethod
+        def backward(ctx: Any, upstream: Any) -> Any:
+            (grad,) = ctx.saved_tensors
+            return upstream[:, None] * grad, None, None
+
+    return HeadNLL
 
 
 def grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.dpsgd import dpsgd_steps, private_training, trim
+from shared.dpsgd import Forward, Prepare, dpsgd_steps, private_training, trim
 from shared.errors import DataError, SchemaMismatch
 from shared.models.device import batch_on
 from shared.privacy import DPReport, PrivacyBudget
@@ -131,12 +131,14 @@ def run_pave(
     lora_b = _lora_b_params(peft_model)
     before = _flatten(lora_b)
     inputs: tuple[torch.Tensor, ...] = ()
+    head = None
     started = time.perf_counter()
     if split is not None:
         inputs = ((lower or LowerStates()).states(model, texts, ids, mask, split),)
+        head = model.model.get_output_embeddings().weight.detach()
     seconds = {"lower": time.perf_counter() - started}
     losses, norms, report = _train(
-        peft_model, lora_b, ids, mask, schema, budget, progress, noise_seed, inputs
+        peft_model, lora_b, ids, mask, schema, budget, progress, noise_seed, inputs, head
     )
     seconds["steps"] = time.perf_counter() - started - seconds["lower"]
     raw = _flatten(lora_b)
@@ -228,9 +230,11 @@ def _train(
     progress: bool,
     noise_seed: int | None,
     inputs: tuple[torch.Tensor, ...] = (),
+    head: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float], DPReport]:
     """``schema.steps`` plain-SGD DP steps (``shared.dpsgd``), each followed by the L1 pull;
-    with ``inputs`` (the kept lower-layer states) only the top layers run."""
+    with ``inputs`` (the kept lower-layer states) and the LM ``head`` only the top
+    layers run."""
     import torch
 
     losses: list[float] = []
@@ -248,11 +252,11 @@ def _train(
         noise_seed=noise_seed,
         inputs=inputs,
     ) as dp:
-        prepare = partial(batch_on, lora_b[0])
-        forward = None
-        if inputs:  # only the top layers run: drop the padding columns no text uses
+        prepare: Prepare = partial(batch_on, lora_b[0])
+        forward: Forward | None = None
+        if head is not None:  # only the top layers run: drop the padding columns no text uses
             prepare = lambda i, m: batch_on(lora_b[0], *trim(i, m))  # noqa: E731
-            forward = forward_top
+            forward = partial(forward_top, head)
         for step in dpsgd_steps(dp, lora_b, schema.steps, prepare, forward):
             losses.append(step.loss)
             norms.extend(step.norms)
