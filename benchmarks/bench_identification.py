@@ -17,6 +17,7 @@ import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from client.identification import DEMO_DOMAINS, identify, split_domains
 from client.specs import SpecMaker
@@ -28,6 +29,15 @@ def parse_epsilons(text: str) -> list[float | None]:
     return [None if e.strip() in ("none", "inf") else float(e) for e in text.split(",")]
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``key=value`` PAVE recipe overrides; values read as JSON (``none`` is None)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = None if value in ("none", "None") else json.loads(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epsilons", default="none,8,4,1")
@@ -35,14 +45,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--holder-texts", type=int, default=300)
     parser.add_argument("--user-texts", type=int, default=150)
-    parser.add_argument("--pave-model", default="tiny")
+    parser.add_argument("--pave-model", default="tiny", help="tiny, smollm2-135m, or an id")
+    parser.add_argument("--pave-set", action="append", default=[], help="recipe key=value")
     parser.add_argument("--domains", default=",".join(DEMO_DOMAINS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-out/identification.json")
     args = parser.parse_args()
     home = Home.resolve()
     kinds = tuple(args.kinds.split(","))
-    schema = default_schema(home, pave_model=args.pave_model, kinds=kinds, default_kind=kinds[0])
+    schema = default_schema(
+        home, args.pave_model, kinds, kinds[0], pave_overrides=parse_sets(args.pave_set)
+    )
     maker = SpecMaker(schema, home)
     splits = split_domains(
         args.domains.split(","), args.holder_texts, args.user_texts, args.trials, args.seed

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.dpsgd import History, dpsgd_steps, private_training
+from shared.dpsgd import History, dpsgd_steps, private_training, trim
 from shared.errors import DataError, InvalidInput, LwmError
 from shared.models.device import batch_on
 from shared.privacy import DEFAULT_DELTA, DPReport, PrivacyBudget, rdp_epsilon
@@ -272,14 +272,6 @@ def tokenize(
     if int(mask.sum(dim=1).min()) < 2:
         raise DataError("every text needs at least two tokens to train on")
     return ids, mask
-
-
-def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the padding columns no text of this batch uses (padding is on the right)."""
-    if ids.shape[0] == 0:
-        return ids, mask
-    length = max(int(mask.sum(dim=1).max()), 2)
-    return ids[:, :length], mask[:, :length]
 
 
 def lora_model(base: LoadedModel, config: FinetuneConfig) -> Any:

@@ -1,7 +1,8 @@
 """Make specs of local data under a market schema: the step both contributors and users run.
 
 Raw texts go in, a released (DP unless asked otherwise) ``Specification`` comes out; only
-the latter ever leaves this machine. Models are loaded lazily, once per ``SpecMaker``.
+the latter ever leaves this machine. Models are loaded lazily, once per ``SpecMaker``, and
+PAVE's frozen lower-layer states are kept per text for the maker's life.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class SpecMaker:
     placement: Placement = CPU
     _encoder: Any = field(default=None, init=False, repr=False)
     _model: Any = field(default=None, init=False, repr=False)
+    _lower: Any = field(default=None, init=False, repr=False)  # PAVE's kept lower states
 
     def make(
         self,
@@ -97,7 +99,12 @@ class SpecMaker:
         progress: bool,
         noise_seed: int | None,
     ) -> Specification:
+        from shared.spec.frozen import LowerStates
         from shared.spec.pave import run_pave
 
         model = self.model(schema)
-        return run_pave(texts, model, schema, budget, progress=progress, noise_seed=noise_seed).spec
+        if self._lower is None:  # a text's frozen lower-layer states serve every later spec
+            self._lower = LowerStates()
+        return run_pave(
+            texts, model, schema, budget, progress, noise_seed, lower=self._lower
+        ).spec

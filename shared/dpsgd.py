@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     import torch
 
 History = Sequence[tuple[float, float, int]]  # an RDP accountant's (sigma, sample rate, steps)
+HEAD_CHUNK = 1024  # tokens per chunk of ``per_sample_head_loss`` (logits: 200 MB for SmolLM2)
 Prepare = Callable[["torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+#: a batch's loss as ``per_sample_loss`` defines it: (model, token ids, mask, the batch's
+#: rows of ``private_training``'s ``inputs``); the default runs the model on the token ids.
+Forward = Callable[[Any, "torch.Tensor", "torch.Tensor", Sequence["torch.Tensor"]], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,13 @@ def private_training(
     calibration_steps: int,
     history: History = (),
     noise_seed: int | None = None,
+    inputs: Sequence[torch.Tensor] = (),
 ) -> Iterator[PrivateTraining]:
     """opacus DP-SGD over ``module`` (a peft model already on its device) on ``(ids, mask)``.
+
+    ``inputs`` are further per-text tensors (first dimension n) the loader samples with the
+    same Poisson rows, for a ``Forward`` that needs more than token ids (PAVE's cached
+    hidden states of the frozen lower layers).
 
     The noise multiplier spends ``budget`` over ``calibration_steps`` steps at opacus'
     sample rate (0 when ``budget`` is not private: clipping stays, so both runs are on one
@@ -86,7 +95,7 @@ def private_training(
     from torch.utils.data import DataLoader, TensorDataset
 
     n = ids.shape[0]
-    loader = DataLoader(TensorDataset(ids, mask), batch_size=min(batch_size, n))
+    loader = DataLoader(TensorDataset(ids, mask, *inputs), batch_size=min(batch_size, n))
     sample_rate = poisson_sample_rate(n, batch_size)
     sigma = dpsgd_noise_multiplier(budget, sample_rate=sample_rate, steps=calibration_steps)
     device = next(p for p in module.parameters() if p.requires_grad).device
@@ -129,13 +138,15 @@ def dpsgd_steps(
     params: Sequence[torch.nn.Parameter],
     steps: int,
     prepare: Prepare | None = None,
+    forward: Forward | None = None,
 ) -> Iterator[DPStep]:
     """``steps`` DP-SGD steps, re-iterating the Poisson loader; an empty batch is a noise
     step. Yields after each optimizer step (a caller may post-process the weights there).
-    ``prepare`` maps a batch before the forward pass (trim padding, move to a device)."""
+    ``prepare`` maps a batch before the forward pass (trim padding, move to a device);
+    ``forward`` computes its loss (default: ``per_sample_loss`` of the model's logits)."""
     taken = 0
     while taken < steps:
-        for batch_ids, batch_mask in dp.loader:
+        for batch_ids, batch_mask, *inputs in dp.loader:
             if taken >= steps:
                 break
             dp.optimizer.zero_grad(set_to_none=True)
@@ -146,12 +157,23 @@ def dpsgd_steps(
                 continue
             if prepare is not None:
                 batch_ids, batch_mask = prepare(batch_ids, batch_mask)
-            logits = dp.model(input_ids=batch_ids, attention_mask=batch_mask).logits
-            loss = per_sample_loss(logits, batch_ids, batch_mask)
+            if forward is None:
+                logits = dp.model(input_ids=batch_ids, attention_mask=batch_mask).logits
+                loss = per_sample_loss(logits, batch_ids, batch_mask)
+            else:
+                loss = forward(dp.model, batch_ids, batch_mask, inputs)
             loss.backward()
             norms = grad_sample_norms(params)
             dp.optimizer.step()
             yield DPStep(float(loss.detach()), int(batch_ids.shape[0]), norms)
+
+
+def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no text of this batch uses (padding is on the right)."""
+    if ids.shape[0] == 0:
+        return ids, mask
+    length = max(int(mask.sum(dim=1).max()), 2)
+    return ids[:, :length], mask[:, :length]
 
 
 def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -167,6 +189,57 @@ def per_sample_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor)
     ).view(shift_ids.shape)
     per_sample = (nll * shift_mask).sum(dim=1) / shift_mask.sum(dim=1).clamp(min=1.0)
     return per_sample.mean()
+
+
+def per_sample_head_loss(
+    hidden: torch.Tensor, head: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``per_sample_loss`` of the logits ``hidden @ head.T``, never holding them all.
+
+    For a frozen LM head (``head``: vocabulary x hidden) the logits of a large batch are
+    what fills memory (1,000 texts x 16 tokens x SmolLM2's 49,152 words: 3 GB, and as much
+    again for their gradient). Here the real (unpadded) target tokens go through the head a
+    chunk at a time; each token's NLL gradient in ``hidden``, ``head.T (softmax - onehot)``,
+    is computed there and kept instead (hidden-sized). Same values and gradients, the same
+    two products per token as autograd's.
+    """
+    import torch
+
+    valid = mask[:, 1:].bool()
+    sample = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(valid)[valid]
+    nll = _head_nll_class().apply(hidden[:, :-1][valid], head, ids[:, 1:][valid])
+    total = torch.zeros(ids.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, sample, nll)
+    return (total / valid.sum(dim=1).clamp(min=1).to(nll.dtype)).mean()
+
+
+def _head_nll_class() -> Any:
+    import torch
+
+    class HeadNLL(torch.autograd.Function):
+        """Token NLLs through a frozen head, chunked; backward uses the kept gradients."""
+
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, head: Any, targets: Any) -> Any:
+            nll = hidden.new_empty(hidden.shape[0])
+            grad = torch.empty_like(hidden)
+            with torch.no_grad():
+                for start in range(0, hidden.shape[0], HEAD_CHUNK):
+                    rows = slice(start, start + HEAD_CHUNK)
+                    logits = hidden[rows] @ head.T
+                    lse = torch.logsumexp(logits, dim=1)
+                    nll[rows] = lse - logits.gather(1, targets[rows, None])[:, 0]
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(probs.shape[0]), targets[rows]] -= 1.0
+                    grad[rows] = probs @ head
+            ctx.save_for_backward(grad)
+            return nll
+
+        @staticmethod
+        def backward(ctx: Any, upstream: Any) -> Any:
+            (grad,) = ctx.saved_tensors
+            return upstream[:, None] * grad, None, None
+
+    return HeadNLL
 
 
 def grad_sample_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:

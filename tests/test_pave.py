@@ -11,7 +11,10 @@ from shared.data import load_domain
 from shared.errors import DataError, SchemaMismatch
 from shared.models import load_causal_lm
 from shared.privacy import PrivacyBudget, rdp_epsilon
+from shared.spec.defaults import pave_schema
+from shared.spec.frozen import LowerStates
 from shared.spec.pave import pave_schema_for, run_pave
+from shared.spec.ranking import rank
 
 RECIPE = {"batch_size": 64, "steps": 3, "clip_norm": 0.05, "lr": 0.05, "max_tokens": 32}
 
@@ -80,6 +83,35 @@ def test_wrong_model_and_empty_data_are_clear_errors(tiny, schema):
         run_pave(["some text here"], tiny, other, PrivacyBudget(4.0))
     with pytest.raises(DataError, match="empty"):
         run_pave([], tiny, schema, PrivacyBudget(4.0))
+
+
+def test_frozen_lower_layers_give_the_whole_models_spec(tiny, texts):
+    """LoRA on the top 2 of 4 layers: the lower two run once per text, the DP-SGD steps run
+    the top only, and the released vector is the naive whole-model run's (full batches, one
+    noise seed). Kept states serve a second spec without a second lower pass."""
+    schema = pave_schema_for(tiny, **{**RECIPE, "batch_size": 128, "top_layers": 2})
+    lower = LowerStates()
+    naive = run_pave(texts, tiny, schema, PrivacyBudget(4.0), noise_seed=6, freeze_lower=False)
+    split = run_pave(texts, tiny, schema, PrivacyBudget(4.0), noise_seed=6, lower=lower)
+    kept = len(lower._rows)
+    again = run_pave(texts[:40], tiny, schema, PrivacyBudget(4.0), noise_seed=6, lower=lower)
+    assert split.changed and again.changed
+    np.testing.assert_allclose(split.raw_vector, naive.raw_vector, rtol=1e-4, atol=1e-7)
+    assert split.losses == pytest.approx(naive.losses, rel=1e-5)
+    assert kept == len(texts) and len(lower._rows) == kept
+    assert naive.seconds["lower"] < 0.01 and split.seconds["steps"] > 0
+
+
+def test_schema_names_the_model_and_its_layers(tiny, schema, texts, lwm_home):
+    """Specs of another layer split are refused like specs of another model; a built-in
+    model's id selects its recipe as its short name does."""
+    top = dataclasses.replace(schema, top_layers=2)
+    assert top.schema_id != schema.schema_id
+    holder = run_pave(texts[:40], tiny, top, PrivacyBudget(None), noise_seed=7).spec
+    user = run_pave(texts[40:], tiny, schema, PrivacyBudget(None), noise_seed=7).spec
+    with pytest.raises(SchemaMismatch, match="different schemas"):
+        rank(user, [holder])
+    assert pave_schema(lwm_home, "tiny-llama-v1") == pave_schema(lwm_home, "tiny")
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.dpsgd import dpsgd_steps, private_training
+from shared.dpsgd import Forward, Prepare, dpsgd_steps, private_training, trim
 from shared.errors import DataError, SchemaMismatch
 from shared.models.device import batch_on
 from shared.privacy import DPReport, PrivacyBudget
+from shared.spec.frozen import LowerStates, forward_top, skeleton_memo, split_index
 from shared.spec.record import Specification
 from shared.spec.schema import PaveSchema
 
@@ -54,6 +56,8 @@ class PaveRun:
     losses: tuple[float, ...]
     per_sample_grad_norms: tuple[float, ...]
     changed: bool
+    #: wall seconds: "lower" (the frozen layers' pass, 0 when none ran) and "steps" (DP-SGD)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def layer_indices(num_layers: int, top_layers: int | None) -> list[int]:
@@ -101,10 +105,16 @@ def run_pave(
     budget: PrivacyBudget,
     progress: bool = False,
     noise_seed: int | None = None,
+    lower: LowerStates | None = None,
+    freeze_lower: bool = True,
 ) -> PaveRun:
     """Train the schema's recipe on ``texts`` and release the DP ``lora_B`` vector
     (``.spec``), with the losses, gradient norms and the change check beside it.
 
+    When the recipe trains only the top layers, the frozen lower layers run once per text
+    (``shared.spec.frozen``; ``lower`` keeps their states across calls) and the DP-SGD
+    steps run the top layers only: the same spec, far cheaper. ``freeze_lower=False`` runs
+    the whole model at every step instead (the naive way, for benchmarks and tests).
     ``noise_seed`` makes the DP noise reproducible (tests, benchmarks); leave it None for
     real releases so the noise comes from a fresh generator.
     """
@@ -116,19 +126,28 @@ def run_pave(
     if not texts:
         raise DataError("cannot make a spec of no texts: the data is empty")
     ids, mask = _tokenize(texts, model.tokenizer, schema.max_tokens)
-    peft_model = _lora_model(model.model, schema)
+    split = split_index(model.model, schema.top_layers) if freeze_lower else None
+    peft_model = _lora_model(model.model, schema, split or 0)
     lora_b = _lora_b_params(peft_model)
     before = _flatten(lora_b)
+    inputs: tuple[torch.Tensor, ...] = ()
+    head = None
+    started = time.perf_counter()
+    if split is not None:
+        inputs = ((lower or LowerStates()).states(model, texts, ids, mask, split),)
+        head = model.model.get_output_embeddings().weight.detach()
+    seconds = {"lower": time.perf_counter() - started}
     losses, norms, report = _train(
-        peft_model, lora_b, ids, mask, schema, budget, progress, noise_seed
+        peft_model, lora_b, ids, mask, schema, budget, progress, noise_seed, inputs, head
     )
+    seconds["steps"] = time.perf_counter() - started - seconds["lower"]
     raw = _flatten(lora_b)
     changed = bool(np.any(raw != before))
     vector = _project(raw, schema)
     spec = Specification(
         kind="pave", schema_id=schema.schema_id, vector=vector, n=len(texts), privacy=report
     )
-    return PaveRun(spec, raw, tuple(losses), tuple(norms), changed)
+    return PaveRun(spec, raw, tuple(losses), tuple(norms), changed, seconds)
 
 
 def _layer_of(module_name: str) -> int | None:
@@ -155,10 +174,12 @@ def _tokenize(
     return ids, mask
 
 
-def _lora_model(base: Any, schema: PaveSchema) -> Any:
+def _lora_model(base: Any, schema: PaveSchema, frozen_below: int = 0) -> Any:
     """A private copy of ``base`` with the schema's frozen-A, zero-B LoRA adapters, in
     float32 on ``base``'s device (specs stay comparable across machines:
-    ``shared.models.device``); A is drawn on the CPU, so every device starts alike."""
+    ``shared.models.device``); A is drawn on the CPU, so every device starts alike.
+    The ``frozen_below`` lowest layers are left out of the copy (they pass their input
+    through: the caller feeds their kept output as ``inputs_embeds``)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -172,7 +193,8 @@ def _lora_model(base: Any, schema: PaveSchema) -> Any:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(copy.deepcopy(base).to(dtype=torch.float32), config)
+        skeleton = copy.deepcopy(base, skeleton_memo(base, frozen_below))
+        peft_model = get_peft_model(skeleton.to(dtype=torch.float32), config)
     generator = torch.Generator().manual_seed(schema.seed)
     for name, param in sorted(peft_model.named_parameters()):
         if "lora_A" in name:
@@ -207,8 +229,12 @@ def _train(
     budget: PrivacyBudget,
     progress: bool,
     noise_seed: int | None,
+    inputs: tuple[torch.Tensor, ...] = (),
+    head: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float], DPReport]:
-    """``schema.steps`` plain-SGD DP steps (``shared.dpsgd``), each followed by the L1 pull."""
+    """``schema.steps`` plain-SGD DP steps (``shared.dpsgd``), each followed by the L1 pull;
+    with ``inputs`` (the kept lower-layer states) and the LM ``head`` only the top
+    layers run."""
     import torch
 
     losses: list[float] = []
@@ -224,8 +250,14 @@ def _train(
         clip_norm=schema.clip_norm,
         calibration_steps=schema.steps,
         noise_seed=noise_seed,
+        inputs=inputs,
     ) as dp:
-        for step in dpsgd_steps(dp, lora_b, schema.steps, partial(batch_on, lora_b[0])):
+        prepare: Prepare = partial(batch_on, lora_b[0])
+        forward: Forward | None = None
+        if head is not None:  # only the top layers run: drop the padding columns no text uses
+            prepare = lambda i, m: batch_on(lora_b[0], *trim(i, m))  # noqa: E731
+            forward = partial(forward_top, head)
+        for step in dpsgd_steps(dp, lora_b, schema.steps, prepare, forward):
             losses.append(step.loss)
             norms.extend(step.norms)
             _l1_prox(lora_b, schema.lr * schema.l1)
