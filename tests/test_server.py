@@ -516,7 +516,7 @@ def test_a_restart_serves_from_its_index_snapshot_with_manifests_read_on_demand(
     restarted.close()
     assert restarted._usable[stored.id].manifest_json == b""  # not read at start
     query = random_rkme_spec(world["schema"], seed=778)
-    (hit,) = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter())
+    (hit,) = restarted.search(Caller("u", Role.USER, "uma"), query, 1, LearnwareFilter()).hits
     assert hit.record.id == stored.id
     assert hit.record.manifest_json == header.manifest_json
     assert hit.record.signature == header.signature
