@@ -23,6 +23,7 @@ from shared.spec.claims import (
     SpecLimits,
     check_claims,
     rkme_min_count,
+    rkme_noise_std,
     rkme_texts_needed,
 )
 from shared.spec.pave import pave_schema_for, run_pave
@@ -90,6 +91,25 @@ def test_a_merged_federated_spec_passes() -> None:
 
     assert merged.privacy.details["holder_n"] == [h.n for h in holders]  # released counts
     check_claims(merged, SCHEMA)
+
+
+def test_a_federation_of_small_holders_is_judged_by_its_merged_count() -> None:
+    """The CI failure of stop 21: two holders of 40 texts at epsilon 4, one of whose noisy
+    counts fell to 22, had their merged spec (N~80) refused because each holder's count had
+    to reach the solo minimum of 27. The merge's noise std is sqrt(h)·sum_std/N whatever the
+    split, so the rule is on N, and it grows by sqrt(h)."""
+    budget = PrivacyBudget(4.0)
+    holders = [rkme(26, 4.0, seed) for seed in range(2)]
+    merged = merge_specs(holders)
+    needed = rkme_min_count(budget, SCHEMA.dim, holders=2)
+    assert min(merged.privacy.details["holder_n"]) < rkme_min_count(budget) <= needed
+    assert merged.n >= needed
+    check_claims(merged, SCHEMA)
+    assert SCHEMA.dim * rkme_noise_std((needed // 2, needed - needed // 2), budget) ** 2 <= 1.0
+
+    small = merge_specs([rkme(18, 4.0, seed) for seed in range(2)])
+    assert small.n < needed
+    refused(small, rf"the merged spec's \(2 holders\) released count {small.n} is below {needed}")
 
 
 # ---------------------------------------------------------------- the hijack and its forgeries

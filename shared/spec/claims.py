@@ -145,8 +145,8 @@ COUNT_TAIL = math.sqrt(2.0 * TAIL_LOG)
 MAX_NOISE_CORRECTION = 1.0
 
 
-def rkme_min_count(budget: PrivacyBudget, dim: int = 512) -> int:
-    """The smallest released count a DP RKME release (each holder's, when merged) may have.
+def rkme_min_count(budget: PrivacyBudget, dim: int = 512, holders: int = 1) -> int:
+    """The smallest released count a DP RKME release of ``holders`` merged releases may have.
 
     Distances subtract each spec's noise correction ``dim·(sum_std/n)²``, and ``n`` is the
     released count, so a spec claiming a small count (or epsilon) would claim a large
@@ -156,11 +156,15 @@ def rkme_min_count(budget: PrivacyBudget, dim: int = 512) -> int:
     is ``MAX_NOISE_CORRECTION``, the most a forger can buy, as much as the norm check let
     through before the count was private. Honest holders need 15 texts at epsilon 8, 27 at
     4 and 94 at 1; a noisier spec would rank mostly by its noise.
+
+    A federated merge of h releases has noise std ``sqrt(h)·sum_std/N`` whatever the split
+    of N among the holders (``rkme_noise_std``), so the bound is on the merged count N and
+    grows by sqrt(h); no holder's own count needs to reach it.
     """
     if not budget.is_private:
         return 1
     sum_std = rkme.RkmeNoise.of(budget).sum_std
-    return math.ceil(sum_std * math.sqrt(dim / MAX_NOISE_CORRECTION))
+    return math.ceil(sum_std * math.sqrt(dim * holders / MAX_NOISE_CORRECTION))
 
 
 def rkme_texts_needed(budget: PrivacyBudget) -> int:
@@ -183,11 +187,11 @@ def rkme_mean_norm_bound(sizes: tuple[int, ...], budget: PrivacyBudget) -> float
 
 
 def _check_rkme_counts(sizes: tuple[int, ...], budget: PrivacyBudget, dim: int) -> None:
-    smallest, needed = min(sizes), rkme_min_count(budget, dim)
-    if smallest < needed:
-        who = "the spec's" if len(sizes) == 1 else "a holder's"
+    total, needed = sum(sizes), rkme_min_count(budget, dim, holders=len(sizes))
+    if total < needed:
+        who = "the spec's" if len(sizes) == 1 else f"the merged spec's ({len(sizes)} holders)"
         raise SpecError(
-            f"{who} released count {smallest} is below {needed}, the fewest texts an RKME "
+            f"{who} released count {total} is below {needed}, the fewest texts an RKME "
             f"release at epsilon={budget.epsilon}, delta={budget.delta} may summarise (its "
             "noise would outweigh the distances it is ranked by); use more texts or a larger "
             "epsilon"
