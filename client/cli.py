@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from client.cli_user import resolve_home
 from shared.cli_options import (
     DATA_HELP,
     DeviceOpt,
@@ -81,12 +82,6 @@ def _attach_command_modules() -> None:
 _attach_command_modules()
 
 
-def _home(home: str | None):  # type: ignore[no-untyped-def]
-    from shared.home import Home
-
-    return Home.resolve(home)
-
-
 def _budget(epsilon: float | None, delta: float, no_dp: bool):  # type: ignore[no-untyped-def]
     from shared.privacy import PrivacyBudget
 
@@ -109,7 +104,7 @@ def _schema(schema_file: Path | None, pave_model: str, home: str | None):  # typ
         return MarketSchema.from_json(schema_file.read_text())
     from shared.spec.defaults import default_schema
 
-    return default_schema(_home(home), pave_model=pave_model)
+    return default_schema(resolve_home(home), pave_model=pave_model)
 
 
 @spec_app.command("make")
@@ -150,7 +145,7 @@ def spec_make(
         raise SchemaMismatch(f"unknown spec kind {kind!r}; known kinds: {', '.join(KINDS)}")
     budget = _budget(epsilon, delta, no_dp)
     dataset = load_dataset(DataSource(data, split, text_column, prompt_column, response_column))
-    maker = SpecMaker(_schema(schema_file, pave_model, home), _home(home), placement)
+    maker = SpecMaker(_schema(schema_file, pave_model, home), resolve_home(home), placement)
     texts = dataset.texts()
     spec = maker.make(texts, kind, budget, progress=True)
     spec.save(out)
@@ -236,14 +231,14 @@ def models_list(
     from shared.models import list_models
 
     if paths:  # the folder is what plain transformers / peft load as the base model
-        for info in list_models(_home(home)):
+        for info in list_models(resolve_home(home)):
             where = str(info.path) if info.path else f"not here yet: {info.how_to_get}"
             print("\t".join((info.name, info.model_id, info.sha256 or "-", where)))
         return
     table = Table(title="models")
     for col in ("name", "available", "cached", "sha256", "description / how to get"):
         table.add_column(col)
-    for info in list_models(_home(home)):
+    for info in list_models(resolve_home(home)):
         how = info.description if info.available else info.how_to_get
         sha = (info.sha256 or "")[:12]
         table.add_row(

@@ -19,13 +19,13 @@ from client.cli_user import (
     RequirePinnedOpt,
     RevokedOpt,
     TrustOpt,
-    _home,
-    _print_matches,
-    _revoked,
-    _search_json,
-    _trust,
-    _warn,
     connection,
+    print_matches,
+    print_warning,
+    resolve_home,
+    revoked_ids,
+    search_json,
+    trust_store,
 )
 from shared.cli_options import (
     DATA_HELP,
@@ -109,7 +109,7 @@ def reuse(
     placement = resolve(device, dtype)
     conn = connection(server, key, ca, insecure, cert, cert_key)
     if no_dp:
-        _warn("--no-dp: the spec is NOT differentially private")
+        print_warning("--no-dp: the spec is NOT differentially private")
     outcome = run(
         DataSource(data, split, text_column, prompt_column, response_column),
         conn,
@@ -118,10 +118,10 @@ def reuse(
         seed=seed,
         merge=merge,
         out=out,
-        home=_home(home),
+        home=resolve_home(home),
         base_model=base_model,
-        revoked_keys=_revoked(revoked_keys),
-        trust=_trust(home, trust, require_pinned),
+        revoked_keys=revoked_ids(revoked_keys),
+        trust=trust_store(home, trust, require_pinned),
         placement=placement,
         batch_size=batch_size,
         kind=kind,
@@ -136,14 +136,14 @@ def reuse(
     if as_json:
         print(json.dumps(_reuse_json(outcome), indent=2))
         return
-    _print_matches(outcome.search)
+    print_matches(outcome.search)
     _print_check(outcome)
     print(_result_line(outcome))
 
 
 def _reuse_json(outcome: ReuseOutcome) -> dict[str, Any]:
     return {
-        "search": _search_json(outcome.search),
+        "search": search_json(outcome.search),
         "check": {
             "records": outcome.n_checked,
             "seed": outcome.seed,

@@ -98,7 +98,7 @@ def connection(
     if ca is not None and insecure:
         raise InvalidInput("--ca and --insecure exclude each other")
     if insecure:
-        _warn("--insecure: no TLS, everything on the wire is readable (loopback only)")
+        print_warning("--insecure: no TLS, everything on the wire is readable (loopback only)")
     return Connection(server, key, ca, insecure, cert, cert_key)
 
 
@@ -116,23 +116,23 @@ def market_client(
     return MarketClient(connection(server, key, ca, insecure, cert, cert_key))
 
 
-def _warn(text: str) -> None:
+def print_warning(text: str) -> None:
     console(stderr=True).print(f"[bold yellow]warning:[/] {text}")
 
 
-def _home(home: str | None) -> Any:
+def resolve_home(home: str | None) -> Any:
     from shared.home import Home
 
     return Home.resolve(home)
 
 
-def _trust(home: str | None, path: Path | None, require_pinned: bool = False) -> Any:
+def trust_store(home: str | None, path: Path | None, require_pinned: bool = False) -> Any:
     from client.trust import TrustStore
 
-    return TrustStore.at(_home(home), path, require_pinned=require_pinned)
+    return TrustStore.at(resolve_home(home), path, require_pinned=require_pinned)
 
 
-def _revoked(path: Path | None) -> frozenset[str]:
+def revoked_ids(path: Path | None) -> frozenset[str]:
     from client.trust import read_revoked_keys
 
     return frozenset() if path is None else read_revoked_keys(path)
@@ -174,7 +174,7 @@ def search(
 
     conn = connection(server, key, ca, insecure, cert, cert_key)
     if no_dp:
-        _warn("--no-dp: the spec is NOT differentially private")
+        print_warning("--no-dp: the spec is NOT differentially private")
     outcome = private_search(
         DataSource(data, split, text_column, prompt_column, response_column),
         conn,
@@ -183,21 +183,21 @@ def search(
         no_dp=no_dp,
         top_k=top_k,
         delta=delta,
-        home=_home(home),
+        home=resolve_home(home),
         progress=not as_json,
         budget_epsilon=budget_epsilon,
         domain=domain,
         task=task,
     )
     if as_json:
-        print(json.dumps(_search_json(outcome), indent=2))
+        print(json.dumps(search_json(outcome), indent=2))
     else:
-        _print_matches(outcome)
+        print_matches(outcome)
         if outcome.ledger is not None:
             print(f"privacy budget: {outcome.ledger.describe()}")
 
 
-def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
+def search_json(outcome: SearchOutcome) -> dict[str, Any]:
     head = ("kind", "schema_id", "epsilon", "delta", "n_texts")
     seconds = (outcome.spec_seconds, outcome.network_seconds, outcome.total_seconds)
     return {
@@ -209,7 +209,7 @@ def _search_json(outcome: SearchOutcome) -> dict[str, Any]:
     }
 
 
-def _print_matches(outcome: SearchOutcome) -> None:
+def print_matches(outcome: SearchOutcome) -> None:
     from rich.table import Table
 
     eps = "no DP" if outcome.epsilon is None else f"epsilon {outcome.epsilon:g}"
@@ -280,10 +280,10 @@ def fetch(
         conn,
         learnware_id,
         out,
-        home=_home(home),
+        home=resolve_home(home),
         base_model=base_model,
-        revoked_keys=_revoked(revoked_keys),
-        trust=_trust(home, trust, require_pinned),
+        revoked_keys=revoked_ids(revoked_keys),
+        trust=trust_store(home, trust, require_pinned),
     )
     m = fetched.manifest
     self_named = ""
@@ -299,7 +299,7 @@ def fetch(
     if peft_dir is not None:
         from client.run import write_peft_folder
 
-        written = write_peft_folder(fetched, peft_dir, _home(home))
+        written = write_peft_folder(fetched, peft_dir, resolve_home(home))
         print(f"  plain peft folder {written}: AutoPeftModelForCausalLM.from_pretrained loads it")
 
 
@@ -324,11 +324,11 @@ def _load(
     conn = None if server is None else connection(server, key, ca, insecure, None, None)
     return load_learnware(
         source,
-        home=_home(home),
+        home=resolve_home(home),
         base_model=base_model,
         conn=conn,
-        revoked_keys=_revoked(revoked_keys),
-        trust=_trust(home, trust),
+        revoked_keys=revoked_ids(revoked_keys),
+        trust=trust_store(home, trust),
         placement=placement,
     )
 
@@ -367,7 +367,9 @@ def generate(
         source, home, base_model, server, key, ca, insecure, revoked_keys, trust, device, dtype
     )
     if not no_chat and not has_chat_template(learnware.tokenizer):
-        _warn("this model's tokenizer has no chat template: the prompt goes in as plain text")
+        print_warning(
+            "this model's tokenizer has no chat template: the prompt goes in as plain text"
+        )
     print(run(learnware, prompt, max_new_tokens, sampling=sampling, chat=not no_chat).text)
 
 
@@ -467,7 +469,7 @@ def trust_add(
     """Pin a contributor key you checked yourself: trusted at every market and for folders."""
     from client.trust import shown_name
 
-    pin = _trust(home, trust).add(pub, name or pub.stem)
+    pin = trust_store(home, trust).add(pub, name or pub.stem)
     print(f"pinned key {pin.key_id} as {shown_name(pin.name)}")
 
 
@@ -477,7 +479,7 @@ def trust_list(
     """Every pinned key: yours, and those pinned on first use at a market."""
     from client.trust import shown_name
 
-    pins = _trust(home, trust).pins()
+    pins = trust_store(home, trust).pins()
     if as_json:
         print(json.dumps([asdict(p) for p in pins], indent=2))
         return
@@ -494,5 +496,5 @@ def trust_remove(
     home: HomeOpt = None,
 ) -> None:
     """Forget every pin of KEY_ID (yours and first-use ones)."""
-    removed = _trust(home, trust).remove(key_id)
+    removed = trust_store(home, trust).remove(key_id)
     print(f"removed {removed} pin(s) of key {key_id}")

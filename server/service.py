@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -56,6 +58,39 @@ T = TypeVar("T")
 _METHODS = pb.DESCRIPTOR.services_by_name["Market"].methods_by_name
 
 
+#: LearnwareInfos kept parsed: the hot set of search hits, not the whole catalogue (at a
+#: million learnwares an unbounded cache would hold every manifest ever shown).
+INFO_CACHE_ENTRIES = 20_000
+
+
+class InfoCache:
+    """A bounded, thread-safe LRU of ``LearnwareInfo`` by learnware id, each entry valid for
+    one stamp (the record's ``updated_at`` and download count). Worker threads share it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[object, pb.LearnwareInfo]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, stamp: object) -> pb.LearnwareInfo | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != stamp:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, stamp: object, info: pb.LearnwareInfo) -> None:
+        with self._lock:
+            self._entries[key] = (stamp, info)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+
 class MarketService:
     """One market's gRPC service; ``handler()`` registers it, ``close()`` ends its threads."""
 
@@ -72,7 +107,7 @@ class MarketService:
             limits.transfer_workers, thread_name_prefix="lwm-transfer"
         )
         self._schema = convert.schema_to_pb(market.schema, base_models, market.limits)
-        self._infos: dict[str, tuple[object, pb.LearnwareInfo]] = {}
+        self._infos = InfoCache(INFO_CACHE_ENTRIES)
         self._unary: dict[str, Callable[[Caller, Any], Message]] = {
             "Get": self._get,
             "List": self._list,
@@ -233,11 +268,10 @@ class MarketService:
         manifest is parsed once per change in this process (for every search hit it would
         dominate Search latency)."""
         stamp = (record.updated_at, record.downloads)
-        cached = self._infos.get(record.id)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        info = convert.learnware_to_pb(record)
-        self._infos[record.id] = (stamp, info)
+        info = self._infos.get(record.id, stamp)
+        if info is None:
+            info = convert.learnware_to_pb(record)
+            self._infos.put(record.id, stamp, info)
         return info
 
     def _get(self, caller: Caller, request: pb.GetRequest) -> pb.LearnwareInfo:

@@ -23,7 +23,7 @@ from builders import (
 from market_fixtures import market_server
 from test_contribute import lwm, one_line_error
 
-from client.cli_user import _print_matches
+from client.cli_user import print_matches
 from client.user import private_search
 from server.records import Role
 from shared import signing
@@ -126,7 +126,7 @@ def test_package_build_then_submit_twice_is_version_2_and_search_returns_it(
     outcome = private_search(data, market.client("reader"), home=lwm_home, ledger=False)
     mine = [m for m in outcome.matches if m.id == second["id"]]
     assert [(m.license, m.total_epsilon, m.version) for m in mine] == [("MIT", None, 2)]
-    _print_matches(outcome)
+    print_matches(outcome)
     table = capsys.readouterr().out
     assert "licence" in table and "MIT" in table and "none (no DP)" in table
 
