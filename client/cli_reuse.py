@@ -83,6 +83,14 @@ def reuse(
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Send a NON-private spec.")] = False,
     budget_epsilon: BudgetEpsilonOpt = None,
     batch_size: Annotated[int, count_option("--batch-size")] = 16,
+    score_precision: Annotated[
+        str,
+        typer.Option(
+            "--score-precision",
+            help="auto, float32 or bfloat16: what the check's scores multiply in (auto: "
+            "bfloat16 autocast where the hardware has it natively).",
+        ),
+    ] = "auto",
     base_model: BaseModelOpt = None,
     revoked_keys: RevokedOpt = None,
     trust: TrustOpt = None,
@@ -124,6 +132,7 @@ def reuse(
         trust=trust_store(home, trust, require_pinned),
         placement=placement,
         batch_size=batch_size,
+        precision=score_precision,
         kind=kind,
         epsilon=epsilon,
         no_dp=no_dp,

@@ -93,11 +93,13 @@ def evaluate(
     max_labels: int = MAX_LABELS,
     max_words: int | None = None,
     progress: bool = False,
+    precision: str = "float32",
 ) -> LearnwareEvaluation:
     """Perplexity (text) or accuracy (labelled data) of the learnware on ``data``, locally.
 
     ``with_base`` also scores the base model alone (the adapter switched off), the baseline
-    a user compares against. ``max_labels`` and ``max_words``: see ``evaluate_model``.
+    a user compares against. ``max_labels``, ``max_words``, ``precision``: see
+    ``evaluate_model``.
     """
     records = _records(data)
 
@@ -110,6 +112,7 @@ def evaluate(
             max_labels=max_labels,
             max_words=max_words,
             progress=progress,
+            precision=precision,
         )
 
     return LearnwareEvaluation(*with_and_without_adapter(learnware, score, with_base))
@@ -154,6 +157,7 @@ def evaluate_model(
     max_labels: int = MAX_LABELS,
     max_words: int | None = None,
     progress: bool = False,
+    precision: str = "float32",
 ) -> Evaluation:
     """Perplexity on text records; accuracy (+ response perplexity) on labelled ones.
 
@@ -162,9 +166,13 @@ def evaluate_model(
     ``max_labels`` caps the label set scored for accuracy (each label costs one pass per
     record): above it only the responses' perplexity is measured. ``max_words`` cuts each
     record first (a text to its first words, a prompt to its last; responses stay whole),
-    which bounds the cost of scoring many models on the same records.
+    which bounds the cost of scoring many models on the same records. ``precision``
+    (``shared.models.device.scoring_precision``: float32 or bfloat16) is what the forward
+    passes multiply in.
     Raises ``DataError`` for no records or texts that give no tokens.
     """
+    from shared.models.device import autocast
+
     records = list(data.records if isinstance(data, Dataset) else data)
     if not records:
         raise DataError("no records to evaluate")
@@ -172,10 +180,11 @@ def evaluate_model(
         records = [_clip(r, max_words) for r in records]
     started = time.perf_counter()
     length = max_length or context_length(model, tokenizer)
-    if all(r.is_labelled for r in records):
-        result = _labelled(model, tokenizer, records, length, batch_size, progress, max_labels)
-    else:
-        result = _text(model, tokenizer, records, length, batch_size, progress)
+    with autocast(precision, str(model.device)):
+        if all(r.is_labelled for r in records):
+            result = _labelled(model, tokenizer, records, length, batch_size, progress, max_labels)
+        else:
+            result = _text(model, tokenizer, records, length, batch_size, progress)
     return replace(result, seconds=time.perf_counter() - started)
 
 

@@ -41,7 +41,7 @@ from shared.data import DataPath, Record, load_dataset
 from shared.errors import AlreadyExists, InvalidInput, NotFound
 from shared.files import check_writable
 from shared.home import Home
-from shared.models.device import CPU, Placement
+from shared.models.device import CPU, Placement, scoring_precision
 
 if TYPE_CHECKING:
     from client.market import Connection, MarketClient
@@ -166,13 +166,16 @@ def reuse(
     trust: TrustStore | None = None,
     placement: Placement = CPU,
     batch_size: int = 16,
+    precision: str = "auto",
     **search_options: Any,
 ) -> ReuseOutcome:
     """Search with ``data``, fetch the top ``top_k``, check them here, pick (module doc).
 
     ``holdout`` None scores ``DEFAULT_HOLDOUT`` records (all, when the data has fewer).
-    ``search_options`` go to ``private_search`` (kind, epsilon, no_dp, delta,
-    budget_epsilon, domain, task, progress, ...). ``out`` (a new folder) receives the
+    ``precision``: what the check's scores multiply in (``scoring_precision``; ``auto``
+    is bfloat16 autocast where the hardware has it). ``search_options`` go to
+    ``private_search`` (kind, epsilon, no_dp, delta, budget_epsilon, domain, task,
+    progress, ...). ``out`` (a new folder) receives the
     pick as a plain peft folder (``client.run.write_adapter_folder``). Bad input fails
     before the market is contacted: ``--top-k``/``--holdout`` out of range, an existing
     ``out``, unreadable data.
@@ -181,6 +184,7 @@ def reuse(
 
     if top_k < 1:
         raise InvalidInput(f"--top-k must be at least 1, got {top_k}")
+    precision = scoring_precision(precision, placement.device)
     if out is not None:
         if out.exists() or out.is_symlink():
             raise AlreadyExists(f"{out} exists: --out must name a new folder")
@@ -197,7 +201,9 @@ def reuse(
         fetched = time.perf_counter() - started
     started = time.perf_counter()
     loaded = _load(verified, home, placement)
-    candidates = check(loaded, found.matches, checked, merge=merge, batch_size=batch_size)
+    candidates = check(
+        loaded, found.matches, checked, merge=merge, batch_size=batch_size, precision=precision
+    )
     chosen = choose(candidates)
     check_seconds = time.perf_counter() - started
     written = None if out is None else _write(chosen, loaded, out, home)
@@ -214,16 +220,22 @@ def check(
     merge: bool = False,
     batch_size: int = 16,
     max_words: int | None = None,
+    precision: str = "float32",
 ) -> list[Candidate]:
     """Score the base model, each of ``matches`` (loaded together, keyed by id) and, with
-    ``merge``, their merged adapter, on ``records``, here."""
+    ``merge``, their merged adapter, on ``records``, here (in ``precision``, resolved)."""
     first = next(iter(loaded.values()))
     model, tokenizer = first.model, first.tokenizer
 
     def score(adapter: str | None) -> Evaluation:
         with _switched(model, adapter):
             return evaluate_model(
-                model, tokenizer, records, batch_size=batch_size, max_words=max_words
+                model,
+                tokenizer,
+                records,
+                batch_size=batch_size,
+                max_words=max_words,
+                precision=precision,
             )
 
     out = [Candidate(BASE, "base model", (), (), 0, score(None))]

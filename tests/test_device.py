@@ -85,3 +85,14 @@ def test_training_on_a_bfloat16_base_keeps_float32_lora_weights(lwm_home: Home, 
     with safe_open(str(trained.adapter_dir / "adapter_model.safetensors"), "pt") as weights:
         dtypes = {weights.get_tensor(name).dtype for name in weights.keys()}  # noqa: SIM118
     assert dtypes == {torch.float32} and np.isfinite(trained.losses).all()
+
+
+def test_scoring_precision_names_are_checked_and_auto_follows_the_hardware() -> None:
+    from shared.models.device import native_bf16, scoring_precision
+
+    assert scoring_precision("float32") == "float32"
+    assert scoring_precision("bfloat16") == "bfloat16"
+    assert scoring_precision("auto") == ("bfloat16" if native_bf16("cpu") else "float32")
+    assert scoring_precision("auto", "mps") == "float32"
+    with pytest.raises(InvalidInput, match="--score-precision 'float16': use one of auto"):
+        scoring_precision("float16")

@@ -107,3 +107,16 @@ def test_max_words_scores_a_texts_first_words_and_a_prompts_last(tiny):
         by_hand = evaluate_model(tiny.model, tiny.tokenizer, [cut])
         assert clipped.perplexity == by_hand.perplexity
         assert clipped.n_tokens == by_hand.n_tokens
+
+
+def test_bfloat16_scoring_runs_in_bfloat16_and_stays_close_to_float32(tiny):
+    """``precision="bfloat16"`` autocasts the forward passes (so the score moves by
+    rounding, it is not a no-op) and the perplexity stays within a few tenths of a percent."""
+    records = [Record(text=t) for t in load_domain("finance")[:8]]
+    exact = evaluate_model(tiny.model, tiny.tokenizer, records, max_words=48)
+    fast = evaluate_model(tiny.model, tiny.tokenizer, records, max_words=48, precision="bfloat16")
+    assert fast.n_tokens == exact.n_tokens
+    assert fast.perplexity != exact.perplexity
+    assert fast.perplexity == pytest.approx(exact.perplexity, rel=5e-3)
+    assert next(tiny.model.parameters()).dtype.is_floating_point  # weights untouched:
+    assert str(next(tiny.model.parameters()).dtype) == "torch.float32"

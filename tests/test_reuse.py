@@ -49,6 +49,12 @@ def test_the_check_keeps_the_base_model_unless_a_match_beats_it():
     assert picked.name == "b"
 
 
+def test_a_bad_score_precision_is_refused_before_the_market_is_contacted(tmp_path):
+    data = _jsonl(tmp_path / "d.jsonl", ["a text"] * 20)
+    with pytest.raises(InvalidInput, match="--score-precision 'int8'"):
+        reuse(data, object(), precision="int8")  # type: ignore[arg-type]  # never reached
+
+
 def test_the_held_out_slice_is_seeded_and_bounded():
     records = [Record(text=f"text {i}") for i in range(30)]
     first = holdout_records(records, 10, seed=3)

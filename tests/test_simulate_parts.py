@@ -61,6 +61,7 @@ def test_a_file_may_start_from_a_profile_and_override(tmp_path):
         ('profile = "quick"\nspec_kinds = ["nope"]\n', "unknown spec kind"),
         ('profile = "quick"\nuser_epsilon = 0\n', "epsilon must be a number > 0"),
         ('profile = "quick"\n[users]\neval_records = 500\n', "eval_records"),
+        ('profile = "quick"\n[users]\nscore_precision = "int8"\n', "score_precision must be"),
         (
             'profile = "quick"\n[[contributors]]\nname = "a"\nsources = ["nowhere"]\n'
             '[[contributors]]\nname = "b"\nsources = ["math"]\n',

@@ -79,7 +79,11 @@ class Users:
     market's top ``check_top_k`` and the base model (and their merge) are scored on the
     ``check_records`` records after the scored ones (never the scored ones themselves, so
     the check cannot see the figures it is judged by), and its pick is then scored with the
-    other contenders."""
+    other contenders.
+
+    ``score_precision`` (``auto``, ``float32``, ``bfloat16``): what every score multiplies
+    in; ``auto`` is bfloat16 autocast where the CPU does it natively (half the time,
+    log-probabilities within 0.02%; ``shared.models.device.scoring_precision``)."""
 
     texts: int = 100
     task_records: int = 100
@@ -88,6 +92,15 @@ class Users:
     max_labels: int = 8
     check_records: int = 12
     check_top_k: int = 3
+    score_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        from shared.models.device import PRECISIONS
+
+        if self.score_precision not in PRECISIONS:
+            raise InvalidInput(
+                f"users.score_precision must be one of {PRECISIONS}, got {self.score_precision!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -228,6 +241,8 @@ class SimulationConfig:
             for f in fields(record):
                 value = getattr(record, f.name)
                 if f.name in ("lr", "train_epsilon") and value is None:
+                    continue
+                if f.name == "score_precision":  # a name, checked by Users
                     continue
                 if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                     raise InvalidInput(f"{f.name} must be a number > 0, got {value!r}")

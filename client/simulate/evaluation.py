@@ -46,10 +46,12 @@ class Score:
 
 @dataclass(frozen=True)
 class Scoring:
-    """How every user is scored: the evaluator's options, part of every cache key."""
+    """How every user is scored: the evaluator's options, part of every cache key.
+    ``precision`` is resolved (float32 or bfloat16, ``shared.models.device``)."""
 
     max_labels: int
     max_words: int
+    precision: str = "float32"
 
     def user_key(self, user: UserData) -> str:
         """The user's scored records (with a question's choices) and these options, so a
@@ -59,7 +61,10 @@ class Scoring:
             [[r.full_text, *r.choices] if r.choices else r.full_text for r in records]
         )
         digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        return f"{user.name}:{digest}:{self.max_labels}:{self.max_words}"
+        options = f"{self.max_labels}:{self.max_words}"
+        if self.precision != "float32":  # float32 keys stay as they were before bfloat16
+            options += f":{self.precision}"
+        return f"{user.name}:{digest}:{options}"
 
 
 class ScoreCache:
@@ -143,6 +148,7 @@ def evaluate_all(
                 with_base=found[BASE_NAME] is None,
                 max_labels=scoring.max_labels,
                 max_words=scoring.max_words,
+                precision=scoring.precision,
             )
             for done, evaluation in ((name, result.learnware), (BASE_NAME, result.base)):
                 if evaluation is not None and found[done] is None:
@@ -181,6 +187,7 @@ def evaluate_merged(
         user.eval_records(),
         max_labels=scoring.max_labels,
         max_words=scoring.max_words,
+        precision=scoring.precision,
     )
     cache.put(user_key, model_key, evaluation)
     return evaluation

@@ -59,11 +59,20 @@ def _head(r: dict[str, Any]) -> list[str]:
         f"{sum(x['holders'] for x in r['learnwares'])} data holders; {len(r['users'])} users; "
         f"specs {', '.join(c['spec_kinds'])} at epsilon {c['spec_epsilon']} (contributors) and "
         f"{c['user_epsilon']} (users). Ran in {r['seconds']:.0f} s on {m['cpus']} CPUs "
-        f"({m['platform']}, Python {m['python']}, torch {m['torch']}).",
+        f"({m['platform']}, Python {m['python']}, torch {m['torch']}). {_precision(r)}",
         "",
         "Every figure below was measured in this run (results.json holds them all).",
         "",
     ]
+
+
+def _precision(r: dict[str, Any]) -> str:
+    chosen = r["config"]["users"].get("score_precision", "float32")
+    if chosen == "auto":
+        chosen = "bfloat16" if r["machine"].get("bf16_native") else "float32"
+    if chosen == "float32":
+        return "Scores in float32."
+    return "Scores in bfloat16 autocast (weights, norms and the loss in float32)."
 
 
 def _summary(r: dict[str, Any], kinds: list[str]) -> list[str]:

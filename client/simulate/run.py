@@ -34,6 +34,7 @@ from client.simulate.evaluation import Learnwares, Score, ScoreCache, Scoring, e
 from client.simulate.market_process import MarketProcess
 from client.simulate.users import Query, Searches, fetch_all, search
 from shared.home import Home
+from shared.models.device import native_bf16, scoring_precision
 
 if TYPE_CHECKING:
     from client.market import RemoteSchema
@@ -225,7 +226,11 @@ def _check_run(
     return CheckRun(
         learnwares,
         models,
-        Scoring(max_labels=config.users.max_labels, max_words=config.users.eval_words),
+        Scoring(
+            max_labels=config.users.max_labels,
+            max_words=config.users.eval_words,
+            precision=scoring_precision(config.users.score_precision),
+        ),
         ScoreCache(out / "cache" / "evaluations.jsonl"),
         Learnwares(learnwares, home),
         home,
@@ -391,4 +396,5 @@ def _machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "bf16_native": native_bf16(),
     }
