@@ -139,19 +139,23 @@ class Ledger:
         if self.spent >= self.budget_epsilon:
             raise BudgetExceeded(f"the privacy budget is spent: {self.describe()}")
 
-    def admit(self, planned: DPReport) -> None:
-        """``BudgetExceeded`` unless the ledger's total with ``planned`` stays in budget."""
+    def admit(self, *planned: DPReport) -> None:
+        """``BudgetExceeded`` unless the ledger's total with all of ``planned`` (the
+        releases one call will make, admitted together so that none is spent when the
+        last would not fit) stays in budget."""
         if self.budget_epsilon is None:
             return
-        if planned.epsilon is None:
+        if any(p.epsilon is None for p in planned):
             raise BudgetExceeded(
                 f"a spec without DP has no epsilon bound; {self.describe()}: lift the budget "
                 "with --budget-epsilon inf to release it anyway"
             )
-        after = self.spent_with([planned])
+        after = self.spent_with(list(planned))
         if after > self.budget_epsilon:
+            what = " + ".join(f"{p.epsilon:g}" for p in planned)
+            noun = "this release" if len(planned) == 1 else f"these {len(planned)} releases"
             raise BudgetExceeded(
-                f"this release (epsilon {planned.epsilon:g}) would bring the total to epsilon "
+                f"{noun} (epsilon {what}) would bring the total to epsilon "
                 f"{after:.3g} > budget {self.budget_epsilon:g}; {self.describe()}; nothing "
                 "was computed or sent"
             )
@@ -272,8 +276,8 @@ class LedgerSession:
     path: Path
     ledger: Ledger
 
-    def admit(self, planned: DPReport) -> None:
-        self.ledger.admit(planned)
+    def admit(self, *planned: DPReport) -> None:
+        self.ledger.admit(*planned)
 
     def record(self, what: str, kind: str, to: str, report: DPReport) -> Ledger:
         """Check the release as made (``BudgetExceeded`` if it costs more than planned), then

@@ -192,9 +192,9 @@ def private_search(
             maker = SpecMaker(schema, home)
         specs = []
         spent = None
+        if held is not None:  # all releases admitted at once: none is spent if one won't fit
+            held.admit(*(planned_report(schema.for_kind(k), len(texts), budget) for k in kinds))
         for i, one in enumerate(kinds):  # each spec is its own release on the data's budget
-            if held is not None:
-                held.admit(planned_report(schema.for_kind(one), len(texts), budget))
             mark = time.perf_counter()
             seed = None if noise_seed is None else noise_seed + i
             specs.append(maker.make(texts, one, budget, progress=progress, noise_seed=seed))

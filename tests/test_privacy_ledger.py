@@ -151,6 +151,19 @@ def test_private_search_is_refused_before_the_spec_is_made(market, lwm_home, mon
     assert ledger is not None and len(ledger.releases) == 1
 
 
+def test_a_two_kind_search_over_budget_spends_nothing(market, lwm_home):
+    """``--kind rkme+pave`` makes two releases; the budget fits one of them. Before, the
+    first spec was made and charged and only the second refused: a search that sent nothing
+    still cost epsilon 4. Both are now admitted together, before either is computed."""
+    texts = load_domain("finance")[60:90]
+    with pytest.raises(BudgetExceeded, match="nothing was computed or sent"):
+        private_search(
+            texts, market.client("uma"), kind="rkme+pave", home=lwm_home, budget_epsilon=5.0
+        )
+    ledger = PrivacyLedgers.at(lwm_home).get(texts)
+    assert ledger is None or ledger.releases == ()
+
+
 def test_lwm_search_spends_shows_and_refuses(market, lwm_home, tmp_path):
     data = write_jsonl(tmp_path / "notes.jsonl", [SECRET, *load_domain("medicine")[:29]])
     search = ["search", str(data), *_args(market), "--kind", "rkme"]
